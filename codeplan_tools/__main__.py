@@ -1,0 +1,3 @@
+from codeplan_cli.main import entry
+
+entry()

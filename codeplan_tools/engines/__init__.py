@@ -1,0 +1,86 @@
+"""Engine registry.
+
+Built-in engines register through the same :func:`register` decorator as any other. Their modules
+are imported only when asked for, and each imports its heavy library (vllm, torch, transformers)
+inside its constructor, raising :class:`~codeplan_tools.errors.MissingDependency` naming the extra.
+
+``get_engine("auto", model)`` picks ``vllm`` when it is importable and a GPU is present, else ``hf``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+
+from codeplan_tools.engines.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Completion,
+    Engine,
+    Request,
+    Result,
+    sample_seed,
+)
+from codeplan_tools.errors import UsageError
+
+__all__ = [
+    "FINISH_LENGTH",
+    "FINISH_STOP",
+    "Completion",
+    "Engine",
+    "Request",
+    "Result",
+    "available_engines",
+    "default_engine_name",
+    "get_engine",
+    "register",
+    "sample_seed",
+]
+
+_REGISTRY: dict[str, Callable[..., Engine]] = {}
+# Built-ins: name -> module that registers it on import.
+_BUILTIN = {
+    "vllm": "codeplan_tools.engines.vllm",
+    "hf": "codeplan_tools.engines.hf",
+    "openai": "codeplan_tools.engines.openai_compat",
+}
+
+
+def register(name: str):
+    """Class decorator: ``@register("hf")``; the class is built as ``cls(model, **options)``."""
+
+    def deco(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_engines() -> list[str]:
+    """Names accepted by :func:`get_engine` (besides ``auto``)."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN))
+
+
+def default_engine_name() -> str:
+    """``vllm`` when it is importable and a GPU is present, else ``hf``."""
+    if importlib.util.find_spec("vllm") is not None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "vllm"
+        except ImportError:
+            pass
+    return "hf"
+
+
+def get_engine(name: str, model: str, **options) -> Engine:
+    """Build engine ``name`` (or ``auto``) for ``model``; options go to the engine's constructor."""
+    if name == "auto":
+        name = default_engine_name()
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown engine {name!r}; choose one of: auto, {', '.join(available_engines())}")
+    return _REGISTRY[name](model, **options)

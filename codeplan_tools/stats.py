@@ -1,0 +1,70 @@
+"""Counters of one run.
+
+Keys are flat, stable, lower-case and carry their unit (``tokens_out``, ``engine_seconds``).
+``Stats`` add up with ``+`` so that ``--stats`` files of shards merge by summing
+(``codeplan_tools.stats.merge_files`` / ``Stats.from_json``). Values that are not sums
+(distributions, summaries) live under ``derived`` and are recomputed, not added.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+class Stats:
+    def __init__(self, stage: str, counters: dict[str, float] | None = None):
+        self.stage = stage
+        self.counters: Counter = Counter(counters or {})
+        # Non-additive extras (e.g. length percentiles); written to JSON under "derived".
+        self.derived: dict[str, Any] = {}
+
+    def inc(self, key: str, n: float = 1) -> None:
+        self.counters[key] += n
+
+    def __getitem__(self, key: str) -> float:
+        return self.counters.get(key, 0)
+
+    def __add__(self, other: Stats) -> Stats:
+        out = Stats(self.stage)
+        out.counters = self.counters + other.counters
+        # Counter "+" drops zeros; keep every key so merged files show them.
+        for k in list(self.counters) + list(other.counters):
+            out.counters.setdefault(k, 0)
+            out.counters[k] = self.counters.get(k, 0) + other.counters.get(k, 0)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"stage": self.stage, "counters": dict(sorted(self.counters.items()))}
+        if self.derived:
+            d["derived"] = self.derived
+        return d
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_bytes(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Stats:
+        d = orjson.loads(Path(path).read_bytes())
+        return cls(d.get("stage", ""), d.get("counters", {}))
+
+    def summary(self) -> str:
+        """One short line for stderr at the end of a run."""
+        parts = [f"{k}={_fmt(v)}" for k, v in sorted(self.counters.items())]
+        return f"codeplan {self.stage}: " + ", ".join(parts)
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.3f}"
+
+
+def merge_files(paths: list[str | Path]) -> Stats:
+    """Sum the counters of several ``--stats`` files (e.g. one per shard)."""
+    total: Stats | None = None
+    for p in paths:
+        s = Stats.from_json(p)
+        total = s if total is None else total + s
+    return total or Stats("")
