@@ -34,7 +34,7 @@ quickstart: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
 
 docs: venv
-	$(PY) -m codeplan_tools.docs
+	$(PY) -m codeplan_cli.docs
 
 bench: venv
 	$(PY) bench/filter_bench.py

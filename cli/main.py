@@ -18,7 +18,7 @@ import typer
 
 from codeplan_tools import __version__
 from codeplan_tools.errors import EX_SOFTWARE, CodeplanError
-from codeplan_tools.streams import NoInput
+from codeplan_tools.streams import NoInput, PipeClosed
 
 # Every subcommand, in help order. A module cli/<name>.py with register(app) provides each one;
 # a command whose module is absent is simply not offered.
@@ -68,6 +68,9 @@ for _name in COMMANDS:
 _NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+COMPLETE_VAR = "_CODEPLAN_COMPLETE"
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: unwind so that writers close their frames."""
 
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = _subcommand(argv)
     command = get_command()
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:
+        # The scripts in completions/ call back here; click answers (typer's own hook is not used).
+        from click.shell_completion import shell_complete
+
+        return shell_complete(command, {}, "codeplan", COMPLETE_VAR, instruction)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         command.main(args=argv, prog_name="codeplan", standalone_mode=False)
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ctx.get_usage(), file=sys.stderr)
         print(f"{prog}: error: no input: pipe records in or give -i FILE (see '{prog} --help')", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
         # The reader went away (| head): stop quietly, and keep Python from complaining at exit.
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)

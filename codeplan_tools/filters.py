@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 
 from .stats import Stats
 
-_WORD = re.compile(r"\S+")
 _FENCE = re.compile(r"^\s*```")
 _COMMENT = re.compile(r"^\s*#")
 # A line that reads like Python: a keyword statement, an assignment, a call or a return.
 _CODE_LINE = re.compile(
     r"^\s*(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
-    r"[A-Za-z_][\w\.\[\], ]*\s*(=|\+=|-=|\*=|/=)[^=]|[A-Za-z_][\w\.]*\(.*\)\s*:?\s*$)"
+    r"[A-Za-z_][\w\.\[\]'\"]*(\s*,\s*[A-Za-z_][\w\.\[\]]*)*\s*(=|\+=|-=|\*=|/=)[^=]|[A-Za-z_][\w\.]*\(.*\)\s*:?\s*$)"
 )
-_FUNC = re.compile(r"^\s*def \w+", re.M)
-_COND = re.compile(r"^\s*(if|elif)\b|\bif\b.+\belse\b", re.M)
-_LOOP = re.compile(r"^\s*(for|while)\b|\bfor\b.+\bin\b", re.M)
+# Structure of a plan, for the --stats profile: one pass over the plan's keywords.
+_KEYWORDS = re.compile(r"\b(def|if|elif|for|while)\b")
+_FEATURE = {"def": "functions", "if": "conditions", "elif": "conditions", "for": "loops", "while": "loops"}
 
 
 @dataclass
@@ -54,7 +53,8 @@ class FilterConfig:
 
 
 def words(text: str | None) -> int:
-    return len(_WORD.findall(text)) if text else 0
+    # str.split() splits on the same (Unicode) whitespace as \S+ and is several times faster.
+    return len(text.split()) if text else 0
 
 
 def _plan_lines(plan: str) -> list[str]:
@@ -71,9 +71,11 @@ def terminated(record: dict, config: FilterConfig) -> str | None:
 
 def nonempty(record: dict, config: FilterConfig) -> str | None:
     """Reject plans with no line besides blanks, code fences and comments."""
-    if not any(not _COMMENT.match(ln) for ln in _plan_lines(record.get("plan") or "")):
-        return "nonempty: the plan is empty"
-    return None
+    for line in (record.get("plan") or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "```")):
+            return None
+    return "nonempty: the plan is empty"
 
 
 def length(record: dict, config: FilterConfig) -> str | None:
@@ -107,22 +109,35 @@ def code(record: dict, config: FilterConfig) -> str | None:
     return None
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    toks = [t.lower() for t in re.findall(r"\w+", text)]
-    return {tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)}
+# Punctuation becomes space, so "total," and "total" are the same word (C-level, fast).
+_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+
+
+def _tokens(text: str) -> list[str]:
+    return text.lower().translate(_PUNCT).split()
+
+
+def _ngram_set(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    return set(zip(*(tokens[i:] for i in range(n))))
 
 
 def no_leak(record: dict, config: FilterConfig) -> str | None:
     """Reject plans that copy the response wholesale: at least --leak-max-overlap of the response's word n-grams (--leak-ngram) appear in the plan."""
     response = record.get("response")
+    n = config.leak_ngram
     if not response:
         return None
-    ref = _ngrams(response, config.leak_ngram)
-    if not ref:
+    plan_words = _tokens(record.get("plan") or "")
+    response_words = _tokens(response)
+    positions = len(response_words) - n + 1
+    # The plan has at most len(plan_words) - n + 1 distinct n-grams to match with: most plans are
+    # far too short to cover the share asked for, and need no n-gram sets at all.
+    if positions <= 0 or len(plan_words) - n + 1 < config.leak_max_overlap * positions:
         return None
-    overlap = len(ref & _ngrams(record.get("plan") or "", config.leak_ngram)) / len(ref)
+    shared = _ngram_set(response_words, n) & _ngram_set(plan_words, n)
+    overlap = len(shared) / positions
     if overlap >= config.leak_max_overlap:
-        return f"no-leak: {overlap:.2f} of the response's {config.leak_ngram}-grams are in the plan"
+        return f"no-leak: {overlap:.2f} of the response's {n}-grams are in the plan"
     return None
 
 
@@ -199,9 +214,8 @@ class LengthProfile:
         plan = record.get("plan")
         if isinstance(plan, str):
             self.plans += 1
-            self.features["functions"] += bool(_FUNC.search(plan))
-            self.features["conditions"] += bool(_COND.search(plan))
-            self.features["loops"] += bool(_LOOP.search(plan))
+            for feature in {_FEATURE[k] for k in _KEYWORDS.findall(plan)}:
+                self.features[feature] += 1
 
     def summary(self) -> dict:
         out: dict = {}

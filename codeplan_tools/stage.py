@@ -118,13 +118,18 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     ctx.progress = tqdm(
         desc=f"codeplan {io.stage}", unit=" rec", file=sys.stderr, disable=None if io.progress else True
     )
+    written = 0
+    write, update = writer.write, ctx.progress.update
     try:
         records = _read(io, ctx, shard, done)
         for record in transform(records, ctx):
-            writer.write(record)
-            stats.inc("written")
-            ctx.progress.update(1)
+            write(record)
+            written += 1
+            if not written & 255:  # the bar redraws itself; updating it per record costs time
+                update(256)
     finally:
+        stats.inc("written", written)
+        ctx.progress.update(written & 255)
         ctx.progress.close()
         stats.inc("wall_seconds", round(time.monotonic() - started, 3))
         try:
@@ -139,25 +144,30 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
 
 def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:
     stats = ctx.stats
-    for name, lineno, line in iter_lines(io.inputs):
-        stats.inc("read")
-        try:
-            record = orjson.loads(line)
-            if not isinstance(record, dict):
-                raise MissingField("a record must be a JSON object")
-            normalize(record, io.prompt_field, io.response_field, io.require)
-        except (orjson.JSONDecodeError, MissingField) as exc:
-            reason = f"invalid JSON: {exc}" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
-            if io.on_bad_record == "fail":
-                raise BadRecord(name, lineno, reason) from None
-            stats.inc("bad_records")
-            bad = {"line": line.decode("utf-8", "replace")}
-            ctx.reject(bad, f"bad-record: {reason}", file=name, line=lineno)
-            continue
-        if not in_shard(record["id"], shard):
-            stats.inc("skipped_shard")
-            continue
-        if record["id"] in done:
-            stats.inc("skipped_done")
-            continue
-        yield record
+    loads, prompt_field, response_field, require = orjson.loads, io.prompt_field, io.response_field, io.require
+    read = 0
+    try:
+        for name, lineno, line in iter_lines(io.inputs):
+            read += 1
+            try:
+                record = loads(line)
+                if not isinstance(record, dict):
+                    raise MissingField("a record must be a JSON object")
+                normalize(record, prompt_field, response_field, require)
+            except (orjson.JSONDecodeError, MissingField) as exc:
+                reason = f"invalid JSON: {exc}" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+                if io.on_bad_record == "fail":
+                    raise BadRecord(name, lineno, reason) from None
+                stats.inc("bad_records")
+                bad = {"line": line.decode("utf-8", "replace")}
+                ctx.reject(bad, f"bad-record: {reason}", file=name, line=lineno)
+                continue
+            if shard is not None and not in_shard(record["id"], shard):
+                stats.inc("skipped_shard")
+                continue
+            if done and record["id"] in done:
+                stats.inc("skipped_done")
+                continue
+            yield record
+    finally:
+        stats.inc("read", read)

@@ -34,6 +34,10 @@ FLUSH_SECONDS = 2.0
 _BLOCKED = {signal.SIGTERM, signal.SIGINT}
 
 
+class PipeClosed(Exception):
+    """The reader of our output went away (``| head``). Not an OSError, so click leaves it to us."""
+
+
 class NoInput(Exception):
     """Standard input is a terminal and nothing was piped in: the command prints its usage."""
 
@@ -53,11 +57,51 @@ def open_input(path: str | os.PathLike) -> BinaryIO:
         buffered = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - returned to the caller
     head = buffered.peek(4)[:4]
     if head.startswith(ZSTD_MAGIC):
-        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True, read_size=READ_BUFFER)
-        return io.BufferedReader(reader, READ_BUFFER)
+        return io.BufferedReader(_ZstdFrames(buffered), READ_BUFFER)
     if head.startswith(GZIP_MAGIC):
         return io.BufferedReader(gzip.GzipFile(fileobj=buffered), READ_BUFFER)
     return buffered
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompress concatenated zstd frames; a frame cut short at the end of input is an error.
+
+    (zstandard's ``stream_reader`` returns a truncated frame's bytes silently.)
+    """
+
+    def __init__(self, source: BinaryIO):
+        self._source = source
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = None
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._source.read(READ_BUFFER)
+            if not chunk:
+                if self._dobj is not None:
+                    raise zstandard.ZstdError("input ends inside a zstd frame (truncated file?)")
+                return 0
+            while chunk:
+                if self._dobj is None:
+                    self._dobj = self._dctx.decompressobj()
+                self._pending += self._dobj.decompress(chunk)
+                if self._dobj.eof:
+                    chunk = self._dobj.unused_data
+                    self._dobj = None
+                else:
+                    chunk = b""
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        super().close()
+        self._source.close()
 
 
 def iter_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
@@ -69,9 +113,8 @@ def iter_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
         try:
             for line in stream:
                 lineno += 1
-                line = line.rstrip(b"\r\n")
-                if line.strip():
-                    yield name, lineno, line
+                if not line.isspace():  # blank lines are skipped (but counted for line numbers)
+                    yield name, lineno, line.rstrip(b"\r\n")
         except zstandard.ZstdError as exc:
             from .errors import BadRecord
 
@@ -162,6 +205,8 @@ class RecordWriter:
         try:
             self._fh.write(data)
             self._fh.flush()
+        except BrokenPipeError:
+            raise PipeClosed() from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -171,6 +216,9 @@ class RecordWriter:
         self.closed = True
         try:
             self.flush()
+        except PipeClosed:
+            if self._owns:
+                raise
         finally:
             if self._owns:
                 self._fh.close()

@@ -1,0 +1,191 @@
+import itertools
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from codeplan_tools.filters import RULES
+from tests.helpers import CODEPLAN, decode_records, invoke, read_records, write_jsonl
+
+PLAN = "def solve(items):\n    total = 0\n    for x in items:\n        total += x\n    return total"
+
+
+def good(i, **kw):
+    r = {"id": f"r{i}", "prompt": f"Add up list number {i}.", "plan": PLAN,
+         "response": f"We add the numbers of list {i} one after another and the total is the answer.",
+         "meta": {"extract": {"finish_reason": "stop"}}}
+    r.update(kw)
+    return r
+
+
+def mixed_records():
+    return [
+        good(0), good(1),
+        good(2, prompt="Add up list number 1."),  # dedup
+        good(3, plan=""),  # nonempty
+        good(4, meta={"extract": {"finish_reason": "length"}}),  # terminated
+        good(5, plan="x = 1\n" * 120),  # length
+        good(6, plan="We think.\nThen we answer.\nThat is all of it."),  # code
+        good(7, plan='say("We add the numbers of list 7 one after another and the total is the answer.")'),  # no-leak
+    ]
+
+
+def test_malformed_line_1042_exits_65_naming_the_line(tmp_path):
+    lines = [orjson.dumps(good(i, prompt=f"p{i}")) for i in range(1041)] + [b'{"id": "broken"'] + [b"{}"]
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = invoke(["filter", "-i", str(path), "--plain"])
+    assert result.exit_code == 65
+    assert f"codeplan filter: error: {path}:1042: invalid JSON" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_plan_is_a_bad_record_unless_skipped(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [good(0), {"id": "x", "prompt": "no plan"}])
+    result = invoke(["filter", "-i", str(path)])
+    assert result.exit_code == 65 and ":2: missing required field 'plan'" in result.stderr
+    result = invoke(["filter", "-i", str(path), "--skip-terminated", "--skip-nonempty", "--skip-length",
+                     "--skip-code", "--skip-no-leak"])
+    assert result.exit_code == 0 and len(result.records()) == 2
+
+
+@pytest.mark.parametrize("on", [c for n in range(len(RULES) + 1) for c in itertools.combinations(RULES, n)],
+                         ids=lambda c: "+".join(c) or "none")
+def test_every_line_is_accounted_for_with_skip(tmp_path, on):
+    records = mixed_records()
+    raw = b"".join(orjson.dumps(r) + b"\n" for r in records) + b"not json\n[1, 2]\n"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(raw)
+    flags = [f"--{n}" if n in on else f"--skip-{n}" for n in RULES]
+    out, rej, stats = tmp_path / "out.zst", tmp_path / "rej.zst", tmp_path / "stats.json"
+    result = invoke(["filter", "-i", str(path), "-o", str(out), "--rejects", str(rej), "--stats", str(stats),
+                     "--on-bad-record", "skip", *flags])
+    assert result.exit_code == 0, result.stderr
+    counters = json.loads(stats.read_text())["counters"]
+    written, rejected = read_records(out), read_records(rej)
+    assert counters["read"] == 10 == counters["written"] + counters["rejected"]
+    assert (len(written), len(rejected)) == (counters["written"], counters["rejected"])
+    reasons = {r["meta"]["filter"]["reason"].split(":")[0] for r in rejected}
+    assert reasons <= set(on) | {"bad-record"} and "bad-record" in reasons
+    kept = {r["id"] for r in written}
+    assert {"r0", "r1"} <= kept
+    designated = {"dedup": "r2", "nonempty": "r3", "terminated": "r4", "length": "r5", "code": "r6", "no-leak": "r7"}
+    assert not {designated[n] for n in on} & kept
+    assert sum(v for k, v in counters.items() if k.startswith("rejected.")) == counters["rejected"]
+
+
+def test_rejects_carry_the_rule_and_annotate_keeps_all(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", mixed_records())
+    result = invoke(["filter", "-i", str(path), "--annotate"])
+    out = result.records()
+    assert len(out) == 8
+    marks = {r["id"]: r["meta"]["filter"].get("reason", "").split(":")[0] for r in out}
+    assert marks == {"r0": "", "r1": "", "r2": "dedup", "r3": "nonempty", "r4": "terminated", "r5": "length",
+                     "r6": "code", "r7": "no-leak"}
+
+
+def test_plain_output_by_flag_or_env_and_zstd_by_default(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [good(0)])
+    assert invoke(["filter", "-i", str(path)]).stdout.startswith(b"\x28\xb5\x2f\xfd")
+    assert invoke(["filter", "-i", str(path), "--plain"]).stdout.startswith(b"{")
+    assert invoke(["filter", "-i", str(path)], env={"CODEPLAN_PLAIN": "1"}).stdout.startswith(b"{")
+
+
+def test_help_documents_every_option_and_bad_flags_get_one_line():
+    result = invoke(["filter", "--help"])
+    assert result.exit_code == 0
+    from codeplan_cli.main import get_command
+
+    command = get_command().commands["filter"]
+    text = result.stdout.decode()
+    for param in command.params:
+        assert param.help, f"{param.name} has no help"
+        assert param.opts[0] in text
+    for rule in RULES.values():
+        assert f"--{rule.name}" in text
+    bad = invoke(["filter", "--no-such-flag"])
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "--no-such-flag" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _big_input(tmp_path, n=200_000):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(good(i, prompt=f"question {i}")) + b"\n" for i in range(n)))
+    return path
+
+
+def test_head_closes_the_pipe_quietly(tmp_path):
+    path = _big_input(tmp_path)
+    cmd = f"{' '.join(CODEPLAN)} filter --plain -i {path} | head -1; echo \"status=${{PIPESTATUS[0]}}\" >&2"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
+    assert proc.stdout.count(b"\n") == 1 and orjson.loads(proc.stdout)["id"] == "r0"
+    assert b"Traceback" not in proc.stderr and b"status=0" in proc.stderr, proc.stderr.decode()
+
+
+def test_sigterm_leaves_output_that_zstd_reads_to_the_end(tmp_path):
+    out = tmp_path / "out.zst"
+    proc = subprocess.Popen([*CODEPLAN, "filter", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
+        proc.stdin.write(b"".join(orjson.dumps(good(sent + k, prompt=f"q{sent + k}")) + b"\n" for k in range(500)))
+        proc.stdin.flush()
+        sent += 500
+        time.sleep(0.2)
+    proc.stdin.write(orjson.dumps(good(10**9, prompt="last")) + b"\n")  # pending in the writer's buffer
+    proc.stdin.flush()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err.decode()
+    assert b"Traceback" not in err
+    zstd = subprocess.run(["zstd", "-dc", str(out)], capture_output=True)
+    assert zstd.returncode == 0, zstd.stderr
+    ids = [orjson.loads(line)["id"] for line in zstd.stdout.splitlines()]
+    assert len(ids) == len(set(ids)) and ids[-1] == f"r{10**9}"
+
+
+def test_a_terminal_with_nothing_piped_in_prints_usage():
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdin, stdout and stderr are the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "codeplan_tools", "filter"])
+    output = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2
+    assert b"Usage: codeplan filter" in output and b"no input" in output
+
+
+def test_rules_on_real_corpora(shared_data, tmp_path):
+    alpaca = sorted((shared_data / "corpus_alpaca_eval_outputs").glob("*.jsonl.zst"))
+    assert len(alpaca) == 3
+    # The three files answer the same 805 instructions: dedup keeps exactly one of each.
+    stats = tmp_path / "s.json"
+    args = ["filter", "--stats", str(stats), *[a for p in alpaca for a in ("-i", str(p))]]
+    only_dedup = ["--skip-terminated", "--skip-nonempty", "--skip-length", "--skip-code", "--skip-no-leak"]
+    result = invoke([*args, "--prompt-field", "question", *only_dedup], input=None)
+    counters = json.loads(stats.read_text())["counters"]
+    assert result.exit_code == 0 and counters["written"] == 805 and counters["rejected.dedup"] == 1610
+    # GSM8K worked solutions used as plans: prose, so `code` rejects; a plan equal to the response leaks.
+    rows = decode_records(subprocess.run(["zstd", "-dc", str(shared_data / "gsm8k/train.jsonl.zst")],
+                                         capture_output=True, check=True).stdout)[:200]
+    path = write_jsonl(tmp_path / "g.jsonl", [{**r, "plan": r["solution"], "response": r["solution"]} for r in rows])
+    result = invoke(["filter", "-i", str(path), "--skip-code", "--min-plan-words", "1"])
+    assert result.exit_code == 0 and result.records() == []
+    result = invoke(["filter", "-i", str(path), "--skip-no-leak", "--stats", str(stats)])
+    counters = json.loads(stats.read_text())["counters"]
+    assert counters.get("rejected.code", 0) >= 190
