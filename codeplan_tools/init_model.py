@@ -1,0 +1,232 @@
+"""A small Llama model and tokenizer built from scratch, for tests, the quickstart and experiments.
+
+- Tokenizer: byte-level BPE trained locally with ``tokenizers`` (all 256 bytes in the initial
+  alphabet, so no text is unknown), wrapped as ``PreTrainedTokenizerFast`` with ``<s>`` (BOS, added
+  when text is tokenized), ``</s>`` (EOS), ``<pad>`` and a simple chat template whose turns end with
+  EOS (so the formats' end marker is EOS; see :mod:`codeplan_tools.formats`).
+- Model: ``LlamaForCausalLM`` with random weights (``init_range`` is the normal init's std; 0.3 makes
+  greedy output of a random model vary, useful when comparing engines), tied embeddings, fp32.
+  ``head_dim`` defaults to 32: vLLM-CPU accepts 32, 64, 80, 96, 112, 128, ... (not 16).
+- The default tokenizer corpus is generated here (question/plan/answer templates, Python-like plans,
+  numbers), so nothing outside the package is needed; pass ``corpus_texts`` to train on other text.
+
+The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from codeplan_tools.errors import UsageError
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "the a an of to and in is it that for on with as was at by be this from or are have has had not "
+    "but what all were when we there can one each which she he they their how if will up other about "
+    "out many then them these so some her would make like him into time two more write go see number "
+    "way could people my than first water been call who its now find long down day did get come made "
+    "may part apple book cat dog tree river house garden train ticket price total sum answer question "
+    "plan step list word letter last first count add subtract multiply divide result value store "
+    "buy sell cost each every left right true false yes no coin flip heads tails date year month"
+).split()
+_NAMES = "Alice Bob Carol Dave Erin Frank Grace Heidi Ivan Judy Mallory Niaj Olivia Peggy Rupert".split()
+_ITEMS = "apples pens books cookies marbles stickers coins cards shells eggs".split()
+
+
+def builtin_corpus(seed: int = 0, n: int = 3000) -> list[str]:
+    """A deterministic synthetic corpus shaped like the pipeline's records (prompts, plans, answers)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        name, other = rng.sample(_NAMES, 2)
+        item = rng.choice(_ITEMS)
+        a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
+        q = (
+            f"{name} has {a} {item}. {other} gives {name} {b} more, then {name} shares them among "
+            f"{c} friends. How many {item} does each friend get?"
+        )
+        plan = (
+            f"def solve():\n    total = {a} + {b}\n    share = total // {c}\n    return share\n"
+            if rng.random() < 0.5
+            else f"words = {words.split()[:3]!r}\nresult = ''\nfor w in words:\n    result += w[-1]\n"
+            "print(result)"
+        )
+        answer = f"{name} has {a} + {b} = {a + b} {item}. Each friend gets {(a + b) // c}. The answer is {(a + b) // c}."
+        texts.append(
+            f"### Question:\n{q}\n\n### Plan:\n```python\n{plan}\n```\n\n### Answer:\n{answer}\n"
+            f"<|user|>\n{words.capitalize()}?\n<|assistant|>\n{rng.choice(_WORDS).capitalize()} {words}.\n"
+        )
+    return texts
+
+
+def read_corpus(paths: Iterable[str]) -> list[str]:
+    """Tokenizer training texts from files: JSONL records (zstd, gzip or plain) or plain text.
+
+    Records are rendered with the plain ``codeplan`` / ``vanilla`` template (prompt, plan, response), so
+    the template's phrases get their own tokens; other files are used as text, 64 lines per chunk.
+    """
+    from codeplan_tools.formats import get_format
+    from codeplan_tools.records import find_prompt, find_response
+    from codeplan_tools.streams import open_input
+
+    with_plan = get_format("codeplan", chat=False, end_marker="\n")
+    without = get_format("vanilla", chat=False, end_marker="\n")
+    texts: list[str] = []
+    for path in paths:
+        with open_input(path) as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        records = _as_records(lines)
+        if records is None:
+            texts.extend("\n".join(lines[i : i + 64]) for i in range(0, len(lines), 64))
+            continue
+        for r in records:
+            answer = r.get("answer") if isinstance(r.get("answer"), str) else ""
+            prompt, response, plan = find_prompt(r) or "", find_response(r) or answer, r.get("plan")
+            fmt = with_plan if isinstance(plan, str) else without
+            texts.append("".join(fmt.render(None, prompt, plan, response)))
+            if isinstance(r.get("text"), str):
+                texts.append(r["text"])
+    if not texts:
+        raise UsageError("the --corpus files hold no text")
+    return texts
+
+
+def _as_records(lines: list[str]) -> list[dict] | None:
+    """The lines as JSON objects, or None when they are not JSONL."""
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        out.append(value)
+    return out or None
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
+    """Byte-level BPE on ``texts``, wrapped as a ``PreTrainedTokenizerFast`` with the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, BOS, EOS, *ROLE_TOKENS]
+    if vocab_size < 256 + len(specials) + 1:
+        raise UsageError(f"--vocab-size must be at least {256 + len(specials) + 1} (all bytes + specials)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    # Like Llama/Mistral tokenizers: BOS is added when text is tokenized with special tokens.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=ROLE_TOKENS,
+        model_max_length=1 << 30,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def init_model(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    intermediate_size: int | None = None,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    corpus_texts: Iterable[str] | None = None,
+    init_range: float = 0.02,
+    max_position_embeddings: int = 1024,
+    tie_word_embeddings: bool = True,
+    quiet: bool = True,
+) -> Path:
+    """Write a from-scratch Llama model + tokenizer + generation_config to ``out_dir``; returns it."""
+    if heads % kv_heads:
+        raise UsageError(f"--heads ({heads}) must be a multiple of --kv-heads ({kv_heads})")
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(
+        corpus_texts if corpus_texts is not None else builtin_corpus(seed), vocab_size
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=init_range,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if quiet and bars:
+        hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    finally:
+        if quiet and bars:
+            hf_logging.enable_progress_bar()
+    _portable_tokenizer_config(out)
+    return out
+
+
+def _portable_tokenizer_config(out: Path) -> None:
+    """Name the generic fast class so transformers 4.x and 5.x both load the folder."""
+    path = out / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if "chat_template" not in cfg and not (out / "chat_template.jinja").exists():
+        cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
