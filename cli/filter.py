@@ -51,13 +51,18 @@ def filter_command(
     code_min_ratio: Annotated[
         float,
         typer.Option(
-            min=0.0, max=1.0, help="code: least share of plan lines that look like Python.", rich_help_panel=SETTINGS_PANEL
+            min=0.0,
+            max=1.0,
+            help="code: least share of plan lines that look like Python.",
+            rich_help_panel=SETTINGS_PANEL,
         ),
     ] = 0.5,
     code_strict: Annotated[
         bool,
         typer.Option(
-            "--code-strict", help="code: also require the plan to parse with ast.parse.", rich_help_panel=SETTINGS_PANEL
+            "--code-strict",
+            help="code: also require the plan to parse with ast.parse.",
+            rich_help_panel=SETTINGS_PANEL,
         ),
     ] = False,
     leak_ngram: Annotated[
@@ -72,6 +77,16 @@ def filter_command(
             rich_help_panel=SETTINGS_PANEL,
         ),
     ] = 0.5,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes that parse, check and serialise records read from files (stdin is read in one "
+            "process); the output is the same for every N. 1 = no worker processes. "
+            "[default: usable CPUs, at most 4]",
+            show_default=False,
+        ),
+    ] = None,
     annotate: Annotated[
         bool,
         typer.Option(
@@ -124,7 +139,13 @@ def filter_command(
         require=required_fields(config),
         progress=progress,
     )
-    result = run_stage(io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject))
+    from codeplan_tools import parallel
+
+    workers = parallel.default_workers() if workers is None else workers
+    if workers > 1 and parallel.can_run(io, config):
+        result = parallel.run_filter_parallel(io, config, workers)
+    else:
+        result = run_stage(io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject))
     o.print_summary(result, quiet)
 
 

@@ -24,15 +24,37 @@ from dataclasses import dataclass, field
 from .stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
-_COMMENT = re.compile(r"^\s*#")
+_COMMENT = re.compile(r"^\s*#")  # (with _FENCE, the definition; `code` tests the same with str methods)
 # A line that reads like Python: a keyword statement, an assignment, a call or a return.
 _CODE_LINE = re.compile(
     r"^\s*(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
     r"[A-Za-z_][\w\.\[\]'\"]*(\s*,\s*[A-Za-z_][\w\.\[\]]*)*\s*(=|\+=|-=|\*=|/=)[^=]|[A-Za-z_][\w\.]*\(.*\)\s*:?\s*$)"
 )
 # Structure of a plan, for the --stats profile: one pass over the plan's keywords.
-_KEYWORDS = re.compile(r"\b(def|if|elif|for|while)\b")
+_KEYWORDS = re.compile(r"\b(def|if|elif|for|while)\b")  # (the definition; see _FEATURE_WORDS)
 _FEATURE = {"def": "functions", "if": "conditions", "elif": "conditions", "for": "loops", "while": "loops"}
+# The same test one keyword at a time, behind a cheap substring check (findall over every word is slow).
+_FEATURE_WORDS = {
+    feature: [(k, re.compile(rf"\b{k}\b")) for k in _FEATURE if _FEATURE[k] == feature]
+    for feature in ("functions", "conditions", "loops")
+}
+_FEATURE_TESTS = [(frozenset(k for k, _ in kws), kws) for kws in _FEATURE_WORDS.values()]
+# Line starts that _CODE_LINE accepts whatever follows (checked in C before the regex runs).
+_CODE_PREFIXES = ("def ", "class ", "for ", "while ", "if ", "elif ", "with ", "import ", "from ", "print(")
+
+# Token counts of ASCII text without building the tokens: map separators to b" " and everything else
+# to b"a"; a token starts at each b" a" (and at a leading b"a"). Separators are what str.split() splits
+# on within ASCII (\t \n \v \f \r \x1c-\x1f and space), plus the punctuation no-leak ignores.
+_ASCII_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+_PUNCT_CHARS = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+_SPACE_TABLE = bytes(32 if chr(i) in _ASCII_SPACE else 97 for i in range(256))
+_TOKEN_TABLE = bytes(32 if chr(i) in _ASCII_SPACE + _PUNCT_CHARS else 97 for i in range(256))
+
+
+def _count(text: str, table: bytes) -> int:
+    """Number of tokens of ASCII ``text`` between the separators of ``table``."""
+    marks = text.encode("ascii").translate(table)
+    return marks.count(b" a") + marks.startswith(b"a")
 
 
 @dataclass
@@ -53,8 +75,12 @@ class FilterConfig:
 
 
 def words(text: str | None) -> int:
-    # str.split() splits on the same (Unicode) whitespace as \S+ and is several times faster.
-    return len(text.split()) if text else 0
+    # str.split() splits on the same (Unicode) whitespace as \S+; counting ASCII text is faster still.
+    if not text:
+        return 0
+    if text.isascii() and len(text) > 64:
+        return _count(text, _SPACE_TABLE)
+    return len(text.split())
 
 
 def _plan_lines(plan: str) -> list[str]:
@@ -71,7 +97,12 @@ def terminated(record: dict, config: FilterConfig) -> str | None:
 
 def nonempty(record: dict, config: FilterConfig) -> str | None:
     """Reject plans with no line besides blanks, code fences and comments."""
-    for line in (record.get("plan") or "").splitlines():
+    plan = record.get("plan") or ""
+    # Line breaks are whitespace, so the stripped plan starts with its first non-blank line.
+    first = plan.lstrip()
+    if first and not first.startswith(("#", "```")):
+        return None
+    for line in plan.splitlines():
         line = line.strip()
         if line and not line.startswith(("#", "```")):
             return None
@@ -95,10 +126,19 @@ def length(record: dict, config: FilterConfig) -> str | None:
 def code(record: dict, config: FilterConfig) -> str | None:
     """Reject plans that do not read as Python: fewer than --code-min-ratio of their lines look like code (with --code-strict: ast.parse fails; the plan is parsed, never run)."""
     plan = record.get("plan") or ""
-    lines = [ln for ln in _plan_lines(plan) if not _COMMENT.match(ln)]
-    if not lines:
+    total = hits = 0
+    prefixes, match = _CODE_PREFIXES, _CODE_LINE.match
+    for line in plan.splitlines():
+        # Same tests as _plan_lines, _COMMENT and _CODE_LINE: their leading \s* is what lstrip() removes.
+        line = line.lstrip()
+        if not line or line.startswith(("```", "#")):
+            continue
+        total += 1
+        if line.startswith(prefixes) or match(line):
+            hits += 1
+    if not total:
         return "code: no code lines"
-    ratio = sum(1 for ln in lines if _CODE_LINE.match(ln)) / len(lines)
+    ratio = hits / total
     if ratio < config.code_min_ratio:
         return f"code: {ratio:.2f} of lines look like code < {config.code_min_ratio}"
     if config.code_strict:
@@ -110,7 +150,7 @@ def code(record: dict, config: FilterConfig) -> str | None:
 
 
 # Punctuation becomes space, so "total," and "total" are the same word (C-level, fast).
-_PUNCT = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+_PUNCT = str.maketrans({c: " " for c in _PUNCT_CHARS})
 
 
 def _tokens(text: str) -> list[str]:
@@ -118,7 +158,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def _ngram_set(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-    return set(zip(*(tokens[i:] for i in range(n))))
+    return set(zip(*(tokens[i:] for i in range(n)), strict=False))
 
 
 def no_leak(record: dict, config: FilterConfig) -> str | None:
@@ -127,7 +167,13 @@ def no_leak(record: dict, config: FilterConfig) -> str | None:
     n = config.leak_ngram
     if not response:
         return None
-    plan_words = _tokens(record.get("plan") or "")
+    plan = record.get("plan") or ""
+    if response.isascii() and plan.isascii():
+        # The same bound from token counts alone: most records end here without building token lists.
+        positions = _count(response, _TOKEN_TABLE) - n + 1
+        if positions <= 0 or _count(plan, _TOKEN_TABLE) - n + 1 < config.leak_max_overlap * positions:
+            return None
+    plan_words = _tokens(plan)
     response_words = _tokens(response)
     positions = len(response_words) - n + 1
     # The plan has at most len(plan_words) - n + 1 distinct n-grams to match with: most plans are
@@ -142,14 +188,28 @@ def no_leak(record: dict, config: FilterConfig) -> str | None:
 
 
 def normalize_prompt(prompt: str) -> str:
+    if prompt.isascii():
+        # ASCII is NFKC-stable and casefolds as lower(); printable ASCII has no whitespace but " ".
+        text = prompt.lower()
+        if text.isprintable() and "  " not in text and not text.startswith(" ") and not text.endswith(" "):
+            return text
+        return " ".join(text.split())
     return " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
+
+
+def prompt_digest(record: dict) -> bytes:
+    """What dedup compares: a 16-byte hash of the normalised prompt."""
+    return hashlib.blake2b(normalize_prompt(record.get("prompt") or "").encode(), digest_size=16).digest()
+
+
+DUPLICATE = "dedup: duplicate prompt"
 
 
 def dedup(record: dict, config: FilterConfig) -> str | None:
     """Reject a record whose prompt equals an earlier one after Unicode (NFKC), case and whitespace normalisation."""
-    digest = hashlib.blake2b(normalize_prompt(record.get("prompt") or "").encode(), digest_size=16).digest()
+    digest = prompt_digest(record)
     if digest in config.seen:
-        return "dedup: duplicate prompt"
+        return DUPLICATE
     config.seen.add(digest)
     return None
 
@@ -198,6 +258,27 @@ def check_record(record: dict, config: FilterConfig, rules: list[Rule]) -> list[
     return reasons
 
 
+def measure(record: dict) -> tuple:
+    """Word lengths of prompt, plan and response (None when not a string) and the plan's feature bits."""
+    prompt, plan, response = record.get("prompt"), record.get("plan"), record.get("response")
+    plan_words = features = None
+    if isinstance(plan, str):
+        tokens = plan.split()
+        plan_words = len(tokens)
+        present = set(tokens)
+        features = 0
+        for bit, (names, keywords) in enumerate(_FEATURE_TESTS):
+            # A keyword standing alone between spaces is a \b-bounded match; otherwise ask the regex.
+            if not present.isdisjoint(names) or any(k in plan and p.search(plan) for k, p in keywords):
+                features |= 1 << bit
+    return (
+        words(prompt) if isinstance(prompt, str) else None,
+        plan_words,
+        words(response) if isinstance(response, str) else None,
+        features,
+    )
+
+
 class LengthProfile:
     """Word-length and structure statistics of the records that passed."""
 
@@ -207,15 +288,24 @@ class LengthProfile:
         self.plans = 0
 
     def add(self, record: dict) -> None:
-        for name, values in self.lengths.items():
-            text = record.get(name)
-            if isinstance(text, str):
-                values.append(words(text))
-        plan = record.get("plan")
-        if isinstance(plan, str):
+        self.add_measured(measure(record))
+
+    def add_measured(self, measured: tuple) -> None:
+        """Add what ``measure`` returned for one record (possibly computed in another process)."""
+        prompt, plan, response, features = measured
+        lengths = self.lengths
+        if prompt is not None:
+            lengths["prompt"].append(prompt)
+        if plan is not None:
+            lengths["plan"].append(plan)
+        if response is not None:
+            lengths["response"].append(response)
+        if features is not None:
             self.plans += 1
-            for feature in {_FEATURE[k] for k in _KEYWORDS.findall(plan)}:
-                self.features[feature] += 1
+            if features:
+                for bit, feature in enumerate(_FEATURE_WORDS):
+                    if features >> bit & 1:
+                        self.features[feature] += 1
 
     def summary(self) -> dict:
         out: dict = {}
@@ -238,26 +328,48 @@ def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, 
     unknown = set(config.enabled) - set(RULES)
     if unknown:
         raise ValueError(f"unknown filter rules: {sorted(unknown)}")
-    rules = [r for name, r in RULES.items() if name in config.enabled]
+    checks = [r.check for name, r in RULES.items() if name in config.enabled]
+    annotate = config.annotate
     profile = LengthProfile()
-    for record in records:
-        reasons = check_record(record, config, rules)
-        meta = record.setdefault("meta", {}) if isinstance(record.get("meta"), dict) else None
-        if meta is None:
-            record["meta"] = meta = {}
-        if not reasons:
-            stats.inc("kept")
-            profile.add(record)
-            meta["filter"] = {"kept": True}
-            yield record
-            continue
-        for reason in reasons[1:]:
-            stats.inc(f"failed.{reason.split(':')[0]}")
-        if config.annotate:
-            stats.inc(f"failed.{reasons[0].split(':')[0]}")
-            stats.inc("marked")
-            meta["filter"] = {"kept": False, "reason": reasons[0], "reasons": reasons}
-            yield record
-        else:
-            reject(record, reasons[0])
+    add = profile.add_measured
+    kept = 0  # counted here and added once: stats.inc per record costs more than a rule
+    try:
+        for record in records:
+            reasons = None  # check_record, inlined
+            for check in checks:
+                reason = check(record, config)
+                if reason is not None:
+                    if reasons is None:
+                        reasons = [reason]
+                        if not annotate:
+                            break
+                    else:
+                        reasons.append(reason)
+            meta = record.get("meta")
+            if not isinstance(meta, dict):
+                record["meta"] = meta = {}
+            if reasons is None:
+                kept += 1
+                add(measure(record))
+                meta["filter"] = {"kept": True}
+                yield record
+                continue
+            count_failures(stats, reasons, annotate)
+            if annotate:
+                meta["filter"] = {"kept": False, "reason": reasons[0], "reasons": reasons}
+                yield record
+            else:
+                reject(record, reasons[0])
+    finally:
+        if kept:
+            stats.inc("kept", kept)
     stats.derived["passed"] = profile.summary()
+
+
+def count_failures(stats: Stats, reasons: list[str], annotate: bool) -> None:
+    """``failed.<rule>`` for every failing rule not sent to rejects (which counts ``rejected.<rule>``)."""
+    for reason in reasons[1:]:
+        stats.inc(f"failed.{reason.split(':')[0]}")
+    if annotate:
+        stats.inc(f"failed.{reasons[0].split(':')[0]}")
+        stats.inc("marked")

@@ -17,22 +17,29 @@ PLAN = "def solve(items):\n    total = 0\n    for x in items:\n        total += 
 
 
 def good(i, **kw):
-    r = {"id": f"r{i}", "prompt": f"Add up list number {i}.", "plan": PLAN,
-         "response": f"We add the numbers of list {i} one after another and the total is the answer.",
-         "meta": {"extract": {"finish_reason": "stop"}}}
+    r = {
+        "id": f"r{i}",
+        "prompt": f"Add up list number {i}.",
+        "plan": PLAN,
+        "response": f"We add the numbers of list {i} one after another and the total is the answer.",
+        "meta": {"extract": {"finish_reason": "stop"}},
+    }
     r.update(kw)
     return r
 
 
 def mixed_records():
     return [
-        good(0), good(1),
+        good(0),
+        good(1),
         good(2, prompt="Add up list number 1."),  # dedup
         good(3, plan=""),  # nonempty
         good(4, meta={"extract": {"finish_reason": "length"}}),  # terminated
         good(5, plan="x = 1\n" * 120),  # length
         good(6, plan="We think.\nThen we answer.\nThat is all of it."),  # code
-        good(7, plan='say("We add the numbers of list 7 one after another and the total is the answer.")'),  # no-leak
+        good(
+            7, plan='say("We add the numbers of list 7 one after another and the total is the answer.")'
+        ),  # no-leak
     ]
 
 
@@ -50,13 +57,26 @@ def test_missing_plan_is_a_bad_record_unless_skipped(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [good(0), {"id": "x", "prompt": "no plan"}])
     result = invoke(["filter", "-i", str(path)])
     assert result.exit_code == 65 and ":2: missing required field 'plan'" in result.stderr
-    result = invoke(["filter", "-i", str(path), "--skip-terminated", "--skip-nonempty", "--skip-length",
-                     "--skip-code", "--skip-no-leak"])
+    result = invoke(
+        [
+            "filter",
+            "-i",
+            str(path),
+            "--skip-terminated",
+            "--skip-nonempty",
+            "--skip-length",
+            "--skip-code",
+            "--skip-no-leak",
+        ]
+    )
     assert result.exit_code == 0 and len(result.records()) == 2
 
 
-@pytest.mark.parametrize("on", [c for n in range(len(RULES) + 1) for c in itertools.combinations(RULES, n)],
-                         ids=lambda c: "+".join(c) or "none")
+@pytest.mark.parametrize(
+    "on",
+    [c for n in range(len(RULES) + 1) for c in itertools.combinations(RULES, n)],
+    ids=lambda c: "+".join(c) or "none",
+)
 def test_every_line_is_accounted_for_with_skip(tmp_path, on):
     records = mixed_records()
     raw = b"".join(orjson.dumps(r) + b"\n" for r in records) + b"not json\n[1, 2]\n"
@@ -64,8 +84,22 @@ def test_every_line_is_accounted_for_with_skip(tmp_path, on):
     path.write_bytes(raw)
     flags = [f"--{n}" if n in on else f"--skip-{n}" for n in RULES]
     out, rej, stats = tmp_path / "out.zst", tmp_path / "rej.zst", tmp_path / "stats.json"
-    result = invoke(["filter", "-i", str(path), "-o", str(out), "--rejects", str(rej), "--stats", str(stats),
-                     "--on-bad-record", "skip", *flags])
+    result = invoke(
+        [
+            "filter",
+            "-i",
+            str(path),
+            "-o",
+            str(out),
+            "--rejects",
+            str(rej),
+            "--stats",
+            str(stats),
+            "--on-bad-record",
+            "skip",
+            *flags,
+        ]
+    )
     assert result.exit_code == 0, result.stderr
     counters = json.loads(stats.read_text())["counters"]
     written, rejected = read_records(out), read_records(rej)
@@ -75,7 +109,14 @@ def test_every_line_is_accounted_for_with_skip(tmp_path, on):
     assert reasons <= set(on) | {"bad-record"} and "bad-record" in reasons
     kept = {r["id"] for r in written}
     assert {"r0", "r1"} <= kept
-    designated = {"dedup": "r2", "nonempty": "r3", "terminated": "r4", "length": "r5", "code": "r6", "no-leak": "r7"}
+    designated = {
+        "dedup": "r2",
+        "nonempty": "r3",
+        "terminated": "r4",
+        "length": "r5",
+        "code": "r6",
+        "no-leak": "r7",
+    }
     assert not {designated[n] for n in on} & kept
     assert sum(v for k, v in counters.items() if k.startswith("rejected.")) == counters["rejected"]
 
@@ -86,8 +127,16 @@ def test_rejects_carry_the_rule_and_annotate_keeps_all(tmp_path):
     out = result.records()
     assert len(out) == 8
     marks = {r["id"]: r["meta"]["filter"].get("reason", "").split(":")[0] for r in out}
-    assert marks == {"r0": "", "r1": "", "r2": "dedup", "r3": "nonempty", "r4": "terminated", "r5": "length",
-                     "r6": "code", "r7": "no-leak"}
+    assert marks == {
+        "r0": "",
+        "r1": "",
+        "r2": "dedup",
+        "r3": "nonempty",
+        "r4": "terminated",
+        "r5": "length",
+        "r6": "code",
+        "r7": "no-leak",
+    }
 
 
 def test_plain_output_by_flag_or_env_and_zstd_by_default(tmp_path):
@@ -122,7 +171,7 @@ def _big_input(tmp_path, n=200_000):
 
 def test_head_closes_the_pipe_quietly(tmp_path):
     path = _big_input(tmp_path)
-    cmd = f"{' '.join(CODEPLAN)} filter --plain -i {path} | head -1; echo \"status=${{PIPESTATUS[0]}}\" >&2"
+    cmd = f'{" ".join(CODEPLAN)} filter --plain -i {path} | head -1; echo "status=${{PIPESTATUS[0]}}" >&2'
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
     assert proc.stdout.count(b"\n") == 1 and orjson.loads(proc.stdout)["id"] == "r0"
     assert b"Traceback" not in proc.stderr and b"status=0" in proc.stderr, proc.stderr.decode()
@@ -130,11 +179,15 @@ def test_head_closes_the_pipe_quietly(tmp_path):
 
 def test_sigterm_leaves_output_that_zstd_reads_to_the_end(tmp_path):
     out = tmp_path / "out.zst"
-    proc = subprocess.Popen([*CODEPLAN, "filter", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*CODEPLAN, "filter", "-o", str(out)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     sent = 0
     deadline = time.monotonic() + 60
     while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
-        proc.stdin.write(b"".join(orjson.dumps(good(sent + k, prompt=f"q{sent + k}")) + b"\n" for k in range(500)))
+        proc.stdin.write(
+            b"".join(orjson.dumps(good(sent + k, prompt=f"q{sent + k}")) + b"\n" for k in range(500))
+        )
         proc.stdin.flush()
         sent += 500
         time.sleep(0.2)
@@ -181,11 +234,75 @@ def test_rules_on_real_corpora(shared_data, tmp_path):
     counters = json.loads(stats.read_text())["counters"]
     assert result.exit_code == 0 and counters["written"] == 805 and counters["rejected.dedup"] == 1610
     # GSM8K worked solutions used as plans: prose, so `code` rejects; a plan equal to the response leaks.
-    rows = decode_records(subprocess.run(["zstd", "-dc", str(shared_data / "gsm8k/train.jsonl.zst")],
-                                         capture_output=True, check=True).stdout)[:200]
-    path = write_jsonl(tmp_path / "g.jsonl", [{**r, "plan": r["solution"], "response": r["solution"]} for r in rows])
+    rows = decode_records(
+        subprocess.run(
+            ["zstd", "-dc", str(shared_data / "gsm8k/train.jsonl.zst")], capture_output=True, check=True
+        ).stdout
+    )[:200]
+    path = write_jsonl(
+        tmp_path / "g.jsonl", [{**r, "plan": r["solution"], "response": r["solution"]} for r in rows]
+    )
     result = invoke(["filter", "-i", str(path), "--skip-code", "--min-plan-words", "1"])
     assert result.exit_code == 0 and result.records() == []
     result = invoke(["filter", "-i", str(path), "--skip-no-leak", "--stats", str(stats)])
     counters = json.loads(stats.read_text())["counters"]
     assert counters.get("rejected.code", 0) >= 190
+
+
+def _many_mixed_lines(n=2600, bad_at=(), noise=True):
+    """More lines than one batch, so that --workers N really starts workers; some rejects, some dups."""
+    lines = []
+    for i in range(n):
+        if i + 1 in bad_at:
+            lines.append(b'{"id": "broken"')
+            continue
+        kind = mixed_records()[i % 8]
+        record = {**kind, "id": f"{kind['id']}-{i}", "prompt": f"{kind['prompt']} ({i % 1000})"}
+        lines.append(orjson.dumps(record))
+        if noise and i % 400 == 7:
+            lines.append(b"not json")
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["--annotate"]], ids=["reject", "annotate"])
+def test_workers_give_the_same_output_and_counters(tmp_path, extra):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_many_mixed_lines())
+    got = {}
+    for workers in ("1", "2"):
+        rej, stats = tmp_path / f"rej{workers}.jsonl", tmp_path / f"stats{workers}.json"
+        result = invoke(
+            [
+                "filter",
+                "-i",
+                str(path),
+                "--plain",
+                "--rejects",
+                str(rej),
+                "--stats",
+                str(stats),
+                "--on-bad-record",
+                "skip",
+                "--workers",
+                workers,
+                *extra,
+            ]
+        )
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(stats.read_text())
+        report["counters"].pop("wall_seconds")
+        got[workers] = (result.stdout, rej.read_bytes(), report)
+    assert got["2"] == got["1"]
+    counters = got["1"][2]["counters"]
+    assert counters["read"] == counters["written"] + counters["rejected"] and counters["bad_records"] == 7
+    assert counters.get("rejected.dedup", 0) + counters.get("failed.dedup", 0) > 0
+
+
+def test_workers_stop_at_a_bad_line_with_the_same_message(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_many_mixed_lines(bad_at=(2042,), noise=False))
+    results = [invoke(["filter", "-i", str(path), "--plain", "--workers", w]) for w in ("1", "2")]
+    assert [r.exit_code for r in results] == [65, 65]
+    assert results[0].stderr == results[1].stderr
+    assert f"codeplan filter: error: {path}:2042: invalid JSON" in results[0].stderr
+    assert results[0].stdout == results[1].stdout

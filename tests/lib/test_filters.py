@@ -1,6 +1,15 @@
-import pytest
+import unicodedata
 
-from codeplan_tools.filters import RULES, FilterConfig, filter_records
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeplan_tools import filters as F
+from codeplan_tools import parallel
+from codeplan_tools.errors import BadRecord
+from codeplan_tools.filters import RULES, FilterConfig, filter_records, required_fields
+from codeplan_tools.stage import StageIO, run_stage
 from codeplan_tools.stats import Stats
 
 GOOD_PLAN = "def solve(n):\n    total = 0\n    for x in range(n):\n        if x % 2:\n            total += x\n    return total"
@@ -15,7 +24,10 @@ def rec(**kw):
 
 CASES = {
     # rule: (record that passes, record that fails, expected reason prefix)
-    "terminated": (rec(meta={"extract": {"finish_reason": "stop"}}), rec(meta={"extract": {"finish_reason": "length"}})),
+    "terminated": (
+        rec(meta={"extract": {"finish_reason": "stop"}}),
+        rec(meta={"extract": {"finish_reason": "length"}}),
+    ),
     "nonempty": (rec(), rec(plan="```python\n# nothing here\n```\n")),
     "length": (rec(), rec(plan="x = 1\n" * 120)),
     "code": (rec(), rec(plan="First we think about it.\nThen we write the answer down.\nDone.")),
@@ -50,10 +62,16 @@ def test_code_strict_parses_but_never_runs():
 
 def test_dedup_normalises_case_space_and_unicode():
     config = FilterConfig(enabled=("dedup",))
-    records = [rec(id="a", prompt="What is  2+2?"), rec(id="b", prompt="what is 2+2?"),
-               rec(id="c", prompt="ｗhat is 2+2?"), rec(id="d", prompt="What is 2+3?")]
+    records = [
+        rec(id="a", prompt="What is  2+2?"),
+        rec(id="b", prompt="what is 2+2?"),
+        rec(id="c", prompt="ｗhat is 2+2?"),
+        rec(id="d", prompt="What is 2+3?"),
+    ]
     rejected = []
-    kept = list(filter_records(records, config, Stats("filter"), lambda r, why: rejected.append((r["id"], why))))
+    kept = list(
+        filter_records(records, config, Stats("filter"), lambda r, why: rejected.append((r["id"], why)))
+    )
     assert [r["id"] for r in kept] == ["a", "d"]
     assert rejected == [("b", "dedup: duplicate prompt"), ("c", "dedup: duplicate prompt")]
 
@@ -70,8 +88,212 @@ def test_annotate_keeps_everything_and_lists_all_reasons():
 def test_stats_describe_what_passed():
     stats = Stats("filter")
     plans = [GOOD_PLAN, "def f():\n    return 1", "x = 1\nprint(x)"]
-    list(filter_records([rec(id=str(i), prompt=f"q {i}", plan=p) for i, p in enumerate(plans)],
-                        FilterConfig(), stats, lambda r, why: None))
+    list(
+        filter_records(
+            [rec(id=str(i), prompt=f"q {i}", plan=p) for i, p in enumerate(plans)],
+            FilterConfig(),
+            stats,
+            lambda r, why: None,
+        )
+    )
     passed = stats.derived["passed"]
-    assert passed["plan_share"] == {"functions": round(2 / 3, 4), "conditions": round(1 / 3, 4), "loops": round(1 / 3, 4)}
+    assert passed["plan_share"] == {
+        "functions": round(2 / 3, 4),
+        "conditions": round(1 / 3, 4),
+        "loops": round(1 / 3, 4),
+    }
     assert passed["prompt_words"]["mean"] == 2.0 and passed["plan_words"]["n"] == 3
+
+
+# The rules' fast paths (str methods, token counts without token lists) against their definitions.
+_PIECES = [
+    "def",
+    "if",
+    "elif",
+    "for",
+    "while",
+    "x",
+    "total",
+    "=",
+    "+=",
+    "(",
+    ")",
+    ":",
+    "#",
+    "```",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\x0b",
+    "\x1c",
+    "\x85",
+    "\u2028",
+    "\u00a0",
+    "é",
+    "İ",
+    "ﬁ",
+    "ｗ",
+    "return",
+    "print(",
+    "a,b",
+    "-",
+    ".",
+    "class ",
+    "x = 1",
+    "foo(bar)",
+    "else:",
+    "A",
+    "ß",
+    "\u3000",
+    "'",
+    "_",
+    "1",
+    "==",
+    "\x00",
+]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=40).map("".join)
+
+
+def _reference_code(plan, config):
+    lines = [ln for ln in F._plan_lines(plan) if not F._COMMENT.match(ln)]
+    if not lines:
+        return "code: no code lines"
+    ratio = sum(1 for ln in lines if F._CODE_LINE.match(ln)) / len(lines)
+    return (
+        None
+        if ratio >= config.code_min_ratio
+        else f"code: {ratio:.2f} of lines look like code < {config.code_min_ratio}"
+    )
+
+
+def _reference_no_leak(plan, response, config):
+    n, plan_words, response_words = config.leak_ngram, F._tokens(plan), F._tokens(response)
+    positions = len(response_words) - n + 1
+    if not response or positions <= 0 or len(plan_words) - n + 1 < config.leak_max_overlap * positions:
+        return None
+    overlap = len(F._ngram_set(response_words, n) & F._ngram_set(plan_words, n)) / positions
+    return (
+        f"no-leak: {overlap:.2f} of the response's {n}-grams are in the plan"
+        if overlap >= config.leak_max_overlap
+        else None
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    plan=_TEXT,
+    response=_TEXT,
+    ascii_only=st.booleans(),
+    ngram=st.integers(1, 4),
+    overlap=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_fast_paths_match_the_definitions(plan, response, ascii_only, ngram, overlap):
+    if ascii_only:
+        plan, response = (t.encode("ascii", "ignore").decode() for t in (plan, response))
+    config = FilterConfig(leak_ngram=ngram, leak_max_overlap=overlap, code_min_ratio=overlap)
+    record = rec(plan=plan, response=response, prompt=response)
+    assert RULES["code"].check(record, config) == _reference_code(plan, config)
+    assert RULES["no-leak"].check(record, config) == _reference_no_leak(plan, response, config)
+    empty = all(not ln.strip() or ln.strip().startswith(("#", "```")) for ln in plan.splitlines())
+    assert (RULES["nonempty"].check(record, config) is None) == (not empty)
+    assert F.words(response) == len(response.split()) and F.words(plan) == len(plan.split())
+    assert F.normalize_prompt(response) == " ".join(
+        unicodedata.normalize("NFKC", response).casefold().split()
+    )
+    prompt_words, plan_words, response_words, bits = F.measure(record)
+    features = {F._FEATURE[k] for k in F._KEYWORDS.findall(plan)}
+    assert bits == sum(
+        1 << i for i, name in enumerate(("functions", "conditions", "loops")) if name in features
+    )
+    assert (prompt_words, plan_words, response_words) == (
+        len(response.split()),
+        len(plan.split()),
+        len(response.split()),
+    )
+
+
+def _mixed_lines():
+    lines = []
+    for i in range(60):
+        r = rec(
+            id=f"m{i}",
+            prompt=f"Question {i % 23}?",
+            meta={"extract": {"finish_reason": "length" if i % 11 == 0 else "stop"}},
+        )
+        if i % 7 == 0:
+            r["plan"] = "We think about it.\nThen answer."
+        if i % 13 == 0:
+            r["plan"] = f"answer = '''{RESPONSE}'''"
+        lines.append(orjson.dumps(r))
+        if i % 17 == 5:
+            lines.append(b'{"id": "broken"')
+        if i % 19 == 3:
+            lines.append(b'{"id": "noplan", "prompt": "x"}')
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("annotate", [False, True])
+def test_parallel_path_equals_single_process(tmp_path, monkeypatch, annotate):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_mixed_lines())
+    results = {}
+    for mode in ("single", "parallel"):
+        config = FilterConfig(annotate=annotate)
+        io = StageIO(
+            stage="filter",
+            inputs=[str(path)],
+            output=str(tmp_path / f"{mode}.jsonl"),
+            plain=True,
+            rejects=str(tmp_path / f"{mode}-rej.jsonl"),
+            on_bad_record="skip",
+            require=required_fields(config),
+            progress=False,
+        )
+        if mode == "single":
+            stats = run_stage(
+                io, lambda records, ctx, config=config: filter_records(records, config, ctx.stats, ctx.reject)
+            )
+        else:
+            monkeypatch.setattr(parallel, "BATCH_LINES", 4)  # many batches over 2 workers
+            assert parallel.can_run(io, config)
+            stats = parallel.run_filter_parallel(io, config, 2)
+        stats.counters.pop("wall_seconds")
+        results[mode] = (
+            (tmp_path / f"{mode}.jsonl").read_bytes(),
+            (tmp_path / f"{mode}-rej.jsonl").read_bytes(),
+            dict(stats.counters),
+            stats.derived,
+        )
+    assert results["parallel"] == results["single"]
+    out, rejected, counters, _ = results["single"]
+    assert counters["read"] == counters["written"] + counters["rejected"] and counters["bad_records"] > 0
+    assert counters.get("rejected.dedup", 0) + counters.get("failed.dedup", 0) > 0
+
+
+def test_parallel_bad_line_fails_with_its_line(tmp_path, monkeypatch):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_mixed_lines())
+    monkeypatch.setattr(parallel, "BATCH_LINES", 2)
+    messages = []
+    for run in (
+        lambda io, config: run_stage(
+            io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject)
+        ),
+        lambda io, config: parallel.run_filter_parallel(io, config, 2),
+    ):
+        config = FilterConfig()  # a fresh dedup state for each run
+        io = StageIO(
+            stage="filter",
+            inputs=[str(path)],
+            output=str(tmp_path / "o.jsonl"),
+            plain=True,
+            require=required_fields(config),
+            progress=False,
+        )
+        with pytest.raises(BadRecord) as err:
+            run(io, config)
+        messages.append((str(err.value), (tmp_path / "o.jsonl").read_bytes()))
+    assert messages[0] == messages[1]
+    assert messages[0][0] == f"{path}:5: missing required field 'plan'"
