@@ -1,0 +1,207 @@
+"""``codeplan score``: check model answers per task family, report accuracy, compare runs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from codeplan_cli import options as o
+
+REPORT_PANEL = "Report and comparison"
+CHECK_PANEL = "Checking"
+
+
+class AverageOver(str, Enum):
+    benchmarks = "benchmarks"
+    tasks = "tasks"
+
+
+def score_command(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[RUN...]",
+            help="With --compare: the runs to compare, as FILE or NAME=FILE (scored or not); the first is the baseline.",
+            show_default=False,
+        ),
+    ] = None,
+    inputs: o.Inputs = None,
+    output: o.Output = None,
+    plain: o.Plain = False,
+    rejects: o.Rejects = None,
+    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
+    stats: o.StatsFile = None,
+    shard: o.Shard = None,
+    progress: o.Progress = True,
+    quiet: o.Quiet = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            metavar="NAME",
+            help="Score every record as this task (for records without a 'task' field); see 'codeplan tasks list'.",
+            rich_help_panel=CHECK_PANEL,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0.1,
+            help="Hard limit for checking one math answer; a check past it is killed and counted as timed out.",
+            rich_help_panel=CHECK_PANEL,
+        ),
+    ] = 5.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=0,
+            help="Worker processes for math-verify checks; 0 = one per CPU (at most 8).",
+            rich_help_panel=CHECK_PANEL,
+        ),
+    ] = 0,
+    report: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report",
+            metavar="FILE",
+            help="Also write the report to FILE: JSON for .json, Markdown for .md. Repeatable.",
+            rich_help_panel=REPORT_PANEL,
+        ),
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Compare the RUN files side by side (no records on stdout): accuracy per task, absolute and "
+            "relative improvement over the first run, the average relative improvement, and a paired test "
+            "per task (McNemar, or bootstrap with several samples).",
+            rich_help_panel=REPORT_PANEL,
+        ),
+    ] = False,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            "--plot",
+            metavar="FILE.png",
+            help="Draw accuracy per task (and per difficulty where a task has one) for the run(s) as a PNG.",
+            rich_help_panel=REPORT_PANEL,
+        ),
+    ] = None,
+    average_over: Annotated[
+        AverageOver,
+        typer.Option(
+            "--average-over",
+            case_sensitive=False,
+            help="Units of the average relative improvement: 'benchmarks' counts BBH's 27 tasks as one "
+            "benchmark; 'tasks' counts every task.",
+            rich_help_panel=REPORT_PANEL,
+        ),
+    ] = AverageOver.benchmarks,
+) -> None:
+    """Check each sample's answer with its task's scorer and write the records with meta.score.
+
+    Scorers: numeric (GSM8K, SVAMP, ...), math (MATH: \\boxed{} + math-verify, in worker processes with
+    a hard --timeout), choice, exact, yesno, qa (EM/F1 with aliases) and ifeval (strict/loose).
+    Strict extraction (only an answer the model marked: \\boxed{}, '#### X', 'The answer is X', a bare
+    answer) and lenient extraction (falls back to the last number / option / line) are reported side
+    by side; accuracy is the lenient one. A record without 'samples' is scored on its 'response'.
+    A record with an unknown task or no gold answer stops the run (--on-bad-record skip rejects it).
+    Re-running with the same -o FILE resumes. With --compare, the RUN arguments are the runs to
+    compare (FILE or NAME=FILE, scored or not; the first is the baseline) and no records are written.
+    The report (accuracy with 95% Wilson interval per task and subtask, unextracted and timed-out
+    counts, pass@k and maj@k with several samples) goes to stderr and to --report files.
+
+    Example: codeplan generate --model ckpt/ < gsm8k.jsonl.zst | codeplan score --report gsm8k.md > scored.jsonl.zst
+
+    Example: codeplan score --compare vanilla=vanilla.jsonl.zst codeplan=codeplan.jsonl.zst --report cmp.md --plot cmp.png
+    """
+    import sys
+
+    from codeplan_tools import report as reporting
+    from codeplan_tools.errors import UsageError
+    from codeplan_tools.score import ScoreConfig, load_run, run_names, score_records
+    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.streams import read_records
+
+    for path in report or []:
+        if not path.endswith((".json", ".md")):
+            raise UsageError(f"--report {path}: use a name ending in .json or .md")
+    config = ScoreConfig(task=task, timeout=timeout, workers=workers)
+
+    if compare:
+        if inputs:
+            raise UsageError("--compare takes the runs as arguments (RUN...), not -i")
+        if not runs or len(runs) < 2:
+            raise UsageError(
+                "--compare needs at least two runs: codeplan score --compare A.jsonl.zst B.jsonl.zst"
+            )
+        reports = [load_run(path, name, config) for name, path in run_names(runs)]
+        comparison = reporting.compare(reports, average_over.value)
+        if not quiet:
+            print(reporting.format_comparison(comparison), file=sys.stderr)
+        _write(report, plot, reports, comparison, average_over.value)
+        return
+    if runs:
+        raise UsageError(
+            f"unexpected argument {runs[0]!r}: give input files with -i, or compare runs with --compare"
+        )
+
+    io = StageIO(
+        stage="score",
+        inputs=inputs or ["-"],
+        output=output,
+        plain=plain,
+        rejects=rejects,
+        on_bad_record=on_bad_record.value,
+        stats_path=stats,
+        shard=shard,
+        resume_settings=config.settings(),
+        progress=progress,
+        quiet=quiet,
+    )
+    name = "run"
+    collected = reporting.build_report([], name)
+
+    def transform(records, ctx):
+        # Unscorable records (unknown task, no gold) stop the run unless --on-bad-record skip.
+        reject = ctx.reject if on_bad_record.value == "skip" else None
+        for record in score_records(records, config, ctx.stats, reject=reject, stamp=ctx.stamp):
+            collected.add(record)
+            yield record
+
+    result = run_stage(io, transform)
+    if output not in (None, "-") and result["skipped_done"]:
+        # A resumed run: report on everything in the output file, not just this invocation's part.
+        collected = reporting.build_report(read_records([output]), name)
+    if not quiet:
+        print(reporting.format_table(collected), file=sys.stderr)
+        if result["records_without_samples"]:
+            print(
+                f"codeplan score: note: {int(result['records_without_samples'])} records had no 'samples'; "
+                "their 'response' (or 'solution') was scored instead",
+                file=sys.stderr,
+            )
+    o.print_summary(result, quiet)
+    _write(report, plot, [collected], None, average_over.value)
+
+
+def _write(report_files, plot, runs, comparison, average_over) -> None:
+    from codeplan_tools import report as reporting
+
+    for path in report_files or []:
+        if path.endswith(".json"):
+            reporting.write_json(path, runs, comparison)
+        else:
+            reporting.write_markdown(path, runs, comparison)
+    if plot:
+        reporting.plot_runs(runs, plot, average_over)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score_command)

@@ -1,0 +1,142 @@
+"""``codeplan tasks``: list the benchmark tasks and turn their files into records."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from codeplan_cli import options as o
+
+tasks_app = typer.Typer(
+    name="tasks",
+    help="List the benchmark tasks and turn their public files into records for 'codeplan generate'.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+@tasks_app.command("list")
+def list_command(
+    group: Annotated[
+        str | None,
+        typer.Option("--group", metavar="NAME", help="Only the tasks of this group (e.g. bbh, synth)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per task instead of a table.")
+    ] = False,
+) -> None:
+    """List the tasks: name, scorer family, difficulty dimension, source files and a description.
+
+    Example: codeplan tasks list --group bbh
+    """
+    import orjson
+
+    from codeplan_tools.tasks import list_tasks
+
+    tasks = [t for t in list_tasks() if group is None or t.group == group]
+    if as_json:
+        for t in tasks:
+            row = {
+                "name": t.name,
+                "scorer": t.scorer,
+                "group": t.group,
+                "difficulty": t.difficulty,
+                "files": list(t.files),
+                "instruction": t.instruction,
+                "description": t.description,
+            }
+            typer.echo(orjson.dumps(row).decode())
+        return
+    width = max((len(t.name) for t in tasks), default=4)
+    typer.echo(f"{'task':<{width}}  {'scorer':<7}  {'difficulty':<10}  source")
+    for t in tasks:
+        source = (
+            ", ".join(t.files) if t.files else "generated (codeplan synth)" if t.group == "synth" else "-"
+        )
+        typer.echo(f"{t.name:<{width}}  {t.scorer:<7}  {t.difficulty or '-':<10}  {source}  {t.description}")
+
+
+@tasks_app.command("prepare")
+def prepare_command(
+    names: Annotated[
+        str,
+        typer.Argument(
+            metavar="TASK[,TASK...]",
+            help="Task names (see 'codeplan tasks list'); a group name such as bbh means all its tasks.",
+        ),
+    ],
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--data-dir",
+            metavar="DIR",
+            help="Folder with the task files (the layout of shared/data). [default: $CODEPLAN_DATA, "
+            "else ../shared/data relative to the current directory]",
+        ),
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-i",
+            "--input",
+            metavar="FILE",
+            help="Read the task's public file instead (as downloaded: JSON, JSON Lines, BIG-bench "
+            "task.json or CSV; zstd/gzip ok). Repeatable; needs a single task.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", min=0, help="At most N records per task.")
+    ] = None,
+    instruction: Annotated[
+        bool,
+        typer.Option(
+            "--instruction/--no-instruction",
+            help="Append the task's answer-format instruction to the prompt ('question' keeps the bare text).",
+        ),
+    ] = True,
+    gold_response: Annotated[
+        bool,
+        typer.Option(
+            "--gold-response",
+            help="Also write the gold (worked solution or answer) as 'response': 'codeplan score' on the "
+            "result checks the scorers (it should report 100%).",
+        ),
+    ] = False,
+    output: o.Output = None,
+    plain: o.Plain = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Write records (id, task, prompt, question, answer and the source's extra fields) for the tasks.
+
+    Example: codeplan tasks prepare gsm8k,math500 --limit 100 > eval.jsonl.zst
+
+    Example: codeplan tasks prepare gsm8k -i grade-school-math/test.jsonl > gsm8k.jsonl.zst
+    """
+    import sys
+
+    from codeplan_tools.errors import UsageError
+    from codeplan_tools.stats import Stats
+    from codeplan_tools.streams import RecordWriter
+    from codeplan_tools.tasks import expand_task_names, prepare_records
+
+    tasks = expand_task_names(names)
+    if inputs and len(tasks) != 1:
+        raise UsageError("-i FILE reads one task's public file: name exactly one task")
+    counters = Stats("tasks")
+    with RecordWriter(output, plain=plain) as writer:
+        for task in tasks:
+            for record in prepare_records(task, data_dir, inputs, limit, instruction, gold_response):
+                writer.write(record)
+                counters.inc("written")
+                counters.inc(f"written.{task.name}")
+    if not quiet:
+        print(
+            f"codeplan tasks prepare: {int(counters['written'])} records from {len(tasks)} task(s)",
+            file=sys.stderr,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tasks_app, name="tasks")

@@ -1,0 +1,631 @@
+"""Reports of scored runs: accuracy with intervals, pass@k, maj@k, and run comparisons.
+
+A report is built from ``meta.score`` alone (``codeplan_tools.score``), so it can be made again from
+any scored file without the task registry.
+
+- **Accuracy** per task is the mean over records of the per-record accuracy (the share of its samples
+  that are right; with one sample, 0 or 1), with a 95% Wilson score interval over the records. The
+  strict-extraction accuracy, the counts of unextracted and timed-out samples, F1 (QA) and
+  instruction-level accuracy (IFEval) stand beside it. Subtasks (BBH task, MATH subject and level,
+  MuSiQue hop count, synthetic difficulty) get the same row; tasks of a group (``bbh``) also get a
+  group row over all their records.
+- **pass@k** is the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), averaged over
+  records; **maj@k** is right when the most frequent extracted answer among the first k samples is
+  right, and a tie for the most frequent answer is *not* a majority (counted wrong).
+- **Comparison** (``compare``): per benchmark, each run's accuracy, the absolute difference to the first
+  run (the baseline) in points and the relative improvement (B - A) / A; the average relative
+  improvement across benchmarks (the paper's headline number; BBH's 27 tasks count as one benchmark
+  unless ``average_over="tasks"``); and a paired test on the records both runs share (paired
+  by task and id): McNemar's exact binomial test when every record has one sample, else a paired
+  bootstrap of the mean difference (2,000 resamples, seed 0).
+
+Writers: ``format_table`` (stderr), ``write_json``, ``write_markdown``, ``plot_runs`` (PNG).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Z95 = 1.959963984540054
+# Groups that are one benchmark made of many tasks: they count once in the average relative improvement
+# (as in the paper), while the tasks of other groups (e.g. synth) count one by one.
+SUITES = {"bbh"}
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (``successes`` may be fractional)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
+    if k > n or k < 1:
+        raise ValueError(f"pass@k needs 1 <= k <= n (k={k}, n={n})")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def maj_at_k(keys: Sequence[str | None], corrects: Sequence[bool]) -> tuple[str | None, bool]:
+    """(majority answer, whether it is right) over the given samples; None answers do not vote.
+
+    A tie for the most frequent answer is no majority: (None, False)."""
+    votes = Counter(k for k in keys if k is not None)
+    if not votes:
+        return None, False
+    ranked = votes.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return None, False
+    answer = ranked[0][0]
+    right = next(c for k, c in zip(keys, corrects, strict=True) if k == answer)
+    return answer, bool(right)
+
+
+def default_ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    ks.append(n)
+    return ks
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (A right, B wrong) and c."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value that mean(b - a) differs from 0, by resampling the paired differences."""
+    import numpy as np
+
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if len(d) == 0 or not d.any():
+        return 1.0
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, resamples, 200):
+        size = min(200, resamples - start)
+        idx = rng.integers(0, len(d), size=(size, len(d)))
+        means.append(d[idx].mean(axis=1))
+    m = np.concatenate(means)
+    p = 2 * min((m <= 0).mean(), (m >= 0).mean())
+    return float(min(1.0, p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulating a run.
+
+
+@dataclass
+class Cell:
+    """Counts of one row of the report (a task, a subtask value or a group)."""
+
+    records: int = 0
+    samples: int = 0
+    acc_sum: float = 0.0
+    acc_strict_sum: float = 0.0
+    unextracted: int = 0
+    unextracted_strict: int = 0
+    timed_out: int = 0
+    pass_sum: dict[int, float] = field(default_factory=dict)
+    pass_n: dict[int, int] = field(default_factory=dict)
+    maj_sum: dict[int, int] = field(default_factory=dict)
+    maj_n: dict[int, int] = field(default_factory=dict)
+    f1_sum: float = 0.0
+    f1_n: int = 0
+    instructions: int = 0
+    instructions_strict: int = 0
+    instructions_loose: int = 0
+
+    def add(self, s: Mapping[str, Any]) -> None:
+        self.records += 1
+        self.samples += int(s.get("n", 1))
+        self.acc_sum += float(s.get("accuracy", 0.0))
+        self.acc_strict_sum += float(s.get("accuracy_strict", 0.0))
+        self.unextracted += int(s.get("unextracted", 0))
+        self.unextracted_strict += int(s.get("unextracted_strict", 0))
+        self.timed_out += int(s.get("timed_out", 0))
+        for k, v in (s.get("pass@k") or {}).items():
+            self.pass_sum[int(k)] = self.pass_sum.get(int(k), 0.0) + float(v)
+            self.pass_n[int(k)] = self.pass_n.get(int(k), 0) + 1
+        for k, v in (s.get("maj@k") or {}).items():
+            self.maj_sum[int(k)] = self.maj_sum.get(int(k), 0) + int(bool(v))
+            self.maj_n[int(k)] = self.maj_n.get(int(k), 0) + 1
+        if "f1" in s:
+            self.f1_sum += float(s["f1"])
+            self.f1_n += 1
+        self.instructions += int(s.get("instructions", 0))
+        self.instructions_strict += int(s.get("instructions_strict", 0))
+        self.instructions_loose += int(s.get("instructions_loose", 0))
+
+    @property
+    def accuracy(self) -> float:
+        return self.acc_sum / self.records if self.records else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lo, hi = wilson(self.acc_sum, self.records)
+        slo, shi = wilson(self.acc_strict_sum, self.records)
+        out: dict[str, Any] = {
+            "n": self.records,
+            "samples": self.samples,
+            "accuracy": self.accuracy,
+            "ci95": [lo, hi],
+            "accuracy_strict": self.acc_strict_sum / self.records if self.records else 0.0,
+            "ci95_strict": [slo, shi],
+            "unextracted": self.unextracted,
+            "unextracted_strict": self.unextracted_strict,
+            "timed_out": self.timed_out,
+        }
+        # pass@k / maj@k only where every record has that many samples (else the mean mixes k's).
+        full = {
+            k: self.pass_sum[k] / self.pass_n[k]
+            for k in sorted(self.pass_sum)
+            if self.pass_n[k] == self.records
+        }
+        if full:
+            out["pass@k"] = {str(k): v for k, v in full.items()}
+        maj = {
+            k: self.maj_sum[k] / self.maj_n[k] for k in sorted(self.maj_sum) if self.maj_n[k] == self.records
+        }
+        if maj:
+            out["maj@k"] = {str(k): v for k, v in maj.items()}
+        if self.f1_n:
+            out["f1"] = self.f1_sum / self.f1_n
+        if self.instructions:
+            out["instruction_accuracy_strict"] = self.instructions_strict / self.instructions
+            out["instruction_accuracy_loose"] = self.instructions_loose / self.instructions
+        return out
+
+
+@dataclass
+class TaskRows:
+    cell: Cell = field(default_factory=Cell)
+    group: str | None = None
+    difficulty: str | None = None
+    subtasks: dict[str, dict[str, Cell]] = field(default_factory=dict)
+    # id -> (accuracy, n samples), for paired tests between runs.
+    per_record: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+@dataclass
+class RunReport:
+    name: str
+    tasks: dict[str, TaskRows] = field(default_factory=dict)
+    unscored: int = 0
+
+    def add(self, record: Mapping) -> None:
+        s = ((record.get("meta") or {}).get("score")) if isinstance(record.get("meta"), dict) else None
+        if not isinstance(s, Mapping) or "task" not in s:
+            self.unscored += 1
+            return
+        rows = self.tasks.setdefault(s["task"], TaskRows())
+        rows.cell.add(s)
+        rows.group = s.get("group") or rows.group
+        rows.difficulty = s.get("difficulty") or rows.difficulty
+        for dim, value in (s.get("subtasks") or {}).items():
+            rows.subtasks.setdefault(dim, {}).setdefault(str(value), Cell()).add(s)
+        rows.per_record[str(record.get("id"))] = (float(s.get("accuracy", 0.0)), int(s.get("n", 1)))
+
+    def groups(self) -> dict[str, Cell]:
+        out: dict[str, Cell] = {}
+        for name in sorted(self.tasks):
+            rows = self.tasks[name]
+            if rows.group:
+                out.setdefault(rows.group, Cell())
+                _merge(out[rows.group], rows.cell)
+        return out
+
+    def benchmarks(self) -> list[str]:
+        """Units of the average: tasks, with the tasks of a suite (``SUITES``: BBH) as one unit."""
+        seen: list[str] = []
+        for name in sorted(self.tasks):
+            group = self.tasks[name].group
+            unit = group if group in SUITES else name
+            if unit not in seen:
+                seen.append(unit)
+        return seen
+
+    def paired(self, unit: str) -> dict[tuple[str, str], tuple[float, int]]:
+        out = {}
+        for name, rows in self.tasks.items():
+            if name == unit or rows.group == unit:
+                for rid, v in rows.per_record.items():
+                    out[(name, rid)] = v
+        return out
+
+    def accuracy(self, unit: str) -> Cell | None:
+        if unit in self.tasks:
+            return self.tasks[unit].cell
+        return self.groups().get(unit)
+
+    def to_dict(self) -> dict[str, Any]:
+        tasks = {}
+        for name in sorted(self.tasks):
+            rows = self.tasks[name]
+            d = rows.cell.summary()
+            if rows.group:
+                d["group"] = rows.group
+            if rows.difficulty:
+                d["difficulty"] = rows.difficulty
+            if rows.subtasks:
+                d["subtasks"] = {
+                    dim: {v: c.summary() for v, c in sorted(vals.items(), key=lambda kv: _sort_key(kv[0]))}
+                    for dim, vals in sorted(rows.subtasks.items())
+                }
+            tasks[name] = d
+        out: dict[str, Any] = {"name": self.name, "tasks": tasks}
+        groups = self.groups()
+        if groups:
+            out["groups"] = {g: c.summary() for g, c in groups.items()}
+        if self.unscored:
+            out["unscored_records"] = self.unscored
+        return out
+
+
+def _merge(into: Cell, other: Cell) -> None:
+    for f in (
+        "records",
+        "samples",
+        "acc_sum",
+        "acc_strict_sum",
+        "unextracted",
+        "unextracted_strict",
+        "timed_out",
+        "f1_sum",
+        "f1_n",
+        "instructions",
+        "instructions_strict",
+        "instructions_loose",
+    ):
+        setattr(into, f, getattr(into, f) + getattr(other, f))
+    for name in ("pass_sum", "pass_n", "maj_sum", "maj_n"):
+        mine, theirs = getattr(into, name), getattr(other, name)
+        for k, v in theirs.items():
+            mine[k] = mine.get(k, 0) + v
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def build_report(records: Iterable[Mapping], name: str = "run") -> RunReport:
+    report = RunReport(name)
+    for r in records:
+        report.add(r)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing runs.
+
+
+def compare(runs: Sequence[RunReport], average_over: str = "benchmarks") -> dict[str, Any]:
+    """Side-by-side rows against ``runs[0]`` (see the module docstring)."""
+    if len(runs) < 2:
+        raise ValueError("a comparison needs at least two runs")
+    base = runs[0]
+    units = _units(runs, average_over)
+    rows = []
+    for unit in units:
+        row: dict[str, Any] = {
+            "task": unit,
+            "n": {},
+            "accuracy": {},
+            "ci95": {},
+            "abs": {},
+            "rel": {},
+            "test": {},
+        }
+        a_cell = base.accuracy(unit)
+        for run in runs:
+            cell = run.accuracy(unit)
+            if cell is None:
+                continue
+            row["n"][run.name] = cell.records
+            row["accuracy"][run.name] = cell.accuracy
+            row["ci95"][run.name] = list(wilson(cell.acc_sum, cell.records))
+            if run is base or a_cell is None:
+                continue
+            row["abs"][run.name] = (cell.accuracy - a_cell.accuracy) * 100
+            row["rel"][run.name] = (
+                (cell.accuracy - a_cell.accuracy) / a_cell.accuracy if a_cell.accuracy > 0 else None
+            )
+            row["test"][run.name] = paired_test(base.paired(unit), run.paired(unit))
+        rows.append(row)
+    averages = {}
+    for run in runs[1:]:
+        rels = [r["rel"][run.name] for r in rows if r["rel"].get(run.name) is not None]
+        averages[run.name] = {
+            "average_relative_improvement": sum(rels) / len(rels) if rels else None,
+            "average_absolute_improvement": (
+                sum(r["abs"][run.name] for r in rows if run.name in r["abs"])
+                / max(1, sum(run.name in r["abs"] for r in rows))
+            ),
+            "over": [r["task"] for r in rows if r["rel"].get(run.name) is not None],
+        }
+    return {
+        "baseline": base.name,
+        "runs": [r.name for r in runs],
+        "average_over": average_over,
+        "rows": rows,
+        "averages": averages,
+    }
+
+
+def _units(runs: Sequence[RunReport], average_over: str) -> list[str]:
+    if average_over not in ("benchmarks", "tasks"):
+        raise ValueError("average_over must be 'benchmarks' or 'tasks'")
+    units: list[str] = []
+    for run in runs:
+        names = sorted(run.tasks) if average_over == "tasks" else run.benchmarks()
+        for u in names:
+            if u not in units:
+                units.append(u)
+    return units
+
+
+def paired_test(
+    a: Mapping[tuple[str, str], tuple[float, int]], b: Mapping[tuple[str, str], tuple[float, int]]
+) -> dict:
+    """McNemar (one sample per record) or paired bootstrap over the records both runs scored."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"method": None, "n_paired": 0, "p": None}
+    xa = [a[k][0] for k in common]
+    xb = [b[k][0] for k in common]
+    binary = all(a[k][1] == 1 and b[k][1] == 1 for k in common)
+    if binary:
+        b_only = sum(1 for x, y in zip(xa, xb, strict=True) if x >= 0.5 > y)
+        c_only = sum(1 for x, y in zip(xa, xb, strict=True) if y >= 0.5 > x)
+        return {
+            "method": "mcnemar",
+            "n_paired": len(common),
+            "b": b_only,
+            "c": c_only,
+            "p": mcnemar_exact(b_only, c_only),
+        }
+    return {"method": "bootstrap", "n_paired": len(common), "p": paired_bootstrap(xa, xb)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers.
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _rows_of(report: RunReport) -> list[tuple[str, Cell, int]]:
+    """(label, cell, depth) in display order: tasks, their subtasks indented, group rows."""
+    out = []
+    groups = report.groups()
+    done_groups: set[str] = set()
+    for name in sorted(report.tasks):
+        rows = report.tasks[name]
+        if rows.group and rows.group not in done_groups and rows.group in groups:
+            out.append((f"{rows.group} (all)", groups[rows.group], 0))
+            done_groups.add(rows.group)
+        out.append((name, rows.cell, 1 if rows.group else 0))
+        for dim, vals in sorted(rows.subtasks.items()):
+            for value, cell in sorted(vals.items(), key=lambda kv: _sort_key(kv[0])):
+                out.append((f"{dim}={value}", cell, 2 if rows.group else 1))
+    return out
+
+
+def _full_ks(report: RunReport) -> list[int]:
+    """The k of pass@k that some task has for every one of its records."""
+    return sorted(
+        {
+            k
+            for rows in report.tasks.values()
+            for k in rows.cell.pass_sum
+            if rows.cell.pass_n[k] == rows.cell.records
+        }
+    )
+
+
+def format_table(report: RunReport) -> str:
+    """One run as a text table (stderr)."""
+    ks = _full_ks(report)
+    head = f"{'task':<48} {'n':>6} {'acc%':>6} {'95% CI':>13} {'strict%':>7} {'unextr':>6} {'timeout':>7}"
+    head += "".join(f" {'pass@' + str(k):>7}" for k in ks) + "".join(
+        f" {'maj@' + str(k):>6}" for k in ks if k > 1
+    )
+    lines = [f"codeplan score: {report.name}", head]
+    for label, cell, depth in _rows_of(report):
+        s = cell.summary()
+        lo, hi = s["ci95"]
+        line = (
+            f"{'  ' * depth + label:<48.48} {cell.records:>6} {_pct(s['accuracy']):>6} "
+            f"{'[' + _pct(lo) + ', ' + _pct(hi) + ']':>13} {_pct(s['accuracy_strict']):>7} "
+            f"{cell.unextracted:>6} {cell.timed_out:>7}"
+        )
+        line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k))):>7}" for k in ks)
+        line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k))):>6}" for k in ks if k > 1)
+        lines.append(line)
+    if report.unscored:
+        lines.append(f"({report.unscored} records without meta.score were left out)")
+    return "\n".join(lines)
+
+
+def format_comparison(cmp: Mapping[str, Any]) -> str:
+    runs = cmp["runs"]
+    base = cmp["baseline"]
+    others = runs[1:]
+    head = f"{'task':<36} {'n':>6}" + "".join(f" {r[:12]:>12}" for r in runs)
+    for r in others:
+        head += f" {'abs ' + r[:8]:>13} {'rel ' + r[:8]:>13} {'p':>8}"
+    lines = [f"codeplan score --compare (baseline: {base})", head]
+    for row in cmp["rows"]:
+        n = row["n"].get(base, max(row["n"].values(), default=0))
+        line = f"{row['task']:<36.36} {n:>6}" + "".join(f" {_pct(row['accuracy'].get(r)):>12}" for r in runs)
+        for r in others:
+            d = row["abs"].get(r)
+            rel = row["rel"].get(r)
+            p = (row["test"].get(r) or {}).get("p")
+            line += (
+                f" {'-' if d is None else f'{d:+.1f}':>13} {'-' if rel is None else f'{100 * rel:+.1f}%':>13}"
+            )
+            line += f" {'-' if p is None else f'{p:.3g}':>8}"
+        lines.append(line)
+    for r in others:
+        avg = cmp["averages"][r]
+        value = avg["average_relative_improvement"]
+        shown = "-" if value is None else f"{100 * value:+.1f}%"
+        lines.append(
+            f"average relative improvement of {r} over {base}: {shown} across {len(avg['over'])} {cmp['average_over']}"
+        )
+    methods = {(row["test"].get(r) or {}).get("method") for row in cmp["rows"] for r in others} - {None}
+    if methods:
+        lines.append("p: paired test on records in both runs (" + ", ".join(sorted(methods)) + ")")
+    return "\n".join(lines)
+
+
+def report_dict(runs: Sequence[RunReport], comparison: Mapping | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": [r.to_dict() for r in runs]}
+    if comparison is not None:
+        out["comparison"] = comparison
+    return out
+
+
+def write_json(path: str | Path, runs: Sequence[RunReport], comparison: Mapping | None = None) -> None:
+    Path(path).write_bytes(orjson.dumps(report_dict(runs, comparison), option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def write_markdown(path: str | Path, runs: Sequence[RunReport], comparison: Mapping | None = None) -> None:
+    Path(path).write_text(markdown(runs, comparison))
+
+
+def markdown(runs: Sequence[RunReport], comparison: Mapping | None = None) -> str:
+    parts = []
+    if comparison is not None:
+        names = comparison["runs"]
+        others = names[1:]
+        parts.append(f"## Comparison (baseline: {comparison['baseline']})\n")
+        head = (
+            "| task | n | "
+            + " | ".join(names)
+            + " | "
+            + " | ".join(f"abs {r} | rel {r} | p ({r})" for r in others)
+            + " |"
+        )
+        parts.append(head)
+        parts.append("|" + "---|" * (2 + len(names) + 3 * len(others)))
+        for row in comparison["rows"]:
+            n = row["n"].get(comparison["baseline"], "")
+            cells = [row["task"], str(n)] + [_pct(row["accuracy"].get(r)) for r in names]
+            for r in others:
+                d, rel, t = row["abs"].get(r), row["rel"].get(r), row["test"].get(r) or {}
+                cells += [
+                    "-" if d is None else f"{d:+.1f}",
+                    "-" if rel is None else f"{100 * rel:+.1f}%",
+                    "-" if t.get("p") is None else f"{t['p']:.3g} ({t['method']})",
+                ]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+        for r in others:
+            avg = comparison["averages"][r]
+            v = avg["average_relative_improvement"]
+            parts.append(
+                f"Average relative improvement of **{r}** over {comparison['baseline']}: "
+                f"**{'-' if v is None else f'{100 * v:+.1f}%'}** across {len(avg['over'])} {comparison['average_over']}."
+            )
+        parts.append("")
+    for run in runs:
+        ks = _full_ks(run)
+        parts.append(f"## {run.name}\n")
+        extra = "".join(f" pass@{k} |" for k in ks) + "".join(f" maj@{k} |" for k in ks if k > 1)
+        parts.append("| task | n | accuracy % | 95% CI | strict % | unextracted | timed out |" + extra)
+        parts.append("|---|---|---|---|---|---|---|" + "---|" * (len(ks) + sum(k > 1 for k in ks)))
+        for label, cell, depth in _rows_of(run):
+            s = cell.summary()
+            lo, hi = s["ci95"]
+            name = ("&nbsp;&nbsp;" * depth) + label
+            line = (
+                f"| {name} | {cell.records} | {_pct(s['accuracy'])} | {_pct(lo)}–{_pct(hi)} | "
+                f"{_pct(s['accuracy_strict'])} | {cell.unextracted} | {cell.timed_out} |"
+            )
+            line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k)))} |" for k in ks)
+            line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k)))} |" for k in ks if k > 1)
+            parts.append(line)
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_runs(runs: Sequence[RunReport], path: str | Path, average_over: str = "benchmarks") -> None:
+    """PNG: accuracy per benchmark for every run (95% CI bars), and accuracy per difficulty for tasks with one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = _units(runs, average_over)
+    hard = sorted({name for run in runs for name, rows in run.tasks.items() if rows.difficulty})
+    panels = 1 + len(hard)
+    cols = min(3, panels)
+    rows_n = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(max(6.0, 5.0 * cols), 4.0 * rows_n), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(1, len(runs))
+    for i, run in enumerate(runs):
+        xs, ys, err = [], [], [[], []]
+        for j, unit in enumerate(units):
+            cell = run.accuracy(unit)
+            if cell is None or not cell.records:
+                continue
+            lo, hi = wilson(cell.acc_sum, cell.records)
+            xs.append(j + (i - (len(runs) - 1) / 2) * width)
+            ys.append(100 * cell.accuracy)
+            err[0].append(max(0.0, 100 * (cell.accuracy - lo)))  # rounding can make these -1e-14
+            err[1].append(max(0.0, 100 * (hi - cell.accuracy)))
+        ax.bar(xs, ys, width=width, yerr=err, capsize=2, label=run.name)
+    ax.set_xticks(range(len(units)))
+    ax.set_xticklabels(units, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("accuracy per task")
+    ax.legend(fontsize=8)
+    for p, name in enumerate(hard, start=1):
+        ax = axes[p // cols][p % cols]
+        for run in runs:
+            rows = run.tasks.get(name)
+            if rows is None or not rows.difficulty:
+                continue
+            vals = rows.subtasks.get(rows.difficulty, {})
+            keys = sorted(vals, key=_sort_key)
+            ax.plot(keys, [100 * vals[k].accuracy for k in keys], marker="o", label=run.name)
+        ax.set_title(
+            f"{name} by {runs[0].tasks.get(name, TaskRows()).difficulty or 'difficulty'}", fontsize=9
+        )
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy (%)")
+        ax.legend(fontsize=8)
+    for p in range(panels, rows_n * cols):
+        axes[p // cols][p % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,294 @@
+"""``codeplan score`` as a library: check every sample of every record and write ``meta.score``.
+
+``score_records(records, config, stats)`` is an iterator of records in, records out. For each record:
+
+1. the task comes from ``config.task`` or the record's ``task`` (``codeplan_tools.tasks.resolve_task``);
+2. the texts to check are the record's ``samples`` (what ``generate`` wrote; each sample's ``response``,
+   or its ``text`` when the response is empty or missing, e.g. when the format could not be parsed).
+   A record **without** ``samples`` is scored on its ``response`` as one sample; this is how gold
+   feeding works (``codeplan tasks prepare --gold-response | codeplan score`` must give 100%), and it
+   also means a benchmark file whose rows carry a worked ``solution`` (read as ``response``) scores
+   its own gold: ``meta.score.source`` says ``response`` and the run's stats count
+   ``records_without_samples``. An empty ``samples`` list (generation failed) is one unanswered sample,
+   so it counts as wrong rather than disappearing;
+3. the task's scorer gives one ``Verdict`` per sample (math in worker processes with a hard timeout);
+4. ``meta.score`` gets the per-sample verdicts and the per-record aggregates: ``n``, ``n_correct``,
+   ``accuracy`` (= n_correct / n), the same with ``_strict``, ``unextracted``, ``timed_out``, and for
+   ``n > 1`` unbiased ``pass@k`` and majority vote ``maj@k`` for k = 1, 2, 4, ... n; ``correct`` is the
+   single sample's verdict, or with several samples whether the majority answer is right (a tie is no
+   majority). ``subtasks`` and ``difficulty`` carry what the report splits by.
+
+Records whose task is unknown or that have no usable gold answer are handed to ``reject`` (reasons
+``unknown-task`` and ``no-gold``) when one is given (``--on-bad-record skip``), else ``UsageError`` is
+raised naming the record.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .records import normalize, set_meta
+from .report import RunReport, default_ks, maj_at_k, pass_at_k
+from .scorers import NoGold, Scorer, Verdict, get_scorer
+from .stats import Stats
+from .tasks import Task, resolve_task
+
+SCORE_VERSION = 1  # bump when verdicts of the same input could change; part of the resume key
+
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    task: str | None = None
+    """Force this task for every record (for records without a ``task`` field)."""
+    timeout: float = 5.0
+    """Hard limit in seconds for checking one math answer (the worker is killed past it)."""
+    workers: int = 0
+    """Math-verify worker processes; 0 = one per CPU, at most 8."""
+    chunk_size: int = 256
+    """Records scored together (math answers of a chunk are checked in parallel)."""
+    ks: tuple[int, ...] | None = None
+    """k values of pass@k / maj@k; default 1, 2, 4, ... up to the number of samples, and that number."""
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else max(1, min(8, os.cpu_count() or 1))
+
+    def settings(self) -> dict[str, Any]:
+        """What determines the output (the resume key of ``codeplan score -o FILE``)."""
+        return {
+            "task": self.task,
+            "timeout": self.timeout,
+            "ks": list(self.ks or ()),
+            "version": SCORE_VERSION,
+        }
+
+
+def sample_texts(record: Mapping) -> tuple[list[str | None], str]:
+    """The texts to check and where they came from (``samples`` or ``response``)."""
+    samples = record.get("samples")
+    if isinstance(samples, list):
+        return ([_sample_text(s) for s in samples] or [None]), "samples"
+    response = record.get("response")
+    return [response if isinstance(response, str) else None], "response"
+
+
+def _sample_text(sample: Any) -> str | None:
+    if isinstance(sample, str):
+        return sample
+    if not isinstance(sample, dict):
+        return None
+    response, text = sample.get("response"), sample.get("text")
+    if isinstance(response, str) and response.strip():
+        return response
+    if isinstance(text, str):
+        return text
+    return response if isinstance(response, str) else None
+
+
+class _Scorers:
+    """One scorer instance per family for the run (the math pool is shared and closed at the end)."""
+
+    def __init__(self, config: ScoreConfig):
+        self.config = config
+        self._by_name: dict[str, Scorer] = {}
+
+    def get(self, name: str) -> Scorer:
+        if name not in self._by_name:
+            self._by_name[name] = get_scorer(
+                name, timeout=self.config.timeout, workers=self.config.resolved_workers()
+            )
+        return self._by_name[name]
+
+    def close(self) -> None:
+        for s in self._by_name.values():
+            s.close()
+
+
+def score_records(
+    records: Iterable[dict],
+    config: ScoreConfig,
+    stats: Stats,
+    reject: Callable[..., None] | None = None,
+    stamp: Callable[[dict, dict], dict] | None = None,
+) -> Iterator[dict]:
+    """Yield each record with ``meta.score`` (see the module docstring); ``stamp(record, values)`` sets it
+    (``StageContext.stamp`` adds the resume key), ``reject(record, reason)`` takes unscorable records."""
+    scorers = _Scorers(config)
+    try:
+        chunk: list[dict] = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= config.chunk_size:
+                yield from _score_chunk(chunk, config, stats, scorers, reject, stamp)
+                chunk = []
+        if chunk:
+            yield from _score_chunk(chunk, config, stats, scorers, reject, stamp)
+    finally:
+        scorers.close()
+
+
+def _score_chunk(chunk, config, stats, scorers, reject, stamp) -> Iterator[dict]:
+    plans: list[tuple[dict, Task, Scorer, list[str | None], str] | None] = []
+    batches: dict[str, list[tuple[int, int, tuple]]] = {}
+    for i, record in enumerate(chunk):
+        try:
+            task = resolve_task(record, config.task)
+            scorer = scorers.get(task.scorer)
+            scorer.gold(record, task.scorer_options)
+        except UsageError as exc:
+            if reject is None:
+                raise UsageError(f"record {record.get('id')}: {exc}") from exc
+            plans.append(None)
+            reject(record, "unknown-task", detail=str(exc))
+            continue
+        except NoGold as exc:
+            if reject is None:
+                raise UsageError(f"record {record.get('id')}: {exc}") from exc
+            plans.append(None)
+            reject(record, "no-gold", detail=str(exc))
+            continue
+        texts, source = sample_texts(record)
+        plans.append((record, task, scorer, texts, source))
+        for j, text in enumerate(texts):
+            batches.setdefault(task.scorer, []).append((i, j, (text, record, task.scorer_options)))
+    verdicts: dict[tuple[int, int], Verdict] = {}
+    for name, items in batches.items():
+        for (i, j, _item), verdict in zip(
+            items, scorers.get(name).score_many([it for _i, _j, it in items]), strict=True
+        ):
+            verdicts[(i, j)] = verdict
+    for i, plan in enumerate(plans):
+        if plan is None:
+            continue
+        record, task, scorer, texts, source = plan
+        values = summarize(task, scorer, [verdicts[(i, j)] for j in range(len(texts))], record, config.ks)
+        values["source"] = source
+        _count(stats, values)
+        (stamp or _set_meta)(record, values)
+        yield record
+
+
+def _set_meta(record: dict, values: dict) -> dict:
+    return set_meta(record, "score", values)
+
+
+def summarize(
+    task: Task, scorer: Scorer, verdicts: list[Verdict], record: Mapping, ks: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """``meta.score`` of one record from its samples' verdicts."""
+    n = len(verdicts)
+    n_correct = sum(v.correct for v in verdicts)
+    n_strict = sum(v.correct_strict for v in verdicts)
+    values: dict[str, Any] = {"task": task.name, "scorer": task.scorer}
+    if task.group:
+        values["group"] = task.group
+    subtasks = task.subtask_values(record)
+    if subtasks:
+        values["subtasks"] = subtasks
+    if task.difficulty and task.difficulty in subtasks:
+        values["difficulty"] = task.difficulty
+    values.update(
+        n=n,
+        n_correct=n_correct,
+        n_correct_strict=n_strict,
+        accuracy=n_correct / n,
+        accuracy_strict=n_strict / n,
+        unextracted=sum(v.extracted is None and not v.timed_out for v in verdicts),
+        unextracted_strict=sum(v.extracted_strict is None and not v.timed_out for v in verdicts),
+        timed_out=sum(v.timed_out for v in verdicts),
+    )
+    for key, agg in _extras(verdicts).items():
+        values[key] = agg
+    keys = [v.extracted for v in verdicts]
+    corrects = [v.correct for v in verdicts]
+    if n == 1:
+        values["correct"] = corrects[0]
+    else:
+        kk = [k for k in (ks or default_ks(n)) if 1 <= k <= n]
+        values["pass@k"] = {str(k): round(pass_at_k(n, n_correct, k), 6) for k in kk}
+        if scorer.votable:
+            majority = {str(k): maj_at_k(keys[:k], corrects[:k]) for k in kk}
+            values["maj@k"] = {k: v[1] for k, v in majority.items()}
+            values["majority"] = majority[str(n)][0] if str(n) in majority else maj_at_k(keys, corrects)[0]
+            values["correct"] = maj_at_k(keys, corrects)[1]
+        else:
+            values["correct"] = n_correct * 2 > n
+    values["samples"] = [v.to_dict() for v in verdicts]
+    return values
+
+
+def _extras(verdicts: list[Verdict]) -> dict[str, Any]:
+    """Family extras per record: integers are summed (instruction counts), floats averaged (F1)."""
+    out: dict[str, Any] = {}
+    keys = {
+        k
+        for v in verdicts
+        for k, x in v.extra.items()
+        if isinstance(x, (int, float)) and not isinstance(x, bool)
+    }
+    for key in sorted(keys):
+        vals = [v.extra.get(key, 0) for v in verdicts]
+        if all(isinstance(x, int) for x in vals):
+            out[key] = sum(vals)
+        else:
+            out[key] = round(sum(vals) / len(vals), 6)
+    return out
+
+
+def _count(stats: Stats, values: Mapping) -> None:
+    stats.inc("records_scored")
+    stats.inc("samples_scored", values["n"])
+    stats.inc("samples_correct", values["n_correct"])
+    stats.inc("samples_correct_strict", values["n_correct_strict"])
+    stats.inc("samples_unextracted", values["unextracted"])
+    stats.inc("samples_timed_out", values["timed_out"])
+    if values.get("source") == "response":
+        stats.inc("records_without_samples")
+
+
+def run_names(specs: Iterable[str]) -> list[tuple[str, str]]:
+    """``NAME=FILE`` or ``FILE`` -> (name, file); a bare file is named after it without extensions."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or os.path.exists(spec):
+            name, path = Path(spec).name, spec
+            for ext in (".zst", ".gz", ".jsonl", ".json"):
+                if name.endswith(ext):
+                    name = name[: -len(ext)]
+        base, i = name, 2
+        while name in {n for n, _ in out}:
+            name, i = f"{base}-{i}", i + 1
+        out.append((name, path))
+    return out
+
+
+def load_run(path: str, name: str, config: ScoreConfig) -> RunReport:
+    """The report of one run file: records that carry ``meta.score`` are taken as scored, the others are
+    scored now (unscorable ones are counted as ``unscored_records``)."""
+    from .streams import read_records
+
+    if not os.path.exists(path):
+        raise UsageError(f"run file not found: {path}")
+    report = RunReport(name)
+    stats = Stats("score")
+
+    def unscored() -> Iterator[dict]:
+        for record in read_records([path]):
+            score = (record.get("meta") or {}).get("score") if isinstance(record.get("meta"), dict) else None
+            if isinstance(score, dict) and "task" in score:
+                report.add(record)
+            else:
+                normalize(record)
+                yield record
+
+    def count_reject(record: dict, reason: str, **details: Any) -> None:
+        report.unscored += 1
+
+    for record in score_records(unscored(), config, stats, reject=count_reject):
+        report.add(record)
+    return report

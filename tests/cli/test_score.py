@@ -1,0 +1,168 @@
+"""``codeplan score`` end to end: gold feeding, reports, comparison, plot, resume, errors."""
+
+import json
+
+import orjson
+import pytest
+
+from tests.helpers import decode_records, invoke, read_records, write_jsonl
+
+
+def _prepare(shared_data, names, limit, gold=True) -> bytes:
+    args = ["tasks", "prepare", names, "--limit", str(limit), "--data-dir", str(shared_data), "--plain"]
+    result = invoke(args + (["--gold-response"] if gold else []))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def test_gold_responses_score_100_percent_with_reports_and_plot(shared_data, tmp_path):
+    data = _prepare(shared_data, "gsm8k,math500,aqua,bbh/navigate,bbh/word_sorting,musique", 15)
+    report_json, report_md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
+    result = invoke(
+        [
+            "score",
+            "--plain",
+            "--workers",
+            "2",
+            "--report",
+            str(report_json),
+            "--report",
+            str(report_md),
+            "--plot",
+            str(png),
+        ],
+        input=data,
+    )
+    assert result.exit_code == 0, result.stderr
+    records = result.records()
+    assert len(records) == 90 and all(r["meta"]["score"]["correct"] for r in records)
+    assert {r["meta"]["score"]["source"] for r in records} == {"response"}
+    report = json.loads(report_json.read_text())["runs"][0]
+    assert (
+        report["tasks"]["math500"]["accuracy"] == 1.0 and report["tasks"]["gsm8k"]["accuracy_strict"] == 1.0
+    )
+    assert report["groups"]["bbh"]["n"] == 30
+    assert "musique" in report_md.read_text() and "95% CI" in report_md.read_text()
+    assert "math500" in result.stderr and "records_scored=90" in result.stderr
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 0
+
+
+def test_samples_known_wrong_answers_and_forced_task(tmp_path):
+    recs = [
+        {"id": "a", "answer": "1000", "samples": [{"text": "x", "response": "The answer is 1,000 dollars."}]},
+        {"id": "b", "answer": "12", "samples": [{"text": "So **13**.", "response": None}]},
+        {
+            "id": "c",
+            "answer": "5",
+            "samples": [{"response": "5"}, {"response": "5"}, {"response": "6"}, {"response": "6"}],
+        },
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", recs)
+    result = invoke(["score", "-i", str(path), "--task", "gsm8k", "--plain"])
+    assert result.exit_code == 0, result.stderr
+    out = {r["id"]: r["meta"]["score"] for r in result.records()}
+    assert out["a"]["correct"] is True and out["a"]["samples"][0]["extracted"] == "1000"
+    assert out["b"]["correct"] is False and out["b"]["samples"][0]["extracted"] == "13"  # text used
+    assert out["c"]["accuracy"] == 0.5 and out["c"]["maj@k"]["4"] is False and out["c"]["pass@k"]["2"] > 0.8
+    only_c = invoke(["score", "--task", "gsm8k", "--plain"], input=orjson.dumps(recs[2]) + b"\n")
+    assert "pass@2" in only_c.stderr and "maj@4" in only_c.stderr
+
+
+def test_unscorable_records_stop_the_run_unless_skipped(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "answer": "1", "response": "1"}])
+    result = invoke(["score", "-i", str(path)])
+    assert result.exit_code == 2 and "record x" in result.stderr and "--task" in result.stderr
+    rejects = tmp_path / "rej.jsonl"
+    result = invoke(
+        ["score", "-i", str(path), "--on-bad-record", "skip", "--rejects", str(rejects), "--plain"]
+    )
+    assert result.exit_code == 0 and result.records() == []
+    assert read_records(rejects)[0]["meta"]["score"]["reason"] == "unknown-task"
+    bad = invoke(["score", "-i", str(path), "--report", str(tmp_path / "r.txt")])
+    assert bad.exit_code == 2 and ".json or .md" in bad.stderr
+
+
+def _run_file(tmp_path, name, correct_ids, n=20):
+    recs = []
+    for i in range(n):
+        right = i in correct_ids
+        recs.append(
+            {
+                "id": f"q{i}",
+                "task": "gsm8k" if i < n // 2 else "bbh/object_counting",
+                "answer": "7",
+                "samples": [{"response": "The answer is 7." if right else "The answer is 8."}],
+            }
+        )
+    return write_jsonl(tmp_path / f"{name}.jsonl", recs)
+
+
+def test_compare_two_runs_table_average_and_test(tmp_path):
+    vanilla = _run_file(tmp_path, "vanilla", set(range(0, 4)) | set(range(10, 15)))
+    codeplan = _run_file(tmp_path, "codeplan", set(range(0, 6)) | set(range(10, 15)))
+    # One run scored beforehand, the other not: both work.
+    scored = tmp_path / "codeplan.scored.jsonl"
+    assert invoke(["score", "-i", str(codeplan), "-o", str(scored), "-q"]).exit_code == 0
+    out_json, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    result = invoke(
+        [
+            "score",
+            "--compare",
+            f"vanilla={vanilla}",
+            f"codeplan={scored}",
+            "--report",
+            str(out_json),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == b""
+    cmp = json.loads(out_json.read_text())["comparison"]
+    rows = {r["task"]: r for r in cmp["rows"]}
+    assert rows["gsm8k"]["accuracy"] == {"vanilla": 0.4, "codeplan": 0.6}
+    assert rows["gsm8k"]["rel"]["codeplan"] == pytest.approx(0.5) and rows["bbh"]["rel"]["codeplan"] == 0.0
+    assert cmp["averages"]["codeplan"]["average_relative_improvement"] == pytest.approx(0.25)
+    assert rows["gsm8k"]["test"]["codeplan"] == {
+        "method": "mcnemar",
+        "n_paired": 10,
+        "b": 0,
+        "c": 2,
+        "p": 0.5,
+    }
+    assert (
+        "average relative improvement of codeplan over vanilla: +25.0% across 2 benchmarks" in result.stderr
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = invoke(["score", "--compare", str(vanilla)])
+    assert one.exit_code == 2 and "at least two runs" in one.stderr
+
+
+def test_resume_scores_each_record_once_and_refuses_other_settings(tmp_path):
+    recs = [
+        {"id": f"r{i}", "task": "gsm8k", "answer": str(i), "response": f"The answer is {i}."}
+        for i in range(10)
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", recs)
+    out = tmp_path / "scored.jsonl"
+    assert invoke(["score", "-i", str(path), "-o", str(out), "-q"]).exit_code == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:4]) + lines[4][:10])  # a killed run: 4 records and a torn line
+    report = tmp_path / "r.json"
+    result = invoke(["score", "-i", str(path), "-o", str(out), "--report", str(report)])
+    assert result.exit_code == 0, result.stderr
+    ids = [r["id"] for r in read_records(out)]
+    assert sorted(ids) == sorted(r["id"] for r in recs) and len(ids) == 10
+    assert json.loads(report.read_text())["runs"][0]["tasks"]["gsm8k"]["n"] == 10
+    other = invoke(["score", "-i", str(path), "-o", str(out), "--timeout", "9"])
+    assert other.exit_code == 78 and "timeout" in other.stderr
+
+
+def test_zstd_output_by_default(tmp_path):
+    path = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": "a", "task": "coin_flip", "answer": "yes", "response": "Yes."}]
+    )
+    result = invoke(["score", "-i", str(path), "-q"])
+    assert result.exit_code == 0 and result.stdout.startswith(b"\x28\xb5\x2f\xfd")
+    assert decode_records(result.stdout)[0]["meta"]["score"]["correct"] is True
+    assert orjson.loads(orjson.dumps(decode_records(result.stdout)[0]))["task"] == "coin_flip"

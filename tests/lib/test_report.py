@@ -1,0 +1,198 @@
+"""Report statistics against hand-computed values; comparisons, writers and the plot."""
+
+import json
+import math
+
+import pytest
+
+from codeplan_tools.report import (
+    build_report,
+    compare,
+    default_ks,
+    format_comparison,
+    format_table,
+    maj_at_k,
+    mcnemar_exact,
+    paired_bootstrap,
+    pass_at_k,
+    plot_runs,
+    wilson,
+    write_json,
+    write_markdown,
+)
+from codeplan_tools.score import ScoreConfig, score_records
+from codeplan_tools.stats import Stats
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 1, 2 / 5),
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (5, 2, 4, 1.0),  # fewer than k wrong samples: always a hit
+        (5, 0, 3, 0.0),
+        (10, 3, 5, 1 - math.comb(7, 5) / math.comb(10, 5)),
+    ],
+)
+def test_pass_at_k_matches_the_unbiased_estimator(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_maj_at_k_ties_are_not_majorities():
+    assert maj_at_k(["5", "5", "6"], [True, True, False]) == ("5", True)
+    assert maj_at_k(["5", "6"], [True, False]) == (None, False)  # 1-1 tie
+    assert maj_at_k(["5", "5", "6", "6", "7"], [True, True, False, False, False]) == (None, False)
+    assert maj_at_k([None, None, "6"], [False, False, True]) == ("6", True)  # unextracted do not vote
+    assert maj_at_k([None, None], [False, False]) == (None, False)
+    assert maj_at_k(["6", "6", "5"], [False, False, True]) == ("6", False)
+
+
+def test_default_ks():
+    assert default_ks(1) == [1] and default_ks(4) == [1, 2, 4] and default_ks(6) == [1, 2, 4, 6]
+
+
+def test_mcnemar_exact_hand_computed():
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact(1, 5) == pytest.approx(2 * 7 / 64)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_bootstrap_is_deterministic_and_sensible():
+    a = [0.0] * 50 + [1.0] * 50
+    assert paired_bootstrap(a, a) == 1.0
+    better = [1.0] * 100
+    p = paired_bootstrap(a, better)
+    assert p == paired_bootstrap(a, better) and p < 0.01
+
+
+def _rec(task, rid, acc, n=1, group=None, subtasks=None, difficulty=None):
+    s = {"task": task, "n": n, "accuracy": acc, "accuracy_strict": acc, "unextracted": 0, "timed_out": 0}
+    if group:
+        s["group"] = group
+    if subtasks:
+        s["subtasks"] = subtasks
+    if difficulty:
+        s["difficulty"] = difficulty
+    return {"id": rid, "meta": {"score": s}}
+
+
+def _run(name, accs):
+    """accs: task -> list of 0/1 per record (ids r0, r1, ...)."""
+    recs = []
+    for task, values in accs.items():
+        group = "bbh" if task.startswith("bbh/") else None
+        for i, v in enumerate(values):
+            sub = {"level": str(1 + i % 2)} if task == "math" else None
+            recs.append(
+                _rec(task, f"r{i}", v, group=group, subtasks=sub, difficulty="level" if sub else None)
+            )
+    return build_report(recs, name)
+
+
+def test_compare_table_relative_improvement_and_test():
+    a = _run(
+        "vanilla", {"gsm8k": [1] * 5 + [0] * 5, "math": [1] * 4 + [0] * 6, "bbh/x": [1, 0], "bbh/y": [0, 0]}
+    )
+    b = _run(
+        "codeplan", {"gsm8k": [1] * 6 + [0] * 4, "math": [1] * 3 + [0] * 7, "bbh/x": [1, 1], "bbh/y": [0, 0]}
+    )
+    cmp = compare([a, b])
+    rows = {r["task"]: r for r in cmp["rows"]}
+    assert list(rows) == ["bbh", "gsm8k", "math"]  # the BBH tasks count once, as their group
+    assert rows["gsm8k"]["abs"]["codeplan"] == pytest.approx(10.0)
+    assert rows["gsm8k"]["rel"]["codeplan"] == pytest.approx(0.2)
+    assert rows["math"]["rel"]["codeplan"] == pytest.approx(-0.25)
+    assert rows["bbh"]["rel"]["codeplan"] == pytest.approx(1.0)  # 1/4 -> 2/4
+    avg = cmp["averages"]["codeplan"]
+    assert avg["average_relative_improvement"] == pytest.approx((0.2 - 0.25 + 1.0) / 3)
+    test = rows["gsm8k"]["test"]["codeplan"]
+    assert test["method"] == "mcnemar" and (test["b"], test["c"]) == (0, 1) and test["p"] == 1.0
+    by_task = compare([a, b], average_over="tasks")
+    assert [r["task"] for r in by_task["rows"]] == ["bbh/x", "bbh/y", "gsm8k", "math"]
+    text = format_comparison(cmp)
+    assert "average relative improvement of codeplan over vanilla: +31.7% across 3 benchmarks" in text
+    assert "mcnemar" in text
+
+
+def test_synth_tasks_count_one_by_one_in_the_average():
+    def run(name, acc):
+        recs = [_rec(t, f"{t}-{i}", acc[t][i], group="synth") for t in acc for i in range(2)]
+        return build_report(recs, name)
+
+    a = run("a", {"synth/x": [1, 0], "synth/y": [1, 1]})
+    b = run("b", {"synth/x": [1, 1], "synth/y": [1, 0]})
+    cmp = compare([a, b])
+    assert [r["task"] for r in cmp["rows"]] == ["synth/x", "synth/y"]
+    assert cmp["averages"]["b"]["average_relative_improvement"] == pytest.approx((1.0 - 0.5) / 2)
+    assert "synth (all)" in format_table(a)
+
+
+def test_compare_with_several_samples_uses_bootstrap_and_pairs_by_id():
+    a = build_report([_rec("gsm8k", f"r{i}", 0.25, n=4) for i in range(20)], "a")
+    b = build_report([_rec("gsm8k", f"r{i}", 0.75, n=4) for i in range(10, 30)], "b")
+    row = compare([a, b])["rows"][0]
+    assert row["test"]["b"]["method"] == "bootstrap" and row["test"]["b"]["n_paired"] == 10
+    assert row["test"]["b"]["p"] < 0.05
+
+
+def test_report_rows_subtasks_groups_and_writers(tmp_path):
+    a = _run("vanilla", {"gsm8k": [1, 0, 1, 1], "math": [1, 0, 0, 1], "bbh/x": [1, 1], "bbh/y": [0, 1]})
+    b = _run("codeplan", {"gsm8k": [1, 1, 1, 1], "math": [1, 1, 0, 1], "bbh/x": [1, 1], "bbh/y": [1, 1]})
+    d = a.to_dict()
+    assert d["tasks"]["math"]["subtasks"]["level"]["1"]["n"] == 2
+    assert d["tasks"]["math"]["subtasks"]["level"]["2"]["accuracy"] == 0.5
+    assert d["groups"]["bbh"]["accuracy"] == 0.75
+    table = format_table(a)
+    assert "bbh (all)" in table and "level=1" in table
+    cmp = compare([a, b])
+    write_json(tmp_path / "r.json", [a, b], cmp)
+    loaded = json.loads((tmp_path / "r.json").read_text())
+    assert loaded["comparison"]["averages"]["codeplan"]["over"] == ["bbh", "gsm8k", "math"]
+    assert [r["name"] for r in loaded["runs"]] == ["vanilla", "codeplan"]
+    write_markdown(tmp_path / "r.md", [a, b], cmp)
+    md = (tmp_path / "r.md").read_text()
+    assert "| gsm8k | 4 | 75.0 | 100.0 | +25.0 | +33.3% |" in md and "## vanilla" in md
+    plot_runs([a, b], tmp_path / "r.png")
+    png = (tmp_path / "r.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_meta_score_with_several_samples_has_pass_and_maj():
+    def sample(text):
+        return {"text": text, "plan": "", "response": text}
+
+    records = [
+        # 4 samples, 2 right: pass@1 = .5, pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@4 = 1; vote 2-2 tie -> wrong
+        {"id": "tie", "task": "gsm8k", "answer": "7", "samples": [sample(x) for x in ("7", "7", "8", "8")]},
+        {"id": "maj", "task": "gsm8k", "answer": "7", "samples": [sample(x) for x in ("7", "7", "8", "9")]},
+        {"id": "none", "task": "gsm8k", "answer": "7", "samples": []},
+    ]
+    stats = Stats("score")
+    out = {r["id"]: r["meta"]["score"] for r in score_records(records, ScoreConfig(), stats)}
+    tie = out["tie"]
+    assert tie["n"] == 4 and tie["n_correct"] == 2 and tie["accuracy"] == 0.5
+    assert tie["pass@k"] == {"1": 0.5, "2": pytest.approx(5 / 6, abs=1e-6), "4": 1.0}
+    assert tie["maj@k"] == {"1": True, "2": True, "4": False} and tie["correct"] is False
+    assert tie["majority"] is None
+    assert (
+        out["maj"]["maj@k"]["4"] is True and out["maj"]["majority"] == "7" and out["maj"]["correct"] is True
+    )
+    assert out["none"]["n"] == 1 and out["none"]["correct"] is False and out["none"]["unextracted"] == 1
+    report = build_report([{"id": k, "meta": {"score": v}} for k, v in out.items() if k != "none"], "r")
+    s = report.to_dict()["tasks"]["gsm8k"]
+    assert s["pass@k"]["2"] == pytest.approx((5 / 6 + 5 / 6) / 2, abs=1e-6)
+    assert s["maj@k"]["4"] == 0.5
