@@ -50,7 +50,9 @@ def stale_files(repo: Path = REPO) -> list[str]:
         return sorted(
             str(n)
             for n in names
-            if not (fresh / n).exists() or not (repo / n).exists() or (fresh / n).read_bytes() != (repo / n).read_bytes()
+            if not (fresh / n).exists()
+            or not (repo / n).exists()
+            or (fresh / n).read_bytes() != (repo / n).read_bytes()
         )
 
 

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = command.get_command(click.Context(command), prog.split()[-1]) if prog != "codeplan" else None
         ctx = click.Context(sub or command, info_name=prog)
         print(ctx.get_usage(), file=sys.stderr)
-        print(f"{prog}: error: no input: pipe records in or give -i FILE (see '{prog} --help')", file=sys.stderr)
+        print(
+            f"{prog}: error: no input: pipe records in or give -i FILE (see '{prog} --help')", file=sys.stderr
+        )
         return 2
     except (BrokenPipeError, PipeClosed):
         # The reader went away (| head): stop quietly, and keep Python from complaining at exit.

@@ -113,7 +113,9 @@ Progress = Annotated[
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("-q", "--quiet", help="Do not print the end-of-run summary on stderr.", rich_help_panel=IO_PANEL),
+    typer.Option(
+        "-q", "--quiet", help="Do not print the end-of-run summary on stderr.", rich_help_panel=IO_PANEL
+    ),
 ]
 
 

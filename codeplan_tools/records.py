@@ -48,7 +48,11 @@ def _from_messages(messages: Any) -> tuple[str | None, str | None]:
         if isinstance(m, dict) and m.get("role") == "user":
             prompt = _text(m.get("content"))
             nxt = messages[i + 1] if i + 1 < len(messages) else None
-            response = _text(nxt.get("content")) if isinstance(nxt, dict) and nxt.get("role") == "assistant" else None
+            response = (
+                _text(nxt.get("content"))
+                if isinstance(nxt, dict) and nxt.get("role") == "assistant"
+                else None
+            )
     return prompt, response
 
 

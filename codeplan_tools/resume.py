@@ -60,7 +60,9 @@ def repair_and_read(path: str | os.PathLike) -> list[dict]:
         # A complete frame always ends with a full line; keep whole lines only.
         cut = content.rfind(b"\n") + 1
         if cut != len(content):
-            raise SettingsMismatch(f"{path}: a complete frame ends mid-line; this file was not written by codeplan")
+            raise SettingsMismatch(
+                f"{path}: a complete frame ends mid-line; this file was not written by codeplan"
+            )
     else:
         content = data
         good = content.rfind(b"\n") + 1
@@ -74,7 +76,9 @@ def repair_and_read(path: str | os.PathLike) -> list[dict]:
             try:
                 records.append(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
-                raise SettingsMismatch(f"{path}: cannot resume, an existing line is not JSON ({exc})") from exc
+                raise SettingsMismatch(
+                    f"{path}: cannot resume, an existing line is not JSON ({exc})"
+                ) from exc
     return records
 
 

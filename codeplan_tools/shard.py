@@ -20,7 +20,9 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
     env = os.environ if environ is None else environ
     if spec == "auto":
         if "SLURM_ARRAY_TASK_ID" not in env:
-            raise UsageError("--shard auto needs SLURM_ARRAY_TASK_ID (run it as a SLURM array task) or use --shard I/N")
+            raise UsageError(
+                "--shard auto needs SLURM_ARRAY_TASK_ID (run it as a SLURM array task) or use --shard I/N"
+            )
         task = int(env["SLURM_ARRAY_TASK_ID"])
         low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         if "SLURM_ARRAY_TASK_COUNT" in env:

@@ -96,7 +96,9 @@ class StageContext:
         if self._reported <= 20:
             print(f"codeplan {self.io.stage}: warning: {msg}", file=sys.stderr)
         elif self._reported == 21:
-            print(f"codeplan {self.io.stage}: warning: more skipped lines; use --rejects FILE", file=sys.stderr)
+            print(
+                f"codeplan {self.io.stage}: warning: more skipped lines; use --rejects FILE", file=sys.stderr
+            )
 
 
 Transform = Callable[[Iterator[dict], StageContext], Iterable[dict]]
@@ -144,7 +146,12 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
 
 def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:
     stats = ctx.stats
-    loads, prompt_field, response_field, require = orjson.loads, io.prompt_field, io.response_field, io.require
+    loads, prompt_field, response_field, require = (
+        orjson.loads,
+        io.prompt_field,
+        io.response_field,
+        io.require,
+    )
     read = 0
     try:
         for name, lineno, line in iter_lines(io.inputs):

@@ -44,7 +44,9 @@ class Stats:
         return d
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_bytes(orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        Path(path).write_bytes(
+            orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
 
     @classmethod
     def from_json(cls, path: str | Path) -> Stats:

@@ -30,8 +30,13 @@ def main() -> None:
             normalize(record, require=("prompt", "response"))
             if not record.get("plan"):
                 continue
-            out.write({"id": f"{record['id']}/extract", "prompt": fill_template(template, record["prompt"],
-                       record["response"]), "response": record["plan"]})
+            out.write(
+                {
+                    "id": f"{record['id']}/extract",
+                    "prompt": fill_template(template, record["prompt"], record["response"]),
+                    "response": record["plan"],
+                }
+            )
             n += 1
     print(f"extractor_pairs: wrote {n} training pairs", file=sys.stderr)
 

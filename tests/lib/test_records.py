@@ -15,8 +15,15 @@ def test_alpaca_rows_join_instruction_and_input():
 
 
 def test_chat_messages_give_last_user_turn_and_its_answer():
-    r = normalize({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                                {"role": "assistant", "content": "a"}]})
+    r = normalize(
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
     assert (r["prompt"], r["response"]) == ("q", "a")
 
 

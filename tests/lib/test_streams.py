@@ -21,8 +21,10 @@ def test_each_input_compression_is_detected(tmp_path, compress):
 
 
 def test_concatenated_zstd_shards_are_read_whole(tmp_path):
-    parts = [zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(r) + b"\n" for r in RECORDS[i::3]))
-             for i in range(3)]
+    parts = [
+        zstandard.ZstdCompressor().compress(b"".join(orjson.dumps(r) + b"\n" for r in RECORDS[i::3]))
+        for i in range(3)
+    ]
     path = tmp_path / "all.zst"
     path.write_bytes(b"".join(parts))  # like `cat shard-*.zst`
     got = list(read_records([str(path)]))
@@ -51,8 +53,10 @@ def test_truncated_zstd_input_is_a_bad_record_error(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=40), max_size=4), max_size=8),
-       st.booleans())
+@given(
+    st.lists(st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=40), max_size=4), max_size=8),
+    st.booleans(),
+)
 def test_unicode_records_round_trip(tmp_path_factory, records, plain):
     path = tmp_path_factory.mktemp("rt") / "out.data"
     with RecordWriter(path, plain=plain, flush_bytes=64) as writer:
@@ -70,5 +74,7 @@ def test_writer_emits_complete_frames_that_a_reader_can_follow(tmp_path):
     prefix = decode_records(path.read_bytes())
     assert 0 < len(prefix) < len(RECORDS) and prefix == RECORDS[: len(prefix)]
     writer.close()
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(path.read_bytes()), read_across_frames=True
+    )
     assert reader.read().count(b"\n") == len(RECORDS)
