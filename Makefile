@@ -38,3 +38,6 @@ docs: venv
 
 bench: venv
 	$(PY) bench/filter_bench.py
+	$(PY) bench/pack_bench.py
+	$(PY) bench/finetune_bench.py
+	$(PY) bench/generate_bench.py

@@ -107,7 +107,7 @@ Progress = Annotated[
     bool,
     typer.Option(
         "--progress/--no-progress",
-        help="Show a progress bar on stderr (only when stderr is a terminal).",
+        help="Show progress on stderr: a bar on a terminal (extract and generate also print a rate/ETA line to logs).",
         rich_help_panel=IO_PANEL,
     ),
 ]

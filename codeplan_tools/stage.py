@@ -69,6 +69,7 @@ class StageContext:
         self.io = io
         self.stats = stats
         self._rejects = rejects
+        self._writer: RecordWriter | None = None
         self._key = key
         self._reported = 0
         self.progress = None
@@ -78,6 +79,13 @@ class StageContext:
         if self._key is not None:
             values = {**values, "run_key": self._key, "settings": self.io.resume_settings}
         return set_meta(record, self.io.stage, values)
+
+    def flush(self) -> None:
+        """Write out what is pending (stages call it after each engine chunk)."""
+        if self._writer is not None:
+            self._writer.flush()
+        if self._rejects is not None:
+            self._rejects.flush()
 
     def reject(self, record: dict, reason: str, **details: Any) -> None:
         """Send a record to the rejects file with ``meta.<stage>.reason``; counts ``rejected``."""
@@ -115,6 +123,7 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     writer = RecordWriter(io.output, plain=io.plain, append=key is not None)
     rejects = RecordWriter(io.rejects, plain=io.plain, append=key is not None) if io.rejects else None
     ctx = StageContext(io, stats, rejects, key)
+    ctx._writer = writer
     started = time.monotonic()
     # tqdm on stderr; disable=None hides it when stderr is not a terminal (batch logs stay small).
     ctx.progress = tqdm(

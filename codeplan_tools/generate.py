@@ -1,0 +1,531 @@
+"""``generate``: sample answers (plan + response) for question records, and the engine plumbing
+``extract`` shares.
+
+Two ways to prompt (SPEC §6):
+
+- **Formats** for fine-tuned models (``codeplan``, ``vanilla``, ``nlplan``): the prompt is rendered by
+  :mod:`codeplan_tools.formats` exactly as ``pack`` rendered it for training, generation stops on the
+  format's end marker, and each sample is parsed back into ``plan`` and ``response`` by the same format.
+- **Prompting modes** for instruct models, sent as one chat user turn (the engine applies the chat
+  template): ``direct`` (the question alone), ``cot`` (Kojima et al.'s "Let's think step by step."),
+  ``plan-and-solve`` (Wang et al. 2023's PS trigger) and ``code-plan`` (asks for a pseudo-Python plan in a
+  code block, then the answer; the plan and response are parsed out). When the tasks registry offers an
+  answer-format instruction for the record's ``task`` it is added before the trigger.
+
+``given_plan`` conditions on the record's own ``plan`` (plan studies): with ``codeplan``/``nlplan`` the
+model continues after the rendered plan section and writes the response only; with ``code-plan``
+prompting the plan is put in the user turn. Each sample's ``plan`` is then the given plan.
+
+Every record gets a seed ``derive_seed(seed, id)``; sample ``j`` is drawn with the engine's
+``sample_seed(record seed, j)`` and records it, so one sample can be reproduced alone. Each output record
+has ``samples`` (one per sample: ``text``, ``plan``, ``response``, ``finish_reason``, ``tokens_out``,
+``seed``) and ``meta.generate`` (model, engine, format or mode, sampling parameters, seeds, token counts).
+
+Records go to the engine in chunks (``chunk_size``; thousands for vLLM); the output is flushed after
+each chunk, and rows the engine cannot take (prompt longer than the context) are rejected with the
+engine's reason instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+from .progress import EngineProgress, LineCounter
+from .records import derive_seed, normalize
+
+# -- engines ------------------------------------------------------------------------------------
+
+# Records per engine call when --chunk-size is not given. vLLM schedules a large chunk best. The
+# transformers engine sorts a chunk by length into batches of --batch-size, so a chunk much larger than
+# a batch pads less (64 records ran at 0.77x the speed of one sorted 256-record call on the tiny
+# model), while staying small enough to flush often. Over HTTP the chunk only bounds what is pending.
+DEFAULT_CHUNK = {"vllm": 4096, "hf": 1024, "openai": 256}
+# Which EngineSpec fields each built-in engine's constructor takes (others do not apply to it).
+ENGINE_OPTIONS = {
+    "hf": ("dtype", "max_model_len", "batch_size", "trust_remote_code", "tokenizer"),
+    "vllm": (
+        "dtype",
+        "max_model_len",
+        "tensor_parallel_size",
+        "trust_remote_code",
+        "tokenizer",
+        "enforce_eager",
+        "gpu_memory_utilization",
+    ),
+    "openai": ("base_url", "api_key_env", "concurrency"),
+}
+
+
+ENGINE_FIELDS = sorted({key for keys in ENGINE_OPTIONS.values() for key in keys})
+
+
+@dataclass(kw_only=True)
+class EngineSpec:
+    """Which engine and model to run, and how; built lazily so resume checks happen before loading."""
+
+    model: str
+    engine: str = "auto"
+    dtype: str | None = None
+    """Weights and activations dtype (auto, float32, bfloat16, float16); None = the engine's default."""
+    tensor_parallel_size: int | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself is never stored)."""
+    concurrency: int | None = None
+    max_model_len: int | None = None
+    """Context length; prompts that do not fit are rejected."""
+    batch_size: int | None = None
+    enforce_eager: bool = False
+    """vLLM: no graph capture or compilation (faster start, slower decoding)."""
+    gpu_memory_utilization: float | None = None
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    """Local tokenizer folder, for formats with an HTTP engine (default: the model path)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra constructor options passed to the engine as they are."""
+
+    def resolved_engine(self) -> str:
+        if self.engine == "auto":
+            from .engines import default_engine_name
+
+            return default_engine_name()
+        return self.engine
+
+    def identity(self) -> dict:
+        """What about the engine determines the output (part of the resume key and of ``meta``)."""
+        return {
+            "engine": self.resolved_engine(),
+            "model": self.model,
+            "dtype": self.dtype or "auto",
+            "max_model_len": self.max_model_len,
+        }
+
+    def build(self):
+        from .engines import get_engine
+
+        name = self.resolved_engine()
+        wanted = ENGINE_OPTIONS.get(name)
+        opts: dict[str, Any] = {}
+        for key in ENGINE_FIELDS:
+            value = getattr(self, key)
+            if value is None or value is False or (wanted is not None and key not in wanted):
+                continue  # unset, or not an option of this engine
+            opts[key] = value
+        opts.update(self.options)
+        return get_engine(name, self.model, **opts)
+
+
+def engine_tokenizer(engine, spec: EngineSpec):
+    """The tokenizer the engine uses, or one loaded from ``spec.tokenizer`` / the model folder."""
+    tok = getattr(engine, "tokenizer", None)
+    if tok is not None:
+        return tok
+    from transformers import AutoTokenizer
+
+    source = spec.tokenizer or spec.model
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot load a tokenizer from {source!r} ({exc}); formats render prompts locally: pass --tokenizer DIR"
+        ) from exc
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Unusable(Exception):
+    """A record this stage cannot turn into a request; it is rejected with this reason."""
+
+
+class EngineTask:
+    """What a stage does around the engine: build one request per record, turn a result into output."""
+
+    stage = ""
+
+    def bind(self, engine, spec: EngineSpec) -> None:
+        """Called once the engine is loaded (e.g. to get its tokenizer)."""
+
+    def request(self, record: dict):
+        raise NotImplementedError
+
+    def output(self, record: dict, request, result) -> dict:
+        raise NotImplementedError
+
+
+def run_engine_task(
+    records: Iterator[dict],
+    ctx,
+    task: EngineTask,
+    spec: EngineSpec,
+    chunk_size: int | None = None,
+    engine=None,
+) -> Iterator[dict]:
+    """The shared loop of ``extract`` and ``generate``: chunk, call the engine, reject or yield.
+
+    ``engine`` may be given already built (library use, benchmarks); otherwise it is built from
+    ``spec`` when the first chunk arrives, so a run with nothing left to do never loads a model.
+    """
+    size = chunk_size or DEFAULT_CHUNK.get(spec.resolved_engine(), 256)
+    if size < 1:
+        raise UsageError("--chunk-size must be at least 1")
+    stats = ctx.stats
+    io = getattr(ctx, "io", None)
+    inputs = list(getattr(io, "inputs", None) or [])
+    show = bool(getattr(io, "progress", True)) and not getattr(io, "quiet", False)
+    progress = EngineProgress(
+        task.stage,
+        stats,
+        bar=getattr(ctx, "progress", None),
+        enabled=show,
+        counter=LineCounter(inputs) if show and inputs else None,
+    )
+    owned, bound = engine is None, False
+    try:
+        for chunk in chunked(records, size):
+            _flush(ctx)
+            if engine is None:
+                engine = spec.build()
+            if not bound:
+                task.bind(engine, spec)
+                bound = True
+            pending, requests = [], []
+            for record in chunk:
+                try:
+                    req = task.request(record)
+                except Unusable as exc:
+                    ctx.reject(record, str(exc))
+                    continue
+                pending.append(record)
+                requests.append(req)
+            if not requests:
+                continue
+            progress.start()
+            t0 = time.monotonic()
+            results = engine.generate(requests)
+            seconds = time.monotonic() - t0
+            stats.inc("engine_seconds", round(seconds, 3))
+            stats.inc("requests", len(requests))
+            tokens_out = 0
+            for record, req, res in zip(pending, requests, results, strict=True):
+                stats.inc("tokens_in", res.tokens_in)
+                if res.error:
+                    ctx.reject(record, res.error, tokens_in=res.tokens_in)
+                    continue
+                n_out = sum(c.tokens_out for c in res.completions)
+                tokens_out += n_out
+                stats.inc("tokens_out", n_out)
+                stats.inc("samples", len(res.completions))
+                yield task.output(record, req, res)
+            progress.chunk_done(len(requests), tokens_out, seconds)
+        _flush(ctx)
+    finally:
+        if owned and engine is not None:
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+    if progress.engine_seconds > 0:
+        stats.derived["tokens_out_per_engine_s"] = round(progress.tokens_out / progress.engine_seconds, 1)
+
+
+class LibraryContext:
+    """A stand-in for ``run_stage``'s context when the library is called directly from Python."""
+
+    def __init__(self, stage: str):
+        from .stats import Stats
+
+        self.stage = stage
+        self.stats = Stats(stage)
+        self.rejected: list[dict] = []
+
+    def stamp(self, record: dict, values: dict) -> dict:
+        from .records import set_meta
+
+        return set_meta(record, self.stage, values)
+
+    def reject(self, record: dict, reason: str, **details: Any) -> None:
+        self.stats.inc("rejected")
+        self.stats.inc(f"rejected.{reason.split(':')[0]}")
+        self.rejected.append(self.stamp(record, {**details, "reason": reason}))
+
+
+def _flush(ctx) -> None:
+    """Flush what the stage has written so far (the output of the last chunk)."""
+    flush = getattr(ctx, "flush", None)
+    if flush is not None:
+        flush()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- generate ----------------------------------------------------------------------------------
+
+FORMATS = ("codeplan", "vanilla", "nlplan")
+PS_TRIGGER = (
+    "Let's first understand the problem and devise a plan to solve the problem. "
+    "Then, let's carry out the plan and solve the problem step by step."
+)
+CODE_PLAN_INSTRUCTION = (
+    "First write the high-level logic of your solution as a short pseudo Python code plan (conditions, loops, "
+    "functions, variables) under the heading '### Plan:' in a ```python code block. Then, under the heading "
+    "'### Answer:', write your response following the plan."
+)
+GIVEN_PLAN_INSTRUCTION = (
+    "Write your response following this plan of its high-level logic:\n```python\n{plan}\n```"
+)
+# Prompting modes for instruct models: the text after the question in the user turn.
+PROMPTING_MODES = {
+    "direct": "",
+    "cot": "Let's think step by step.",
+    "plan-and-solve": PS_TRIGGER,
+    "code-plan": CODE_PLAN_INSTRUCTION,
+}
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    format: str | None = None
+    """codeplan | vanilla | nlplan (fine-tuned models); exclusive with ``mode``."""
+    mode: str | None = None
+    """direct | cot | plan-and-solve | code-plan (instruct models, chat user turn)."""
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    given_plan: bool = False
+    """Condition on each record's ``plan`` and generate the response only."""
+    answer_instruction: bool = True
+    """Add the task's answer-format instruction (prompting modes, when the tasks registry has one)."""
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format and self.mode:
+            raise UsageError("give either --format (fine-tuned models) or --mode (instruct models), not both")
+        if not self.format and not self.mode:
+            self.format = "codeplan"
+        if self.format and self.format not in FORMATS:
+            raise UsageError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        if self.mode and self.mode not in PROMPTING_MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; choose one of: {', '.join(PROMPTING_MODES)}")
+        if self.given_plan and (self.format == "vanilla" or self.mode not in (None, "code-plan")):
+            raise UsageError("--given-plan works with --format codeplan/nlplan or --mode code-plan")
+        if self.n < 1:
+            raise UsageError("-n must be at least 1")
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
+
+    def settings(self, spec: EngineSpec) -> dict:
+        """Everything that determines the output: the resume key of ``generate``."""
+        return {
+            **spec.identity(),
+            "format": self.format,
+            "mode": self.mode,
+            "mode_instruction_sha256": text_hash(PROMPTING_MODES[self.mode]) if self.mode else None,
+            "given_plan": self.given_plan,
+            "answer_instruction": self.answer_instruction if self.mode else False,
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+
+def task_answer_instruction(record: dict) -> str | None:
+    """The answer-format instruction of the record's task (tasks registry), unless the prompt has it.
+
+    Records made by ``codeplan tasks prepare`` already end with it; it is never added twice.
+    """
+    if not isinstance(record.get("task"), str) or not record["task"]:
+        return None
+    from .errors import CodeplanError
+    from .tasks import resolve_task
+
+    try:
+        text = (resolve_task(record).instruction or "").strip()
+    except (CodeplanError, KeyError, LookupError, ValueError):
+        return None  # a task the registry does not know: the question alone
+    if not text or text in (record.get("prompt") or ""):
+        return None
+    return text
+
+
+def mode_prompt(
+    mode: str, prompt: str, *, plan: str | None = None, answer_instruction: str | None = None
+) -> str:
+    """The user turn of a prompting mode: question, answer-format instruction, then the trigger."""
+    parts = [prompt.rstrip()]
+    if answer_instruction:
+        parts.append(answer_instruction.strip())
+    if plan is not None:
+        parts.append(GIVEN_PLAN_INSTRUCTION.format(plan=plan))
+    elif PROMPTING_MODES[mode]:
+        parts.append(PROMPTING_MODES[mode])
+    return "\n\n".join(parts)
+
+
+_FENCED = re.compile(r"```[ \t]*[\w+.-]*[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
+_ANSWER_HEAD = re.compile(r"^\s*(?:#+\s*)?(?:final\s+)?answer\s*(?::[ \t]*\n?|\n)", re.I)
+
+
+def parse_code_plan_reply(text: str) -> tuple[str | None, str]:
+    """(plan, response) from an instruct model's reply to ``code-plan`` prompting.
+
+    The requested layout parses exactly as the ``codeplan`` format; otherwise the first fenced block is
+    the plan and what follows it (without an "Answer:" heading) is the response.
+    """
+    from .formats import get_format
+
+    plan, response = get_format("codeplan", chat=False, end_marker="\x00").parse(text)
+    if plan is not None:
+        return plan, response.strip()
+    m = _FENCED.search(text)
+    if m is None:
+        return None, text.strip()
+    rest = text[m.end() :]
+    rest = _ANSWER_HEAD.sub("", rest, count=1)
+    return m.group(1).strip("\n"), rest.strip()
+
+
+class GenerateTask(EngineTask):
+    stage = "generate"
+
+    def __init__(self, config: GenerateConfig, spec: EngineSpec, ctx=None):
+        self.config = config
+        self.spec = spec
+        self.ctx = ctx
+        self.format = None
+        self.stop: list[str] = []
+        self.meta_base: dict = {}
+
+    def bind(self, engine, spec: EngineSpec) -> None:
+        cfg = self.config
+        from .formats import end_marker_for, get_format
+
+        if cfg.format:
+            tok = engine_tokenizer(engine, spec)
+            self.tokenizer = tok
+            self.format = get_format(cfg.format, tok)
+            self.stop = list(self.format.stop_strings())
+        else:
+            tok = getattr(engine, "tokenizer", None)
+            # The turn-closing token (e.g. Llama-3's <|eot_id|>, not its eos) ends an instruct reply.
+            self.stop = (
+                [end_marker_for(tok, chat=True)]
+                if tok is not None and getattr(tok, "chat_template", None)
+                else []
+            )
+        describe = getattr(engine, "describe", None)
+        self.meta_base = {
+            **spec.identity(),
+            **({k: v for k, v in describe().items() if k not in ("model",)} if describe else {}),
+            "format": cfg.format,
+            "mode": cfg.mode,
+            "given_plan": cfg.given_plan,
+            "n": cfg.n,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_tokens,
+            "global_seed": cfg.seed,
+        }
+        if self.format is not None:
+            self.meta_base.update(self.format.describe())
+
+    def request(self, record: dict):
+        from .engines.base import Request
+
+        cfg = self.config
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            raise Unusable("missing-prompt")
+        plan = record.get("plan") if cfg.given_plan else None
+        if cfg.given_plan and not isinstance(plan, str):
+            raise Unusable("missing-plan")
+        seed = derive_seed(cfg.seed, record["id"])
+        common = dict(
+            id=record["id"],
+            n=cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+            seed=seed,
+            stop=list(self.stop),
+        )
+        if self.format is not None:
+            if plan is not None:
+                text = self.format.prefix_with_plan(self.tokenizer, prompt, plan)
+            else:
+                text = self.format.prompt_text(self.tokenizer, prompt)
+            return Request(prompt=text, **common)
+        instruction = task_answer_instruction(record) if cfg.answer_instruction else None
+        content = mode_prompt(cfg.mode, prompt, plan=plan, answer_instruction=instruction)
+        return Request(messages=[{"role": "user", "content": content}], **common)
+
+    def parse(self, text: str, given: str | None) -> tuple[str | None, str]:
+        cfg = self.config
+        if self.format is not None:
+            if given is not None:
+                return given, self.format.response_after_plan(text)
+            return self.format.parse(text)
+        if cfg.mode == "code-plan":
+            if given is not None:
+                return given, text.strip()
+            return parse_code_plan_reply(text)
+        return None, text
+
+    def output(self, record: dict, request, result) -> dict:
+        given = record.get("plan") if self.config.given_plan else None
+        samples = []
+        for c in result.completions:
+            plan, response = self.parse(c.text, given)
+            samples.append(
+                {
+                    "text": c.text,
+                    "plan": plan,
+                    "response": response,
+                    "finish_reason": c.finish_reason,
+                    "tokens_out": c.tokens_out,
+                    "seed": c.seed,
+                }
+            )
+        record["samples"] = samples
+        meta = {
+            **self.meta_base,
+            "seed": request.seed,
+            "tokens_in": result.tokens_in,
+            "tokens_out": sum(s["tokens_out"] for s in samples),
+        }
+        return self.ctx.stamp(record, meta)
+
+
+def generate_records(
+    records: Iterable[dict], config: GenerateConfig, spec: EngineSpec, ctx=None, engine=None
+) -> Iterator[dict]:
+    """The library twin of ``codeplan generate``: records in, records with ``samples`` out.
+
+    Inside ``run_stage`` pass its ``ctx``; from Python leave it out (rejected rows are then kept on
+    ``LibraryContext.rejected``) and pass an already built ``engine`` to reuse it.
+    """
+    ctx = ctx or LibraryContext("generate")
+    records = (normalize(r) for r in records)  # a no-op on records run_stage has normalised
+    task = GenerateTask(config, spec, ctx)
+    return run_engine_task(iter(records), ctx, task, spec, config.chunk_size, engine=engine)

@@ -1,0 +1,122 @@
+"""Sharded DCP checkpoints, written atomically, newest kept; the checkpointer decides when to save.
+
+Layout under ``<out>/checkpoints/``: ``step-00000040/`` holds the DCP shards of the model and the
+optimizer (one file per rank, as ``torch.distributed.checkpoint`` writes them, plus ``.metadata``)
+and ``trainer.json`` (step, schedule, data layout, run key). A checkpoint is first written to
+``step-N.tmp/``; only when every rank has finished and ``trainer.json`` is in place does rank 0
+rename it to ``step-N/``. A crash mid-save therefore never leaves something that looks complete, and
+``latest()`` ignores ``*.tmp``. All ranks must see the same folder (a shared file system on
+multi-node jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import distributed
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    folder: str
+    """Where checkpoints live (``<out>/checkpoints``)."""
+    save_every: int = 100
+    """Save every this many steps; 0 saves only at the end and when stopped (SIGTERM)."""
+    keep: int = 1
+    """How many of the newest checkpoints to keep."""
+
+
+class Checkpointer:
+    def __init__(self, config: CheckpointConfig, *, is_main: bool):
+        self.config = config
+        self.folder = Path(config.folder)
+        self.is_main = is_main
+
+    # -- when ----------------------------------------------------------------------------------
+    def should_save(self, step: int, *, last: bool = False, force: bool = False) -> bool:
+        if step <= 0:
+            return False
+        if force or last:
+            return True
+        return self.config.save_every > 0 and step % self.config.save_every == 0
+
+    # -- where ---------------------------------------------------------------------------------
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for p in self.folder.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1][1] if found else None
+
+    # -- save / load ---------------------------------------------------------------------------
+    def maybe_save(
+        self, step: int, model, optimizer, extra: dict, *, last: bool = False, force: bool = False
+    ):
+        if not self.should_save(step, last=last, force=force):
+            return None
+        final = self.folder / f"step-{step:08d}"
+        if final.is_dir() and (final / "trainer.json").is_file():
+            return final  # already saved (e.g. the last step of a finished run)
+        return self.save(step, model, optimizer, extra)
+
+    def save(self, step: int, model, optimizer, extra: dict) -> Path:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        final = self.folder / f"step-{step:08d}"
+        tmp = self.folder / f"step-{step:08d}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        if self.is_main:
+            data = json.dumps({"step": step, **extra}, indent=2, sort_keys=True)
+            with open(tmp / "trainer.json", "w") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+            self._prune()
+        distributed.barrier()
+        return final
+
+    def _prune(self) -> None:
+        found = self.checkpoints()
+        for _step, path in found[: max(0, len(found) - max(1, self.config.keep))]:
+            shutil.rmtree(path, ignore_errors=True)
+        for stale in self.folder.glob("step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def load(self, model, optimizer, path: Path | None = None) -> dict | None:
+        """Restore model and optimizer from ``path`` (default: the newest); returns trainer.json or None."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        path = path or self.latest()
+        if path is None:
+            return None
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        return json.loads((path / "trainer.json").read_text())
+
+    def close(self) -> None:
+        pass
