@@ -8,8 +8,10 @@ For each engine, in one process and on one loaded model, it times (best of --rep
   question records, ``generate_records`` with ``--format codeplan``: prompt rendering, per-record seeds,
   per-sample seeded sampling, stop handling, parsing, writing records), on an engine built once;
 - **bare**: the same prompt token ids through the engine library alone: vLLM ``LLM.generate`` with one
-  ``SamplingParams``, or transformers ``model.generate(do_sample=True)`` in batches of the same size
-  (sorted by length as the hf engine does), counting tokens up to and including EOS.
+  ``SamplingParams`` (no seed, no stop), and again with the settings codeplan gives vLLM (a seed per
+  prompt when sampling, the format's stop strings and ids); or transformers
+  ``model.generate(do_sample=True)`` in batches of the same size (sorted by length as the hf engine
+  does), counting tokens up to and including EOS.
 
 Prints output tokens per second of each and the ratio codeplan / bare (target 0.95 or better).
 Without --model a tiny random Llama is built with ``init_model`` (random weights rarely emit EOS, so
@@ -95,10 +97,12 @@ def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
     return ids
 
 
-def bare_vllm(llm, tokenizer, texts: list[str], cfg, seeded: bool = False) -> tuple[int, float]:
+def bare_vllm(llm, tokenizer, texts: list[str], cfg, stops=None) -> tuple[int, float]:
     """``LLM.generate`` on the prompts (tokenized inside the timing, as vLLM does for text prompts).
 
-    ``seeded``: one SamplingParams per prompt with its own seed, the reproducible way to call vLLM.
+    ``stops``: ``(stop strings, stop token ids)`` of the format. Given, each prompt gets its own
+    SamplingParams with its own seed (when sampling) and those stops: the settings codeplan passes,
+    the reproducible way to call vLLM. Not given: one SamplingParams, no seed, no stop.
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -106,7 +110,12 @@ def bare_vllm(llm, tokenizer, texts: list[str], cfg, seeded: bool = False) -> tu
     t0 = time.perf_counter()
     ids = tokenize(tokenizer, texts)
     kw = dict(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
-    params = [SamplingParams(**kw, seed=i) for i in range(len(ids))] if seeded else SamplingParams(**kw)
+    if stops is None:
+        params = SamplingParams(**kw)
+    else:
+        kw.update(stop=stops[0] or None, stop_token_ids=stops[1] or None)
+        seeded = cfg.temperature > 0
+        params = [SamplingParams(**kw, seed=i if seeded else None) for i in range(len(ids))]
     outs = llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params, use_tqdm=False)
     seconds = time.perf_counter() - t0
     return sum(len(o.outputs[0].token_ids) for o in outs), seconds
@@ -214,13 +223,19 @@ def bench_engine(name: str, model: str, cfg, records: list[dict], src: Path, tmp
 
     paths = {}
     if name == "vllm":
+        from codeplan_tools.engines.base import StopRules
+        from codeplan_tools.formats import get_format
+
+        stop_ids, stop_texts = StopRules(engine.tokenizer, engine._eos)(
+            Request(id="-", prompt="-", stop=get_format(cfg.format, engine.tokenizer).stop_strings())
+        )
+        stops = (list(stop_texts), sorted(stop_ids - {engine.tokenizer.eos_token_id}))
         paths["vllm LLM.generate"] = lambda prompts=texts: bare_vllm(
             engine.llm, engine.tokenizer, prompts, cfg
         )
-        if cfg.temperature > 0:
-            paths["vllm LLM.generate, seeded"] = lambda prompts=texts: bare_vllm(
-                engine.llm, engine.tokenizer, prompts, cfg, seeded=True
-            )
+        paths["vllm LLM.generate, same settings"] = lambda prompts=texts: bare_vllm(
+            engine.llm, engine.tokenizer, prompts, cfg, stops
+        )
     else:
         paths["transformers generate"] = lambda prompts=texts: bare_hf(
             engine.model, engine.tokenizer, prompts, cfg, args.batch_size

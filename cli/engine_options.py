@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from typing import Annotated
 
@@ -144,35 +145,54 @@ Seed = Annotated[
 ]
 
 
-def engine_spec(
-    model: str,
-    engine: EngineName,
-    dtype: DType,
-    tensor_parallel_size: int | None,
-    base_url: str | None,
-    api_key_env: str,
-    concurrency: int | None,
-    max_model_len: int | None,
-    batch_size: int | None,
-    trust_remote_code: bool,
-    tokenizer: str | None,
-    enforce_eager: bool = False,
-    gpu_memory_utilization: float | None = None,
-):
-    from codeplan_tools.generate import EngineSpec
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """The engine and sampling options of ``extract`` and ``generate`` (expanded by ``with_options``)."""
 
-    return EngineSpec(
-        model=model,
-        engine=engine.value,
-        dtype=None if dtype is DType.auto else dtype.value,
-        tensor_parallel_size=tensor_parallel_size,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        concurrency=concurrency,
-        max_model_len=max_model_len,
-        batch_size=batch_size,
-        trust_remote_code=trust_remote_code,
-        tokenizer=tokenizer,
-        enforce_eager=enforce_eager,
-        gpu_memory_utilization=gpu_memory_utilization,
-    )
+    engine: Engine = EngineName.auto
+    dtype: Dtype = DType.auto
+    tensor_parallel_size: TensorParallel = None
+    base_url: BaseUrl = None
+    api_key_env: ApiKeyEnv = "OPENAI_API_KEY"
+    concurrency: Concurrency = None
+    max_model_len: MaxModelLen = None
+    batch_size: BatchSize = None
+    chunk_size: ChunkSize = None
+    enforce_eager: EnforceEager = False
+    gpu_memory_utilization: GpuMemoryUtilization = None
+    trust_remote_code: TrustRemoteCode = False
+    tokenizer: Tokenizer = None
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    max_tokens: MaxTokens = 512
+    seed: Seed = 0
+
+    def spec(self, model: str):
+        """The ``EngineSpec`` that loads ``model`` with these options."""
+        from codeplan_tools.generate import EngineSpec
+
+        return EngineSpec(
+            model=model,
+            engine=self.engine.value,
+            dtype=None if self.dtype is DType.auto else self.dtype.value,
+            tensor_parallel_size=self.tensor_parallel_size,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            concurrency=self.concurrency,
+            max_model_len=self.max_model_len,
+            batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+            tokenizer=self.tokenizer,
+            enforce_eager=self.enforce_eager,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+
+    def sampling(self) -> dict:
+        """temperature, top_p, max_tokens, seed and chunk_size: the config fields every engine stage has."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+        }

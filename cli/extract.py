@@ -10,19 +10,10 @@ from codeplan_cli import engine_options as e
 from codeplan_cli import options as o
 
 
+@o.with_options()
 def extract_command(
     model: e.Model,
-    inputs: o.Inputs = None,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    rejects: o.Rejects = None,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
-    stats: o.StatsFile = None,
-    prompt_field: o.PromptField = None,
-    response_field: o.ResponseField = None,
-    shard: o.Shard = None,
-    progress: o.Progress = True,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
     template: Annotated[
         str,
         typer.Option(
@@ -36,23 +27,7 @@ def extract_command(
         bool,
         typer.Option("--keep-raw", help="Also keep the model's reply before cleaning in meta.extract.raw."),
     ] = False,
-    engine: e.Engine = e.EngineName.auto,
-    dtype: e.Dtype = e.DType.auto,
-    tensor_parallel_size: e.TensorParallel = None,
-    base_url: e.BaseUrl = None,
-    api_key_env: e.ApiKeyEnv = "OPENAI_API_KEY",
-    concurrency: e.Concurrency = None,
-    max_model_len: e.MaxModelLen = None,
-    batch_size: e.BatchSize = None,
-    chunk_size: e.ChunkSize = None,
-    enforce_eager: e.EnforceEager = False,
-    gpu_memory_utilization: e.GpuMemoryUtilization = None,
-    trust_remote_code: e.TrustRemoteCode = False,
-    tokenizer: e.Tokenizer = None,
-    temperature: e.Temperature = 0.0,
-    top_p: e.TopP = 1.0,
-    max_tokens: e.MaxTokens = 512,
-    seed: e.Seed = 0,
+    engine_options: e.EngineOptions = e.EngineOptions(),
 ) -> None:
     """Mine the plan behind each prompt/response pair with an instruct model.
 
@@ -67,39 +42,13 @@ def extract_command(
     Example: codeplan extract -m Meta-Llama-3-8B-Instruct -i pairs.jsonl.zst -o mined.jsonl.zst --rejects rejected.jsonl.zst
     """
     from codeplan_tools.extract import ExtractConfig, extract_records
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.stage import run_stage
 
-    spec = e.engine_spec(
-        model, engine, dtype, tensor_parallel_size, base_url, api_key_env, concurrency, max_model_len,
-        batch_size, trust_remote_code, tokenizer, enforce_eager, gpu_memory_utilization,
-    )  # fmt: skip
-    config = ExtractConfig(
-        template=template,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        chunk_size=chunk_size,
-        keep_raw=keep_raw,
-    )
-    io = StageIO(
-        stage="extract",
-        inputs=inputs or ["-"],
-        output=output,
-        plain=plain,
-        rejects=rejects,
-        on_bad_record=on_bad_record.value,
-        stats_path=stats,
-        prompt_field=prompt_field,
-        response_field=response_field,
-        require=("prompt", "response"),
-        shard=shard,
-        resume_settings=config.settings(spec),
-        progress=progress,
-        quiet=quiet,
-    )
-    result = run_stage(io, lambda records, ctx: extract_records(records, config, spec, ctx=ctx))
-    o.print_summary(result, quiet)
+    spec = engine_options.spec(model)
+    config = ExtractConfig(template=template, keep_raw=keep_raw, **engine_options.sampling())
+    stage_io = io.stage_io("extract", require=("prompt", "response"), resume_settings=config.settings(spec))
+    result = run_stage(stage_io, lambda records, ctx: extract_records(records, config, spec, ctx=ctx))
+    o.print_summary(result, io.quiet)
 
 
 def register(app: typer.Typer) -> None:

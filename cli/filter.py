@@ -17,17 +17,9 @@ def _rule(name: str):
     return typer.Option(f"--{name}/--skip-{name}", help=RULES[name].help, rich_help_panel=RULES_PANEL)
 
 
+@o.with_options(io=("shard",))
 def filter_command(
-    inputs: o.Inputs = None,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    rejects: o.Rejects = None,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
-    stats: o.StatsFile = None,
-    prompt_field: o.PromptField = None,
-    response_field: o.ResponseField = None,
-    progress: o.Progress = True,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
     terminated: Annotated[bool, _rule("terminated")] = True,
     nonempty: Annotated[bool, _rule("nonempty")] = True,
     length: Annotated[bool, _rule("length")] = True,
@@ -105,7 +97,7 @@ def filter_command(
     Example: codeplan filter -i mined.jsonl.zst --rejects rejected.jsonl.zst --stats filter.json > kept.jsonl.zst
     """
     from codeplan_tools.filters import FilterConfig, filter_records, required_fields
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.stage import run_stage
 
     switches = {
         "terminated": terminated,
@@ -126,27 +118,17 @@ def filter_command(
         leak_max_overlap=leak_max_overlap,
         annotate=annotate,
     )
-    io = StageIO(
-        stage="filter",
-        inputs=inputs or ["-"],
-        output=output,
-        plain=plain,
-        rejects=rejects,
-        on_bad_record=on_bad_record.value,
-        stats_path=stats,
-        prompt_field=prompt_field,
-        response_field=response_field,
-        require=required_fields(config),
-        progress=progress,
-    )
+    stage_io = io.stage_io("filter", require=required_fields(config))
     from codeplan_tools import parallel
 
     workers = parallel.default_workers() if workers is None else workers
-    if workers > 1 and parallel.can_run(io, config):
-        result = parallel.run_filter_parallel(io, config, workers)
+    if workers > 1 and parallel.can_run(stage_io, config):
+        result = parallel.run_filter_parallel(stage_io, config, workers)
     else:
-        result = run_stage(io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject))
-    o.print_summary(result, quiet)
+        result = run_stage(
+            stage_io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject)
+        )
+    o.print_summary(result, io.quiet)
 
 
 def register(app: typer.Typer) -> None:

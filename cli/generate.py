@@ -26,18 +26,10 @@ class ModeName(str, Enum):
     code_plan = "code-plan"
 
 
+@o.with_options(io=("response_field",))
 def generate_command(
     model: e.Model,
-    inputs: o.Inputs = None,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    rejects: o.Rejects = None,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
-    stats: o.StatsFile = None,
-    prompt_field: o.PromptField = None,
-    shard: o.Shard = None,
-    progress: o.Progress = True,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
     format: Annotated[
         FormatName | None,
         typer.Option(
@@ -80,23 +72,7 @@ def generate_command(
         int,
         typer.Option("-n", "--samples", min=1, rich_help_panel=e.SAMPLING_PANEL, help="Samples per record."),
     ] = 1,
-    engine: e.Engine = e.EngineName.auto,
-    dtype: e.Dtype = e.DType.auto,
-    tensor_parallel_size: e.TensorParallel = None,
-    base_url: e.BaseUrl = None,
-    api_key_env: e.ApiKeyEnv = "OPENAI_API_KEY",
-    concurrency: e.Concurrency = None,
-    max_model_len: e.MaxModelLen = None,
-    batch_size: e.BatchSize = None,
-    chunk_size: e.ChunkSize = None,
-    enforce_eager: e.EnforceEager = False,
-    gpu_memory_utilization: e.GpuMemoryUtilization = None,
-    trust_remote_code: e.TrustRemoteCode = False,
-    tokenizer: e.Tokenizer = None,
-    temperature: e.Temperature = 0.0,
-    top_p: e.TopP = 1.0,
-    max_tokens: e.MaxTokens = 512,
-    seed: e.Seed = 0,
+    engine_options: e.EngineOptions = e.EngineOptions(),
 ) -> None:
     """Generate samples for question records: each gets 'samples' (text, plan, response, finish reason,
     tokens out, seed) and meta.generate.
@@ -108,41 +84,24 @@ def generate_command(
     Example: codeplan generate -m ckpt/ --format codeplan -n 4 -t 0.7 -i gsm8k.jsonl.zst -o samples.jsonl.zst
     """
     from codeplan_tools.generate import GenerateConfig, generate_records
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.stage import run_stage
 
-    spec = e.engine_spec(
-        model, engine, dtype, tensor_parallel_size, base_url, api_key_env, concurrency, max_model_len,
-        batch_size, trust_remote_code, tokenizer, enforce_eager, gpu_memory_utilization,
-    )  # fmt: skip
+    spec = engine_options.spec(model)
     config = GenerateConfig(
         format=format.value if format else None,
         mode=mode.value if mode else None,
         n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
         given_plan=given_plan,
         answer_instruction=answer_instruction,
-        chunk_size=chunk_size,
+        **engine_options.sampling(),
     )
-    io = StageIO(
-        stage="generate",
-        inputs=inputs or ["-"],
-        output=output,
-        plain=plain,
-        rejects=rejects,
-        on_bad_record=on_bad_record.value,
-        stats_path=stats,
-        prompt_field=prompt_field,
+    stage_io = io.stage_io(
+        "generate",
         require=("prompt", "plan") if given_plan else ("prompt",),
-        shard=shard,
         resume_settings=config.settings(spec),
-        progress=progress,
-        quiet=quiet,
     )
-    result = run_stage(io, lambda records, ctx: generate_records(records, config, spec, ctx=ctx))
-    o.print_summary(result, quiet)
+    result = run_stage(stage_io, lambda records, ctx: generate_records(records, config, spec, ctx=ctx))
+    o.print_summary(result, io.quiet)
 
 
 def register(app: typer.Typer) -> None:

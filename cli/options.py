@@ -1,10 +1,19 @@
-"""Options shared by several commands, declared once so help and defaults cannot diverge."""
+"""Options shared by several commands, declared once so help and defaults cannot diverge.
+
+A command takes the record-stream options as one parameter, ``io: StreamOptions``; ``with_options``
+expands it into the individual click options (at the parameter's place, so the help keeps its order)
+and hands the command one ``StreamOptions`` value. ``cli/engine_options.py`` does the same for the
+engine and sampling options of ``extract`` and ``generate``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import sys
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -123,3 +132,77 @@ def print_summary(stats, quiet: bool = False) -> None:
     """The end-of-run summary: one line of counters on stderr."""
     if not quiet:
         print(stats.summary(), file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """The record-stream options of one command invocation (each field is the option of the same name)."""
+
+    inputs: Inputs = None
+    output: Output = None
+    plain: Plain = False
+    rejects: Rejects = None
+    on_bad_record: OnBadRecord = BadRecordMode.fail
+    stats: StatsFile = None
+    prompt_field: PromptField = None
+    response_field: ResponseField = None
+    shard: Shard = None
+    progress: Progress = True
+    quiet: Quiet = False
+
+    def stage_io(self, stage: str, **settings: Any):
+        """The ``StageIO`` of ``stage`` over these streams; ``settings`` adds require, resume_settings..."""
+        from codeplan_tools.stage import StageIO
+
+        return StageIO(
+            stage=stage,
+            inputs=self.inputs or ["-"],
+            output=self.output,
+            plain=self.plain,
+            rejects=self.rejects,
+            on_bad_record=self.on_bad_record.value,
+            stats_path=self.stats,
+            prompt_field=self.prompt_field,
+            response_field=self.response_field,
+            shard=self.shard,
+            progress=self.progress,
+            quiet=self.quiet,
+            **settings,
+        )
+
+
+def with_options(**omit: tuple[str, ...]):
+    """Expand each parameter annotated with an options dataclass into that dataclass's options.
+
+    ``omit`` names, per parameter, fields the command does not offer (they keep their defaults):
+    ``@with_options(io=("shard",))``. The command is called with one dataclass value per parameter.
+    """
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        params: list[inspect.Parameter] = []
+        bundles: dict[str, tuple[type, list[str]]] = {}
+        for param in signature.parameters.values():
+            bundle = param.annotation
+            if not (isinstance(bundle, type) and dataclasses.is_dataclass(bundle)):
+                params.append(param)
+                continue
+            hints = get_type_hints(bundle, include_extras=True)
+            names = [f.name for f in dataclasses.fields(bundle) if f.name not in omit.get(param.name, ())]
+            bundles[param.name] = (bundle, names)
+            for f in dataclasses.fields(bundle):
+                if f.name in names:
+                    params.append(param.replace(name=f.name, annotation=hints[f.name], default=f.default))
+
+        @functools.wraps(command)
+        def run(**kwargs):
+            for name, (bundle, names) in bundles.items():
+                kwargs[name] = bundle(**{field: kwargs.pop(field) for field in names})
+            return command(**kwargs)
+
+        run.__signature__ = signature.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        del run.__wrapped__  # typer must read the expanded signature, not the command's own
+        return run
+
+    return decorate

@@ -29,6 +29,7 @@ class Template(str, Enum):
     plain = "plain"
 
 
+@o.with_options(io=("shard",))
 def pack_command(
     model: Annotated[
         str,
@@ -40,16 +41,7 @@ def pack_command(
             rich_help_panel=PACK_PANEL,
         ),
     ],
-    inputs: o.Inputs = None,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    rejects: o.Rejects = None,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
-    stats: o.StatsFile = None,
-    prompt_field: o.PromptField = None,
-    response_field: o.ResponseField = None,
-    progress: o.Progress = True,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
     format: Annotated[
         str,
         typer.Option(
@@ -126,7 +118,7 @@ def pack_command(
     Example: codeplan pack --model mistral-7b -i mined.jsonl.zst --max-len 4096 --stats pack.json > packs.jsonl.zst
     """
     from codeplan_tools.packing import PackConfig, derived_stats, pack_records, required_fields
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.stage import run_stage
 
     config = PackConfig(
         model=model,
@@ -139,25 +131,13 @@ def pack_command(
         buffer=buffer,
         trust_remote_code=trust_remote_code,
     )
-    io = StageIO(
-        stage="pack",
-        inputs=inputs or ["-"],
-        output=output,
-        plain=plain,
-        rejects=rejects,
-        on_bad_record=on_bad_record.value,
-        stats_path=stats,
-        prompt_field=prompt_field,
-        response_field=response_field,
-        require=required_fields(config),
-        progress=progress,
-    )
-    result = run_stage(io, lambda records, ctx: pack_records(records, config, ctx.stats, ctx.reject))
-    if not quiet:
+    stage_io = io.stage_io("pack", require=required_fields(config))
+    result = run_stage(stage_io, lambda records, ctx: pack_records(records, config, ctx.stats, ctx.reject))
+    if not io.quiet:
         d = derived_stats(result)
         eff = "-" if d["packing_efficiency"] is None else f"{d['packing_efficiency']:.4f}"
         typer.echo(f"codeplan pack: packing efficiency {eff}", err=True)
-    o.print_summary(result, quiet)
+    o.print_summary(result, io.quiet)
 
 
 def register(app: typer.Typer) -> None:

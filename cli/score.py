@@ -18,6 +18,7 @@ class AverageOver(str, Enum):
     tasks = "tasks"
 
 
+@o.with_options(io=("prompt_field", "response_field"))
 def score_command(
     runs: Annotated[
         list[str] | None,
@@ -27,15 +28,7 @@ def score_command(
             show_default=False,
         ),
     ] = None,
-    inputs: o.Inputs = None,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    rejects: o.Rejects = None,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
-    stats: o.StatsFile = None,
-    shard: o.Shard = None,
-    progress: o.Progress = True,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
     task: Annotated[
         str | None,
         typer.Option(
@@ -126,7 +119,7 @@ def score_command(
     from codeplan_tools import report as reporting
     from codeplan_tools.errors import UsageError
     from codeplan_tools.score import ScoreConfig, load_run, run_names, score_records
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.stage import run_stage
     from codeplan_tools.streams import read_records
 
     for path in report or []:
@@ -135,7 +128,7 @@ def score_command(
     config = ScoreConfig(task=task, timeout=timeout, workers=workers)
 
     if compare:
-        if inputs:
+        if io.inputs:
             raise UsageError("--compare takes the runs as arguments (RUN...), not -i")
         if not runs or len(runs) < 2:
             raise UsageError(
@@ -143,7 +136,7 @@ def score_command(
             )
         reports = [load_run(path, name, config) for name, path in run_names(runs)]
         comparison = reporting.compare(reports, average_over.value)
-        if not quiet:
+        if not io.quiet:
             print(reporting.format_comparison(comparison), file=sys.stderr)
         _write(report, plot, reports, comparison, average_over.value)
         return
@@ -152,34 +145,22 @@ def score_command(
             f"unexpected argument {runs[0]!r}: give input files with -i, or compare runs with --compare"
         )
 
-    io = StageIO(
-        stage="score",
-        inputs=inputs or ["-"],
-        output=output,
-        plain=plain,
-        rejects=rejects,
-        on_bad_record=on_bad_record.value,
-        stats_path=stats,
-        shard=shard,
-        resume_settings=config.settings(),
-        progress=progress,
-        quiet=quiet,
-    )
+    stage_io = io.stage_io("score", resume_settings=config.settings())
     name = "run"
     collected = reporting.build_report([], name)
 
     def transform(records, ctx):
         # Unscorable records (unknown task, no gold) stop the run unless --on-bad-record skip.
-        reject = ctx.reject if on_bad_record.value == "skip" else None
+        reject = ctx.reject if io.on_bad_record.value == "skip" else None
         for record in score_records(records, config, ctx.stats, reject=reject, stamp=ctx.stamp):
             collected.add(record)
             yield record
 
-    result = run_stage(io, transform)
-    if output not in (None, "-") and result["skipped_done"]:
+    result = run_stage(stage_io, transform)
+    if io.output not in (None, "-") and result["skipped_done"]:
         # A resumed run: report on everything in the output file, not just this invocation's part.
-        collected = reporting.build_report(read_records([output]), name)
-    if not quiet:
+        collected = reporting.build_report(read_records([io.output]), name)
+    if not io.quiet:
         print(reporting.format_table(collected), file=sys.stderr)
         if result["records_without_samples"]:
             print(
@@ -187,7 +168,7 @@ def score_command(
                 "their 'response' (or 'solution') was scored instead",
                 file=sys.stderr,
             )
-    o.print_summary(result, quiet)
+    o.print_summary(result, io.quiet)
     _write(report, plot, [collected], None, average_over.value)
 
 

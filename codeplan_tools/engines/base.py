@@ -117,19 +117,53 @@ def prompt_token_ids(tokenizer, request: Request) -> list[int]:
     that already starts with the BOS token (chat templates such as Llama-3's put it in) is tokenized
     without special tokens, so BOS is never doubled; other text gets the tokenizer's special tokens.
     """
+    return prompts_token_ids(tokenizer, [request])[0]
+
+
+def prompts_token_ids(tokenizer, requests: list[Request]) -> list[list[int]]:
+    """:func:`prompt_token_ids` of many requests, tokenized in two batched calls (fast tokenizers
+    encode a batch in parallel in Rust; one call per prompt costs more than the tiny models' decoding)."""
     from codeplan_tools.errors import UsageError
 
-    if request.messages is not None:
-        if not getattr(tokenizer, "chat_template", None):
-            raise UsageError(
-                "the model's tokenizer has no chat template; give raw prompts instead of messages"
+    texts = []
+    for request in requests:
+        if request.messages is not None:
+            if not getattr(tokenizer, "chat_template", None):
+                raise UsageError(
+                    "the model's tokenizer has no chat template; give raw prompts instead of messages"
+                )
+            texts.append(
+                tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
             )
-        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = request.prompt
+        else:
+            texts.append(request.prompt)
     bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    ids: list[list[int]] = [[] for _ in texts]
+    for add_special in (False, True):
+        group = [i for i, t in enumerate(texts) if (not (bos and t.startswith(bos))) == add_special]
+        if group:
+            encoded = tokenizer([texts[i] for i in group], add_special_tokens=add_special)["input_ids"]
+            for i, x in zip(group, encoded, strict=True):
+                ids[i] = list(x)
+    return ids
+
+
+class StopRules:
+    """``stop_token_ids`` and ``text_stops`` per distinct stop list, computed once per engine
+    (``get_added_vocab`` builds a new dict on every call)."""
+
+    def __init__(self, tokenizer, extra_eos: int | list[int] | None):
+        self.tokenizer, self.extra_eos = tokenizer, extra_eos
+        self._cache: dict[tuple, tuple[frozenset[int], tuple[str, ...]]] = {}
+
+    def __call__(self, request: Request) -> tuple[frozenset[int], tuple[str, ...]]:
+        """(token ids that end a sample, stop strings matched in text) for ``request``."""
+        key = (tuple(request.stop), tuple(request.stop_token_ids))
+        rules = self._cache.get(key)
+        if rules is None:
+            ids = stop_token_ids(self.tokenizer, self.extra_eos, request.stop, request.stop_token_ids)
+            rules = self._cache[key] = (frozenset(ids), tuple(text_stops(self.tokenizer, request.stop)))
+        return rules
 
 
 def stop_token_ids(

