@@ -246,15 +246,19 @@ def required_fields(config: FilterConfig) -> tuple[str, ...]:
     return tuple(needed)
 
 
-def check_record(record: dict, config: FilterConfig, rules: list[Rule]) -> list[str]:
-    """Reasons from the failing rules: all of them with --annotate, else the first."""
-    reasons = []
-    for rule in rules:
-        reason = rule.check(record, config)
+def check_record(record: dict, config: FilterConfig, checks: list[Callable]) -> list[str] | None:
+    """Reasons from the failing rules (``checks``: their functions, in order): all of them with
+    --annotate, else the first; None when every rule passed."""
+    reasons = None
+    for check in checks:
+        reason = check(record, config)
         if reason is not None:
-            reasons.append(reason)
-            if not config.annotate:
-                break
+            if reasons is None:
+                reasons = [reason]
+                if not config.annotate:
+                    break
+            else:
+                reasons.append(reason)
     return reasons
 
 
@@ -335,16 +339,7 @@ def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, 
     kept = 0  # counted here and added once: stats.inc per record costs more than a rule
     try:
         for record in records:
-            reasons = None  # check_record, inlined
-            for check in checks:
-                reason = check(record, config)
-                if reason is not None:
-                    if reasons is None:
-                        reasons = [reason]
-                        if not annotate:
-                            break
-                    else:
-                        reasons.append(reason)
+            reasons = check_record(record, config, checks)
             meta = record.get("meta")
             if not isinstance(meta, dict):
                 record["meta"] = meta = {}

@@ -28,9 +28,18 @@ import orjson
 from tqdm import tqdm
 
 from .errors import BadRecord
-from .filters import DUPLICATE, RULES, FilterConfig, LengthProfile, count_failures, measure, prompt_digest
+from .filters import (
+    DUPLICATE,
+    RULES,
+    FilterConfig,
+    LengthProfile,
+    check_record,
+    count_failures,
+    measure,
+    prompt_digest,
+)
 from .records import MissingField, normalize
-from .stage import StageContext, StageIO
+from .stage import StageContext, StageIO, close_outputs
 from .stats import Stats
 from .streams import RecordWriter, dumps, iter_lines
 
@@ -95,16 +104,7 @@ def work(lines: list[bytes], job: Job) -> list[tuple]:
                 )
             )
             continue
-        reasons = None
-        for check in checks:
-            reason = check(record, config)
-            if reason is not None:
-                if reasons is None:
-                    reasons = [reason]
-                    if not annotate:
-                        break
-                else:
-                    reasons.append(reason)
+        reasons = check_record(record, config, checks)
         meta = record.get("meta")
         if not isinstance(meta, dict):
             record["meta"] = meta = {}
@@ -236,15 +236,7 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
             pool.close()
             feeder.join(5)
         merge.finish()
-        ctx.progress.close()
-        stats.inc("wall_seconds", round(time.monotonic() - started, 3))
-        try:
-            writer.close()
-        finally:
-            if rejects is not None:
-                rejects.close()
-            if io.stats_path:
-                stats.write_json(io.stats_path)
+        close_outputs(ctx, writer, started)
     return stats
 
 

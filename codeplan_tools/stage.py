@@ -141,16 +141,22 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     finally:
         stats.inc("written", written)
         ctx.progress.update(written & 255)
-        ctx.progress.close()
-        stats.inc("wall_seconds", round(time.monotonic() - started, 3))
-        try:
-            writer.close()
-        finally:
-            if rejects is not None:
-                rejects.close()
-            if io.stats_path:
-                stats.write_json(io.stats_path)
+        close_outputs(ctx, writer, started)
     return stats
+
+
+def close_outputs(ctx: StageContext, writer: RecordWriter, started: float) -> None:
+    """End of a run: close the progress bar, count the wall time, close output and rejects (each
+    flushed as complete frames), and write ``--stats``."""
+    ctx.progress.close()
+    ctx.stats.inc("wall_seconds", round(time.monotonic() - started, 3))
+    try:
+        writer.close()
+    finally:
+        if ctx._rejects is not None:
+            ctx._rejects.close()
+        if ctx.io.stats_path:
+            ctx.stats.write_json(ctx.io.stats_path)
 
 
 def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:
