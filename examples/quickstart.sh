@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart: the whole CodePlan pipeline, for real, on a 2-core CPU in about 15 minutes.
+# The quickstart: the whole CodePlan pipeline, for real, on a 2-core CPU in about 5 minutes (8 with the install).
 #
 #   make quickstart            (creates .venv, then runs this; outputs in quickstart-out/)
 #
