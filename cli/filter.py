@@ -92,7 +92,7 @@ def filter_command(
     Rules run in the order listed; a rejected record carries meta.filter.reason naming the first rule
     it failed, and --stats counts rejected.<rule> per rule plus the word lengths (mean, median, p95)
     of prompt, plan and response of what passed, and the share of plans with functions, conditions
-    and loops.
+    and loops (measured only when --stats is given: it costs as much as a rule).
 
     Example: codeplan filter -i mined.jsonl.zst --rejects rejected.jsonl.zst --stats filter.json > kept.jsonl.zst
     """
@@ -117,6 +117,7 @@ def filter_command(
         leak_ngram=leak_ngram,
         leak_max_overlap=leak_max_overlap,
         annotate=annotate,
+        profile=io.stats is not None,
     )
     stage_io = io.stage_io("filter", require=required_fields(config))
     from codeplan_tools import parallel

@@ -26,10 +26,23 @@ from .stats import Stats
 _FENCE = re.compile(r"^\s*```")
 _COMMENT = re.compile(r"^\s*#")  # (with _FENCE, the definition; `code` tests the same with str methods)
 # A line that reads like Python: a keyword statement, an assignment, a call or a return.
-_CODE_LINE = re.compile(
-    r"^\s*(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
+_CODE_LINE_BODY = (
+    r"(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
     r"[A-Za-z_][\w\.\[\]'\"]*(\s*,\s*[A-Za-z_][\w\.\[\]]*)*\s*(=|\+=|-=|\*=|/=)[^=]|[A-Za-z_][\w\.]*\(.*\)\s*:?\s*$)"
 )
+_CODE_LINE = re.compile(r"^\s*" + _CODE_LINE_BODY)
+# The same tests over a whole ASCII plan at once (one C call instead of a Python loop over lines),
+# for plans whose only line break is \n: within a line \s can then only be " ", \t or \x1f, so the
+# line patterns become multi-line ones that never cross a \n (and need no capture groups).
+_LINE_SPACE = r"[ \t\x1f]"
+_ODD_LINE_BREAKS = re.compile(r"[\r\x0b\x0c\x1c-\x1e]")
+_CODE_LINES = re.compile(
+    "(?m)^"
+    + _LINE_SPACE
+    + "*"
+    + re.sub(r"(?<!\\)\((?!\?)", "(?:", _CODE_LINE_BODY.replace(r"\s", _LINE_SPACE).replace("[^=]", "[^=\n]"))
+)
+_COUNTED_LINES = re.compile("(?m)^" + _LINE_SPACE + "*(?!```|#)[^ \t\x1f\n]")  # not blank, comment, fence
 # Structure of a plan, for the --stats profile: one pass over the plan's keywords.
 _KEYWORDS = re.compile(r"\b(def|if|elif|for|while)\b")  # (the definition; see _FEATURE_WORDS)
 _FEATURE = {"def": "functions", "if": "conditions", "elif": "conditions", "for": "loops", "while": "loops"}
@@ -70,6 +83,9 @@ class FilterConfig:
     leak_ngram: int = 8
     leak_max_overlap: float = 0.5
     annotate: bool = False
+    # Measure the length/structure profile of what passed (stats.derived["passed"]). The command
+    # turns it off when no --stats file will show it: it costs as much as a rule.
+    profile: bool = True
     # Normalised-prompt digests seen so far (dedup's state; one run, one shard).
     seen: set = field(default_factory=set, repr=False)
 
@@ -126,16 +142,19 @@ def length(record: dict, config: FilterConfig) -> str | None:
 def code(record: dict, config: FilterConfig) -> str | None:
     """Reject plans that do not read as Python: fewer than --code-min-ratio of their lines look like code (with --code-strict: ast.parse fails; the plan is parsed, never run)."""
     plan = record.get("plan") or ""
-    total = hits = 0
-    prefixes, match = _CODE_PREFIXES, _CODE_LINE.match
-    for line in plan.splitlines():
-        # Same tests as _plan_lines, _COMMENT and _CODE_LINE: their leading \s* is what lstrip() removes.
-        line = line.lstrip()
-        if not line or line.startswith(("```", "#")):
-            continue
-        total += 1
-        if line.startswith(prefixes) or match(line):
-            hits += 1
+    if plan.isascii() and not _ODD_LINE_BREAKS.search(plan):
+        total, hits = len(_COUNTED_LINES.findall(plan)), len(_CODE_LINES.findall(plan))
+    else:
+        total = hits = 0
+        prefixes, match = _CODE_PREFIXES, _CODE_LINE.match
+        for line in plan.splitlines():
+            # Same tests as _plan_lines, _COMMENT and _CODE_LINE: their leading \s* is what lstrip() removes.
+            line = line.lstrip()
+            if not line or line.startswith(("```", "#")):
+                continue
+            total += 1
+            if line.startswith(prefixes) or match(line):
+                hits += 1
     if not total:
         return "code: no code lines"
     ratio = hits / total
@@ -335,7 +354,7 @@ def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, 
     checks = [r.check for name, r in RULES.items() if name in config.enabled]
     annotate = config.annotate
     profile = LengthProfile()
-    add = profile.add_measured
+    add, profile_on = profile.add_measured, config.profile
     kept = 0  # counted here and added once: stats.inc per record costs more than a rule
     try:
         for record in records:
@@ -345,7 +364,8 @@ def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, 
                 record["meta"] = meta = {}
             if reasons is None:
                 kept += 1
-                add(measure(record))
+                if profile_on:
+                    add(measure(record))
                 meta["filter"] = {"kept": True}
                 yield record
                 continue
@@ -358,7 +378,8 @@ def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, 
     finally:
         if kept:
             stats.inc("kept", kept)
-    stats.derived["passed"] = profile.summary()
+    if profile_on:
+        stats.derived["passed"] = profile.summary()
 
 
 def count_failures(stats: Stats, reasons: list[str], annotate: bool) -> None:

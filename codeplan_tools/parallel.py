@@ -110,7 +110,7 @@ def work(lines: list[bytes], job: Job) -> list[tuple]:
             record["meta"] = meta = {}
         digest = prompt_digest(record) if dedup_on and (reasons is None or annotate) else None
         if reasons is None:
-            measured = measure(record)
+            measured = measure(record) if config.profile else None
             meta["filter"] = {"kept": True}
             append((None, dumps(record), digest, measured))
         elif annotate:
@@ -229,7 +229,8 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
                     raise result
                 merge.batch(item, result)
                 index += 1
-        stats.derived["passed"] = merge.profile.summary()
+        if config.profile:
+            stats.derived["passed"] = merge.profile.summary()
     finally:
         stop.set()
         if pool is not None:
@@ -292,7 +293,8 @@ class _Merge:
                     seen.add(digest)
             if reasons is None:
                 self.kept += 1
-                add(measured)
+                if measured is not None:
+                    add(measured)
             else:
                 count_failures(stats, reasons, annotate)
                 if not annotate:

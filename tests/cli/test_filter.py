@@ -306,3 +306,17 @@ def test_workers_stop_at_a_bad_line_with_the_same_message(tmp_path):
     assert results[0].stderr == results[1].stderr
     assert f"codeplan filter: error: {path}:2042: invalid JSON" in results[0].stderr
     assert results[0].stdout == results[1].stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_profile_only_with_stats_and_the_same_records_either_way(tmp_path, workers):
+    """Without --stats the length/structure profile is not computed; kept records are the same."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_many_mixed_lines(noise=False))
+    base = ["filter", "-i", str(path), "--plain", "--workers", workers]
+    stats = tmp_path / "stats.json"
+    with_stats, without = invoke([*base, "--stats", str(stats)]), invoke(base)
+    assert with_stats.exit_code == 0 and without.exit_code == 0, with_stats.stderr + without.stderr
+    assert with_stats.stdout == without.stdout and with_stats.stdout
+    passed = json.loads(stats.read_text())["derived"]["passed"]
+    assert passed["plan_words"]["n"] == len(with_stats.records())

@@ -105,6 +105,17 @@ def test_stats_describe_what_passed():
     assert passed["prompt_words"]["mean"] == 2.0 and passed["plan_words"]["n"] == 3
 
 
+def test_profile_off_keeps_the_same_records_and_measures_nothing():
+    records = [rec(id=str(i), prompt=f"q {i}", plan=GOOD_PLAN) for i in range(3)]
+    on, off = Stats("filter"), Stats("filter")
+    kept_on = list(filter_records([dict(r) for r in records], FilterConfig(), on, lambda r, why: None))
+    kept_off = list(
+        filter_records([dict(r) for r in records], FilterConfig(profile=False), off, lambda r, why: None)
+    )
+    assert kept_on == kept_off and len(kept_on) == 3
+    assert "passed" in on.derived and "passed" not in off.derived
+
+
 # The rules' fast paths (str methods, token counts without token lists) against their definitions.
 _PIECES = [
     "def",
@@ -152,6 +163,16 @@ _PIECES = [
     "1",
     "==",
     "\x00",
+    "\x1f",
+    "try:",
+    "except",
+    "with ",
+    "import ",
+    "x[0]",
+    "-=",
+    "*=",
+    "/=",
+    "\n    ",
 ]
 _TEXT = st.lists(st.sampled_from(_PIECES), max_size=40).map("".join)
 
@@ -212,6 +233,18 @@ def test_fast_paths_match_the_definitions(plan, response, ascii_only, ngram, ove
         len(plan.split()),
         len(response.split()),
     )
+
+
+_LINE = st.lists(st.sampled_from([p for p in _PIECES if p.isascii()]), max_size=8).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(lines=st.lists(_LINE, max_size=12), ratio=st.sampled_from([0.0, 0.5, 0.75, 1.0]))
+def test_code_rule_over_whole_plans_matches_the_line_by_line_definition(lines, ratio):
+    """The one-call-per-plan path of `code` (ASCII plans) against the per-line definition."""
+    plan = "\n".join(lines)
+    config = FilterConfig(code_min_ratio=ratio)
+    assert RULES["code"].check(rec(plan=plan), config) == _reference_code(plan, config)
 
 
 def _mixed_lines():
