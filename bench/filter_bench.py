@@ -3,9 +3,9 @@
     .venv/bin/python bench/filter_bench.py [--n 1000000]
 
 Builds N synthetic mined records (prompt, plan, response, meta.extract) as one zstd file, then in
-the same run times (1) the real command, `codeplan filter -i FILE -o OUT`, as a subprocess (with its default --workers
-and with --workers 1), and
-(2) the bare loop the command cannot beat: zstd decompress, orjson.loads, orjson.dumps, zstd compress.
+the same run times (1) the real command, `codeplan filter -i FILE -o OUT`, as a subprocess: with its
+default --workers, with --workers 1, and with --stats (which adds the length profile of what passed),
+and (2) the bare loop the command cannot beat: zstd decompress, orjson.loads, orjson.dumps, zstd compress.
 Prints records/s of each and their ratio (filter / bare). With --breakdown it also times, in this
 process, the stage runner with no rules, the --stats profile alone and each rule alone, as
 microseconds per record: where the time goes.
@@ -131,7 +131,13 @@ def main() -> None:
         n = bare_loop(src, out_bare)
         bare_s, bare_cpu = time.perf_counter() - t, time.process_time() - c
         runs = {}
-        for label, extra in (("default --workers", []), ("--workers 1", ["--workers", "1"])):
+        variants = (
+            ("default --workers", []),
+            ("--workers 1", ["--workers", "1"]),
+            # --stats adds the length/structure profile of what passed (measured only when asked for).
+            ("default, --stats", ["--stats", str(Path(tmp, "stats.json"))]),
+        )
+        for label, extra in variants:
             # Worker processes are the command's children: their CPU time is in RUSAGE_CHILDREN too.
             t, c = time.perf_counter(), _children_cpu()
             subprocess.run(

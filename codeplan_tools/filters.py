@@ -26,23 +26,10 @@ from .stats import Stats
 _FENCE = re.compile(r"^\s*```")
 _COMMENT = re.compile(r"^\s*#")  # (with _FENCE, the definition; `code` tests the same with str methods)
 # A line that reads like Python: a keyword statement, an assignment, a call or a return.
-_CODE_LINE_BODY = (
-    r"(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
+_CODE_LINE = re.compile(
+    r"^\s*(def |class |for |while |if |elif |else\s*:|return\b|try\s*:|except\b|with |import |from |print\(|"
     r"[A-Za-z_][\w\.\[\]'\"]*(\s*,\s*[A-Za-z_][\w\.\[\]]*)*\s*(=|\+=|-=|\*=|/=)[^=]|[A-Za-z_][\w\.]*\(.*\)\s*:?\s*$)"
 )
-_CODE_LINE = re.compile(r"^\s*" + _CODE_LINE_BODY)
-# The same tests over a whole ASCII plan at once (one C call instead of a Python loop over lines),
-# for plans whose only line break is \n: within a line \s can then only be " ", \t or \x1f, so the
-# line patterns become multi-line ones that never cross a \n (and need no capture groups).
-_LINE_SPACE = r"[ \t\x1f]"
-_ODD_LINE_BREAKS = re.compile(r"[\r\x0b\x0c\x1c-\x1e]")
-_CODE_LINES = re.compile(
-    "(?m)^"
-    + _LINE_SPACE
-    + "*"
-    + re.sub(r"(?<!\\)\((?!\?)", "(?:", _CODE_LINE_BODY.replace(r"\s", _LINE_SPACE).replace("[^=]", "[^=\n]"))
-)
-_COUNTED_LINES = re.compile("(?m)^" + _LINE_SPACE + "*(?!```|#)[^ \t\x1f\n]")  # not blank, comment, fence
 # Structure of a plan, for the --stats profile: one pass over the plan's keywords.
 _KEYWORDS = re.compile(r"\b(def|if|elif|for|while)\b")  # (the definition; see _FEATURE_WORDS)
 _FEATURE = {"def": "functions", "if": "conditions", "elif": "conditions", "for": "loops", "while": "loops"}
@@ -142,19 +129,16 @@ def length(record: dict, config: FilterConfig) -> str | None:
 def code(record: dict, config: FilterConfig) -> str | None:
     """Reject plans that do not read as Python: fewer than --code-min-ratio of their lines look like code (with --code-strict: ast.parse fails; the plan is parsed, never run)."""
     plan = record.get("plan") or ""
-    if plan.isascii() and not _ODD_LINE_BREAKS.search(plan):
-        total, hits = len(_COUNTED_LINES.findall(plan)), len(_CODE_LINES.findall(plan))
-    else:
-        total = hits = 0
-        prefixes, match = _CODE_PREFIXES, _CODE_LINE.match
-        for line in plan.splitlines():
-            # Same tests as _plan_lines, _COMMENT and _CODE_LINE: their leading \s* is what lstrip() removes.
-            line = line.lstrip()
-            if not line or line.startswith(("```", "#")):
-                continue
-            total += 1
-            if line.startswith(prefixes) or match(line):
-                hits += 1
+    total = hits = 0
+    prefixes, match = _CODE_PREFIXES, _CODE_LINE.match
+    for line in plan.splitlines():
+        # Same tests as _plan_lines, _COMMENT and _CODE_LINE: their leading \s* is what lstrip() removes.
+        line = line.lstrip()
+        if not line or line.startswith(("```", "#")):
+            continue
+        total += 1
+        if line.startswith(prefixes) or match(line):
+            hits += 1
     if not total:
         return "code: no code lines"
     ratio = hits / total

@@ -240,8 +240,8 @@ _LINE = st.lists(st.sampled_from([p for p in _PIECES if p.isascii()]), max_size=
 
 @settings(max_examples=1000, deadline=None)
 @given(lines=st.lists(_LINE, max_size=12), ratio=st.sampled_from([0.0, 0.5, 0.75, 1.0]))
-def test_code_rule_over_whole_plans_matches_the_line_by_line_definition(lines, ratio):
-    """The one-call-per-plan path of `code` (ASCII plans) against the per-line definition."""
+def test_code_rule_on_multi_line_plans_matches_the_definition(lines, ratio):
+    """`code` (str-method shortcuts) on plans of many ASCII lines against the regex definition."""
     plan = "\n".join(lines)
     config = FilterConfig(code_min_ratio=ratio)
     assert RULES["code"].check(rec(plan=plan), config) == _reference_code(plan, config)
