@@ -19,13 +19,10 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 import threading
-import time
 from dataclasses import dataclass, replace
 
 import orjson
-from tqdm import tqdm
 
 from .errors import BadRecord
 from .filters import (
@@ -39,9 +36,9 @@ from .filters import (
     prompt_digest,
 )
 from .records import MissingField, normalize
-from .stage import StageContext, StageIO, close_outputs
+from .stage import StageContext, StageIO
 from .stats import Stats
-from .streams import RecordWriter, dumps, iter_lines
+from .streams import dumps, iter_lines
 
 BATCH_LINES = 1000
 BATCH_BYTES = 1 << 20
@@ -193,14 +190,8 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
     if unknown:
         raise ValueError(f"unknown filter rules: {sorted(unknown)}")
     job = Job(replace(config, seen=set()), io.prompt_field, io.response_field, io.require)
-    writer = RecordWriter(io.output, plain=io.plain)
-    rejects = RecordWriter(io.rejects, plain=io.plain) if io.rejects else None
-    ctx = StageContext(io, stats, rejects, None)
-    started = time.monotonic()
-    ctx.progress = tqdm(
-        desc=f"codeplan {io.stage}", unit=" rec", file=sys.stderr, disable=None if io.progress else True
-    )
-    merge = _Merge(io, config, ctx, writer)
+    ctx = StageContext(io, stats)
+    merge = _Merge(io, config, ctx)
     pool = feeder = None
     stop = threading.Event()
     try:
@@ -237,7 +228,7 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
             pool.close()
             feeder.join(5)
         merge.finish()
-        close_outputs(ctx, writer, started)
+        ctx.close()
     return stats
 
 
@@ -266,15 +257,15 @@ def _feed(pool: _Pool, batches, pending: queue.Queue, stop: threading.Event) -> 
 class _Merge:
     """The order-dependent half: dedup, writing, rejects, counters, bad lines (main process)."""
 
-    def __init__(self, io: StageIO, config: FilterConfig, ctx: StageContext, writer: RecordWriter):
-        self.io, self.config, self.ctx, self.writer = io, config, ctx, writer
+    def __init__(self, io: StageIO, config: FilterConfig, ctx: StageContext):
+        self.io, self.config, self.ctx = io, config, ctx
         self.profile = LengthProfile()
         self.read = self.written = self.kept = 0
 
     def batch(self, items: list[tuple], results: list[tuple]) -> None:
         io, config, ctx, stats = self.io, self.config, self.ctx, self.ctx.stats
         seen, annotate, fail = config.seen, config.annotate, io.on_bad_record == "fail"
-        write_line, add, update = self.writer.write_line, self.profile.add_measured, ctx.progress.update
+        write_line, add, update = ctx.writer.write_line, self.profile.add_measured, ctx.progress.update
         for (name, lineno, line), (reasons, out, digest, measured) in zip(items, results, strict=True):
             self.read += 1
             if reasons is _BAD:

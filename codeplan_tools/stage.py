@@ -63,16 +63,35 @@ class StageIO:
 
 
 class StageContext:
-    """What a transform may use: the counters, rejection, a progress bar."""
+    """One run's outputs (records, rejects, progress bar on stderr) and what a transform may use:
+    the counters, rejection, flushing. Opened at construction, closed by :meth:`close`."""
 
-    def __init__(self, io: StageIO, stats: Stats, rejects: RecordWriter | None, key: str | None):
+    def __init__(self, io: StageIO, stats: Stats, key: str | None = None):
         self.io = io
         self.stats = stats
-        self._rejects = rejects
-        self._writer: RecordWriter | None = None
         self._key = key
         self._reported = 0
-        self.progress = None
+        append = key is not None  # resuming: zstd frames concatenate
+        self.writer = RecordWriter(io.output, plain=io.plain, append=append)
+        self._rejects = RecordWriter(io.rejects, plain=io.plain, append=append) if io.rejects else None
+        self.started = time.monotonic()
+        # tqdm on stderr; disable=None hides it when stderr is not a terminal (batch logs stay small).
+        self.progress = tqdm(
+            desc=f"codeplan {io.stage}", unit=" rec", file=sys.stderr, disable=None if io.progress else True
+        )
+
+    def close(self) -> None:
+        """End of the run: close the progress bar, count the wall time, close output and rejects
+        (each flushed as complete frames), and write ``--stats``."""
+        self.progress.close()
+        self.stats.inc("wall_seconds", round(time.monotonic() - self.started, 3))
+        try:
+            self.writer.close()
+        finally:
+            if self._rejects is not None:
+                self._rejects.close()
+            if self.io.stats_path:
+                self.stats.write_json(self.io.stats_path)
 
     def stamp(self, record: dict, values: dict) -> dict:
         """Set ``meta.<stage>`` to ``values`` plus the run key (when resuming)."""
@@ -82,8 +101,7 @@ class StageContext:
 
     def flush(self) -> None:
         """Write out what is pending (stages call it after each engine chunk)."""
-        if self._writer is not None:
-            self._writer.flush()
+        self.writer.flush()
         if self._rejects is not None:
             self._rejects.flush()
 
@@ -120,17 +138,9 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     done: set[str] = set()
     if key is not None:
         done = completed_ids([io.output, io.rejects], io.stage, key, io.resume_settings)
-    writer = RecordWriter(io.output, plain=io.plain, append=key is not None)
-    rejects = RecordWriter(io.rejects, plain=io.plain, append=key is not None) if io.rejects else None
-    ctx = StageContext(io, stats, rejects, key)
-    ctx._writer = writer
-    started = time.monotonic()
-    # tqdm on stderr; disable=None hides it when stderr is not a terminal (batch logs stay small).
-    ctx.progress = tqdm(
-        desc=f"codeplan {io.stage}", unit=" rec", file=sys.stderr, disable=None if io.progress else True
-    )
+    ctx = StageContext(io, stats, key)
     written = 0
-    write, update = writer.write, ctx.progress.update
+    write, update = ctx.writer.write, ctx.progress.update
     try:
         records = _read(io, ctx, shard, done)
         for record in transform(records, ctx):
@@ -141,22 +151,8 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     finally:
         stats.inc("written", written)
         ctx.progress.update(written & 255)
-        close_outputs(ctx, writer, started)
+        ctx.close()
     return stats
-
-
-def close_outputs(ctx: StageContext, writer: RecordWriter, started: float) -> None:
-    """End of a run: close the progress bar, count the wall time, close output and rejects (each
-    flushed as complete frames), and write ``--stats``."""
-    ctx.progress.close()
-    ctx.stats.inc("wall_seconds", round(time.monotonic() - started, 3))
-    try:
-        writer.close()
-    finally:
-        if ctx._rejects is not None:
-            ctx._rejects.close()
-        if ctx.io.stats_path:
-            ctx.stats.write_json(ctx.io.stats_path)
 
 
 def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:

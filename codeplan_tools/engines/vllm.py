@@ -3,7 +3,8 @@
 Prompts are tokenized here with the same rule as the hf engine (:func:`prompt_token_ids`) and given
 to vLLM as token ids, so both engines see identical inputs. Each sample is its own vLLM request with
 ``n=1`` and the sample's seed, so a sample is reproducible alone; a greedy request is computed once,
-without a seed (it needs none, and seeded requests take vLLM's slower per-request generator path). Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
+without a seed (it needs none, and seeded requests take vLLM's slower per-request generator path).
+Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
 
 On CPU, set ``VLLM_CPU_KVCACHE_SPACE`` (GiB; vLLM's default takes most of the memory) and, where no
 ``if __name__ == "__main__"`` guard protects the caller, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; the
@@ -151,8 +152,12 @@ class VLLMEngine:
         """vLLM's SamplingParams of sample ``j``. A greedy sample needs no seed, and without one vLLM
         keeps it off the per-request generator path, so greedy requests share one object per setting."""
         seed = None if req.greedy else sample_seed(req.seed, j)
-        key = (req.temperature, req.top_p, max_tokens, seed, tuple(req.stop), tuple(req.stop_token_ids))
-        made = self._params.get(key) if seed is None else None
+        key = (
+            None
+            if seed is not None
+            else (req.temperature, max_tokens, tuple(req.stop), tuple(req.stop_token_ids))
+        )
+        made = self._params.get(key) if key is not None else None
         if made is None:
             stop_ids, stops = self._stop_rules(req)
             made = self._SamplingParams(
@@ -165,7 +170,7 @@ class VLLMEngine:
                 # vLLM stops on EOS by itself
                 stop_token_ids=sorted(stop_ids - {self.tokenizer.eos_token_id}) or None,
             )
-            if seed is None:
+            if key is not None:
                 self._params[key] = made
         return made
 
