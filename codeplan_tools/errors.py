@@ -7,11 +7,19 @@ Unexpected exceptions keep their traceback under pytest or with ``CODEPLAN_RAISE
 
 from __future__ import annotations
 
+# Exit statuses (sysexits.h where one fits). README's exit-status table lists the same codes.
 EX_USAGE = 2  # click's own code for a bad flag
-EX_DATAERR = 65  # sysexits.h: the input data was incorrect
-EX_UNAVAILABLE = 69  # a service (engine, server) could not be used
-EX_SOFTWARE = 70
-EX_CONFIG = 78  # settings conflict with existing state (resume key, fingerprint)
+EX_DATAERR = 65  # the input data was incorrect
+EX_NOINPUT = 66  # an input file (or model folder) does not exist or cannot be read
+EX_UNAVAILABLE = 69  # a service (engine, server, hub) or optional dependency could not be used
+EX_SOFTWARE = 70  # a bug: CODEPLAN_RAISE_ERRORS=1 shows the traceback
+EX_CANTCREAT = 73  # an output file cannot be created (missing/unwritable folder, read-only)
+EX_IOERR = 74  # an I/O error while reading or writing (disk full, device error)
+EX_TEMPFAIL = 75  # another run holds the output (try again when it has finished)
+EX_NOPERM = 77  # refused for safety (a model that needs remote code without --trust-remote-code)
+EX_CONFIG = 78  # settings conflict with existing state (resume key, fingerprint, a file we did not write)
+EX_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EX_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class CodeplanError(Exception):
@@ -46,6 +54,36 @@ class MissingDependency(CodeplanError):
     """An optional dependency is not installed; the message names the extra to install."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class InputMissing(CodeplanError):
+    """An input file, folder or model path does not exist or cannot be read."""
+
+    exit_code = EX_NOINPUT
+
+
+class CannotCreate(CodeplanError):
+    """An output path cannot be created or written (checked before the run starts)."""
+
+    exit_code = EX_CANTCREAT
+
+
+class OutputIOError(CodeplanError):
+    """Reading or writing failed part-way (disk full, I/O error)."""
+
+    exit_code = EX_IOERR
+
+
+class OutputBusy(CodeplanError):
+    """Another process holds the lock on this output (``FILE is being written by pid N``)."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class NotPermitted(CodeplanError):
+    """Refused for safety: e.g. a model that needs remote code without ``--trust-remote-code``."""
+
+    exit_code = EX_NOPERM
 
 
 class EngineError(CodeplanError):

@@ -131,6 +131,14 @@ def test_run_with_other_settings_on_the_same_out_is_refused(tiny_model, gsm_pack
 
 
 MEMO = [(12, 7), (30, 45), (8, 9), (61, 22)]
+# Why lr 5e-3 and not higher: at 2e-2 (and 1e-2) the run settled on a plateau (loss ~0.03) where the
+# two tokens after the plan's closing fence ("\n" then "###": the separator is two "\n" tokens for
+# this tokenizer) stayed a coin flip (margin 0.0 +- 0.3 nats), and the float path decided the greedy
+# output: AVX2 passed and AVX-512 failed on one machine, the reverse on another. The token ids the
+# model is trained on were the ones `generate` feeds and emits (asserted below): no mismatch, an
+# under-trained knife edge. At 5e-3 every target token wins by more than 10 nats on the avx2,
+# avx512 and default kernels (loss < 1e-4 by step 100), so the asserts below hold with margin.
+MEMO_STEPS, MEMO_LR, MIN_MARGIN_NATS = 200, "5e-3", 3.0
 
 
 @pytest.mark.vllm
@@ -149,12 +157,14 @@ def test_exported_model_memorizes_and_stops_at_the_end_marker_in_transformers_an
     packs = write_packs(tmp_path / "memo.jsonl.zst", rows, tiny_model, max_len=512)
     out = tmp_path / "out"
     result = invoke(
-        ["finetune", "--model", str(tiny_model), "--data", str(packs), "--out", str(out), "--max-steps", "120",
-         "--lr", "2e-2", "--warmup-steps", "5", "--save-every", "0", "--log-every", "40"]
+        ["finetune", "--model", str(tiny_model), "--data", str(packs), "--out", str(out),
+         "--max-steps", str(MEMO_STEPS), "--lr", MEMO_LR, "--warmup-steps", "5", "--save-every", "0",
+         "--log-every", "50"]
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     metrics = [json.loads(x) for x in result.stdout.splitlines()]
-    assert [d["step"] for d in metrics] == [40, 80, 120] and metrics[-1]["loss"] < 0.05
+    assert [d["step"] for d in metrics] == [50, 100, 150, 200]
+    assert metrics[-1]["loss"] < 1e-3, metrics  # a threshold reached with margin (seen: < 1e-4)
 
     tok = AutoTokenizer.from_pretrained(out)
     fmt = get_format("codeplan", tok)
@@ -163,7 +173,9 @@ def test_exported_model_memorizes_and_stops_at_the_end_marker_in_transformers_an
     eos = gen_cfg["eos_token_id"]
     assert (eos[0] if isinstance(eos, list) else eos) == end_id
     info = json.loads((out / "codeplan.json").read_text())
-    assert info["format"] == "codeplan" and info["end_marker"] == fmt.end_marker and info["step"] == 120
+    assert (
+        info["format"] == "codeplan" and info["end_marker"] == fmt.end_marker and info["step"] == MEMO_STEPS
+    )
     # Packs made for the base model fit the export; the config is the base's (use_cache on, dtype kept).
     assert tokenizer_fingerprint(out) == tokenizer_fingerprint(tiny_model)
     assert json.loads((out / "config.json").read_text()) == json.loads(
@@ -175,16 +187,36 @@ def test_exported_model_memorizes_and_stops_at_the_end_marker_in_transformers_an
     prompt_ids = [tok(p, add_special_tokens=not p.startswith(tok.bos_token))["input_ids"] for p in prompts]
     max_new = 120
 
+    # Train/inference agreement: each packed example is exactly the prompt ids `generate` feeds
+    # followed by the target ids the model must emit.
+    examples = {}
+    for pack in read_records([str(packs)]):
+        start = 0
+        for example_id, n in zip(pack["example_ids"], pack["seq_lens"], strict=True):
+            examples[example_id] = pack["input_ids"][start : start + n]
+            start += n
+    target_ids = []
+    for row, ids, target in zip(rows, prompt_ids, targets, strict=True):
+        trained = examples[row["id"]]
+        assert trained[: len(ids)] == ids
+        target_ids.append(trained[len(ids) :])
+        assert tok.decode(target_ids[-1]) == target
+
     model = AutoModelForCausalLM.from_pretrained(out).eval()
-    exact = 0
-    for ids, target in zip(prompt_ids, targets, strict=True):
+    for ids, target in zip(prompt_ids, target_ids, strict=True):
         with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids + target])).logits[0].float(), -1)
             gen = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False)[
                 0, len(ids) :
             ].tolist()
-        assert gen[-1] == end_id and len(gen) < max_new  # stopped at the marker, not at the token limit
-        exact += tok.decode(gen) == target
-    assert exact >= 3
+        # Teacher-forced, every target token beats the runner-up by a margin no float path erases.
+        for i, t in enumerate(target):
+            row_logp = logp[len(ids) + i - 1].clone()
+            chosen = row_logp[t].item()
+            row_logp[t] = float("-inf")
+            assert chosen - row_logp.max().item() > MIN_MARGIN_NATS, (i, tok.decode([t]))
+        assert gen == target  # greedy reproduces the plan and answer and stops at the marker
+        assert gen[-1] == end_id and len(gen) < max_new
 
     vllm = vllm_or_fail()
     llm = vllm.LLM(model=str(out), dtype="float32", enforce_eager=True, seed=0)
@@ -200,4 +232,4 @@ def test_exported_model_memorizes_and_stops_at_the_end_marker_in_transformers_an
         c = o.outputs[0]
         assert c.finish_reason == "stop" and c.token_ids[-1] == end_id and len(c.token_ids) < max_new
         exact += fmt.parse(c.text) == (row["plan"], row["response"])
-    assert exact >= 3
+    assert exact == len(rows)
