@@ -17,7 +17,7 @@ import click
 import typer
 
 from codeplan_tools import __version__
-from codeplan_tools.errors import EX_SOFTWARE, CodeplanError
+from codeplan_tools.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_TERMINATED, CodeplanError
 from codeplan_tools.streams import NoInput, PipeClosed
 
 # Every subcommand, in help order. A module cli/<name>.py with register(app) provides each one;
@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         return shell_complete(command, {}, "codeplan", COMPLETE_VAR, instruction)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        command.main(args=argv, prog_name="codeplan", standalone_mode=False)
+        status = command.main(args=argv, prog_name="codeplan", standalone_mode=False)
+        if status == EX_INTERRUPTED:
+            # typer turns Ctrl-C into Exit(130) and, without standalone mode, returns the code (our
+            # commands return None); by now the stage's `finally` has closed its output frames.
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EX_INTERRUPTED
         return 0
     except _NoArgsIsHelp as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
@@ -142,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EX_INTERRUPTED
     except Terminated:
         print(f"{prog}: terminated", file=sys.stderr)
-        return 143
+        return EX_TERMINATED
     except Exception as exc:
         if _raise_unexpected():
             raise
