@@ -110,6 +110,26 @@ class FinetuneConfig:
         for p in self.data:
             if not Path(p).is_file():
                 raise UsageError(f"--data {p}: no such file")
+        self.check_out_is_safe()
+
+    def check_out_is_safe(self) -> None:
+        """Refuse an ``--out`` that is, or contains, the base model folder or a packs file.
+
+        The export writes ``model.safetensors``, ``config.json`` and the tokenizer files into
+        ``--out`` and prunes ``checkpoints/``: pointed at the base model it would overwrite it.
+        Paths are compared after resolving symlinks, so another spelling of the same folder counts.
+        """
+        out = Path(self.out).resolve()
+        inputs = [("--model", self.model)] + [("--data", p) for p in self.data]
+        for flag, path in inputs:
+            if not Path(path).exists():
+                continue  # a hub id, or checked elsewhere
+            target = Path(path).resolve()
+            if target == out or out in target.parents:
+                raise UsageError(
+                    f"--out {self.out} is or contains {flag} {path}: the export would overwrite it; "
+                    "choose another --out"
+                )
 
 
 # ---------------------------------------------------------------------------------------------

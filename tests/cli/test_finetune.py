@@ -233,3 +233,18 @@ def test_exported_model_memorizes_and_stops_at_the_end_marker_in_transformers_an
         assert c.finish_reason == "stop" and c.token_ids[-1] == end_id and len(c.token_ids) < max_new
         exact += fmt.parse(c.text) == (row["plan"], row["response"])
     assert exact == len(rows)
+
+
+@pytest.mark.parametrize("where", ["model", "parent-of-model", "packs-folder"])
+def test_an_out_that_is_or_contains_the_model_or_the_packs_is_refused(tiny_model, tmp_path, where):
+    model = tmp_path / "base" / "model"
+    shutil.copytree(tiny_model, model)
+    packs = write_packs(tmp_path / "p" / "packs.jsonl.zst", [{"id": "a", "prompt": "Q?", "response": "A."}], model,
+                        format="vanilla", max_len=64)  # fmt: skip
+    out = {"model": model, "parent-of-model": model.parent, "packs-folder": packs.parent}[where]
+    before = {p: p.read_bytes() for p in [*model.iterdir(), packs]}
+    result = invoke(["finetune", "--model", str(model), "--data", str(packs), "--out", str(out) + "/"])
+    assert result.exit_code == 2, result.stderr
+    assert "the export would overwrite it" in result.stderr
+    assert {p: p.read_bytes() for p in [*model.iterdir(), packs]} == before
+    assert not (out / "run.json").exists() and not (out / "checkpoints").exists()
