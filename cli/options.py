@@ -42,7 +42,8 @@ Output = Annotated[
         "-o",
         "--output",
         metavar="FILE",
-        help="Write records to FILE instead of stdout. zstd unless --plain or FILE ends in .jsonl/.json.",
+        help="Write records to FILE instead of stdout; FILE may not be an input, and one run at a time writes "
+        "it. zstd unless --plain or FILE ends in .jsonl/.json (a resumed FILE keeps the encoding it has).",
         rich_help_panel=IO_PANEL,
     ),
 ]

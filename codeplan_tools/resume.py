@@ -3,20 +3,28 @@
 A stage that resumes (extract, generate, score) stamps every record it writes, and every record it
 rejects, with ``meta.<stage>.run_key``: a hash of the settings that determine the output (model,
 template text, sampling parameters, seed...), with the settings themselves in ``meta.<stage>.settings``.
-Re-running the identical command with the same ``-o FILE``:
+Re-running the identical command with the same ``-o FILE`` (under the run's ``OutputLock``):
 
-1. cuts a torn tail off FILE (a partial zstd frame or a line without its newline, left by a kill);
-2. collects the ids already in FILE (and in the ``--rejects`` file, so rejected rows are not retried);
-3. refuses with ``SettingsMismatch`` if any of them carries another run key, naming the settings
-   that differ; otherwise the stage skips those ids and appends to FILE.
+1. reads the complete records of FILE (and of the ``--rejects`` file, so rejected rows are not
+   retried) without changing it, and refuses with ``SettingsMismatch`` (exit 78) at the first one
+   that lacks this run key: a record of another run names the settings that differ; a line that
+   is not a JSON object, or a record without ``meta.<stage>.run_key``, means FILE is not a codeplan
+   output (a ``notes.txt``, a model file, a benchmark input) and is left untouched;
+2. only then cuts a torn tail (a partial zstd frame or a line without its newline, left by a kill).
+   A file with no complete record is cut only if its torn tail holds this run key, so a foreign
+   file without a newline is never emptied;
+3. skips the ids found and appends to FILE in the encoding FILE already has (``outputs.OutputWriter``).
 
 Completion is per record and read from the output itself, so there is no state file to lose.
+A plain file is read line by line (a foreign file is refused at its first line, whatever its size);
+a zstd file is decompressed whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,61 +57,137 @@ def _split_frames(data: bytes) -> tuple[bytes, int]:
     return b"".join(out), pos
 
 
+class _Scan:
+    """The complete lines of an output file, read without changing it.
+
+    ``lines()`` yields ``(line number, line)``; afterwards ``complete`` is the byte length of the
+    complete part (whole frames, or whole lines) and ``size`` the file's, so ``complete < size``
+    means a torn tail, whose (decompressed as far as possible) bytes ``tail()`` returns.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self.complete = 0
+        with open(self.path, "rb") as fh:
+            self.zstd = fh.read(4) == ZSTD_MAGIC
+
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        if self.zstd:
+            yield from self._zstd_lines()
+            return
+        with open(self.path, "rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.endswith(b"\n"):
+                    return  # the torn tail
+                self.complete += len(line)
+                if line.strip():
+                    yield lineno, line
+
+    def _zstd_lines(self) -> Iterator[tuple[int, bytes]]:
+        content, self.complete = _split_frames(self.path.read_bytes())
+        # A complete frame always ends with a full line; keep whole lines only.
+        if content and not content.endswith(b"\n"):
+            raise SettingsMismatch(
+                f"{self.path}: a complete zstd frame ends mid-line, so codeplan did not write this file; "
+                "nothing was changed: use another -o file"
+            )
+        for lineno, line in enumerate(content.splitlines(), 1):
+            if line.strip():
+                yield lineno, line
+
+    def tail(self) -> bytes:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.complete)
+            data = fh.read()
+        if self.zstd:
+            try:
+                return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            except zstandard.ZstdError:
+                return b""
+        return data
+
+    def cut(self) -> None:
+        with open(self.path, "r+b") as fh:
+            fh.truncate(self.complete)
+
+
 def repair_and_read(path: str | os.PathLike) -> list[dict]:
-    """Cut the torn tail of an output file in place and return its complete records."""
+    """Cut the torn tail of an output file in place and return its complete records.
+
+    It does not check whose file it is: ``completed_ids`` checks the run key before cutting.
+    """
     p = Path(path)
     if not p.exists() or p.stat().st_size == 0:
         return []
-    data = p.read_bytes()
-    if data.startswith(ZSTD_MAGIC):
-        content, good = _split_frames(data)
-        # A complete frame always ends with a full line; keep whole lines only.
-        cut = content.rfind(b"\n") + 1
-        if cut != len(content):
-            raise SettingsMismatch(
-                f"{path}: a complete frame ends mid-line; this file was not written by codeplan"
-            )
-    else:
-        content = data
-        good = content.rfind(b"\n") + 1
-        content = content[:good]
-    if good != len(data):
-        with open(p, "r+b") as fh:
-            fh.truncate(good)
-    records = []
-    for line in content.splitlines():
-        if line.strip():
-            try:
-                records.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                raise SettingsMismatch(
-                    f"{path}: cannot resume, an existing line is not JSON ({exc})"
-                ) from exc
+    scan = _Scan(p)
+    records = [_parse(path, lineno, line) for lineno, line in scan.lines()]
+    if scan.complete != scan.size:
+        scan.cut()
     return records
 
 
+def _parse(path, lineno: int, line: bytes) -> dict:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise SettingsMismatch(
+            f"{path}:{lineno}: not a JSON record, so codeplan did not write this file; "
+            "nothing was changed: use another -o file"
+        )
+    return record
+
+
+def _stage_meta(record: dict, stage: str) -> dict:
+    meta = record.get("meta")
+    ours = meta.get(stage) if isinstance(meta, dict) else None
+    return ours if isinstance(ours, dict) else {}
+
+
 def completed_ids(paths: list[str | None], stage: str, key: str, settings: dict[str, Any]) -> set[str]:
-    """Ids already written (or rejected) by a run with the same key; refuse on another key."""
+    """Ids already written (or rejected) by a run with the same key; refuse on another key.
+
+    Each file is checked whole before its torn tail, if any, is cut (see the module docstring).
+    """
     done: set[str] = set()
     for path in paths:
-        if not path:
+        if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
             continue
-        for rec in repair_and_read(path):
-            meta = (rec.get("meta") or {}).get(stage) or {}
-            other = meta.get("run_key")
-            if other != key:
-                raise SettingsMismatch(_mismatch_message(path, stage, meta.get("settings") or {}, settings))
-            done.add(str(rec.get("id")))
+        scan = _Scan(path)
+        found = 0
+        for lineno, line in scan.lines():
+            record = _parse(path, lineno, line)
+            meta = _stage_meta(record, stage)
+            if meta.get("run_key") != key:
+                raise SettingsMismatch(_mismatch_message(path, lineno, stage, meta, settings))
+            done.add(str(record.get("id")))
+            found += 1
+        if scan.complete == scan.size:
+            continue
+        if not found and f'"run_key":"{key}"'.encode() not in scan.tail():
+            raise SettingsMismatch(
+                f"{path} holds no complete record of this '{stage}' run (it ends without a newline or "
+                "inside a zstd frame); nothing was changed: use another -o file, or delete it to start over"
+            )
+        scan.cut()
     return done
 
 
-def _mismatch_message(path: str, stage: str, old: dict, new: dict) -> str:
+def _mismatch_message(path: str, lineno: int, stage: str, old: dict, new: dict) -> str:
+    if "run_key" not in old:
+        return (
+            f"{path}:{lineno}: the record has no meta.{stage}.run_key, so no codeplan {stage} run wrote "
+            "this file; nothing was changed: use another -o file"
+        )
+    old_settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
     diffs = [
-        f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
+        f"{k}: {_short(old_settings.get(k))} -> {_short(new.get(k))}"
+        for k in sorted(set(old_settings) | set(new))
+        if old_settings.get(k) != new.get(k)
     ]
-    detail = "; ".join(diffs) if diffs else "it has no codeplan run key"
+    detail = "; ".join(diffs) if diffs else "another run key"
     return (
         f"{path} was made by a '{stage}' run with other settings ({detail}); "
         "use another -o file, or delete it to start over"

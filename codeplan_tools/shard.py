@@ -2,7 +2,8 @@
 
 The hash is a SHA-256 of the id (``records.id_hash``), so the split does not depend on input order,
 Python's hash seed or the machine; the union of the N shard outputs is exactly the unsharded set.
-``auto`` reads the SLURM array variables, as a batch job submitted with ``sbatch --array=0-(N-1)`` sees them.
+``auto`` reads the SLURM array variables, as a batch job submitted with ``sbatch --array=0-(N-1)`` sees them;
+a variable that is not a whole number, or a task outside the array, is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
             raise UsageError(
                 "--shard auto needs SLURM_ARRAY_TASK_ID (run it as a SLURM array task) or use --shard I/N"
             )
-        task = int(env["SLURM_ARRAY_TASK_ID"])
-        low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        low = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
         if "SLURM_ARRAY_TASK_COUNT" in env:
-            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+            count = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
         else:
-            count = int(env.get("SLURM_ARRAY_TASK_MAX", task)) - low + 1
+            count = _env_int(env, "SLURM_ARRAY_TASK_MAX", task) - low + 1
         index = task - low
     else:
         try:
@@ -37,8 +38,20 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
         except ValueError:
             raise UsageError(f"--shard must be I/N (e.g. 0/4) or auto, not {spec!r}") from None
     if count < 1 or not 0 <= index < count:
-        raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
+        source = " (from SLURM_ARRAY_TASK_ID/MIN/COUNT)" if spec == "auto" else ""
+        raise UsageError(f"--shard {index}/{count}{source}: need 0 <= I < N")
     return index, count
+
+
+def _env_int(env, name: str, default: int | None = None) -> int:
+    """An integer SLURM variable; anything else is a usage error naming it (exit 2)."""
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--shard auto: {name}={value!r} is not a whole number") from None
 
 
 def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:

@@ -9,7 +9,16 @@ yields. Accounting (SPEC §2): every input line is written, rejected (to ``--rej
 
 A malformed line or a missing required field raises ``BadRecord`` (exit 65, ``file:line: reason``)
 unless ``on_bad_record="skip"``, which rejects it instead. Without ``--rejects`` a skipped line is
-reported on stderr with its file and line, so nothing disappears silently.
+reported on stderr with its file and line, and any other reject (an engine error, an unscorable
+record, an over-long example) with its record id, at most 20 lines per run, so nothing disappears
+silently; filter's rule rejects are only counted per rule (``SELECTING_STAGES``).
+
+``StageContext`` (used by ``run_stage`` and the parallel filter) opens a run's outputs, and before it
+opens, reads or cuts anything it checks the paths and takes the locks (``codeplan_tools.outputs``):
+inputs exist (66), ``-o``/``--rejects``/``--stats`` are not an input nor each other (2) and can be
+written (73), no other run holds ``-o`` or ``--rejects`` (75); then a resuming stage reads the ids
+already done (``resume.completed_ids``, 78 for a file it did not write) and appends in the
+encoding the file has. A write failing part-way is exit 74.
 """
 
 from __future__ import annotations
@@ -17,18 +26,23 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from tqdm import tqdm
 
 from .errors import BadRecord, UsageError
-from .records import MissingField, normalize, set_meta
+from .outputs import OutputLock, OutputWriter, check_paths, existing_encoding
+from .records import InvalidRecord, normalize, parse_record, set_meta
 from .resume import completed_ids, run_key
 from .shard import in_shard, parse_shard
 from .stats import Stats
-from .streams import RecordWriter, iter_lines
+from .streams import InputDamage, iter_lines, wants_plain
+
+# Stages whose rejects are their result (filter's rules), counted per rule: without --rejects they
+# are not named one by one on stderr. Other stages' rejects are failures, each named (capped).
+SELECTING_STAGES = frozenset({"filter"})
 
 
 @dataclass
@@ -71,27 +85,62 @@ class StageContext:
         self.stats = stats
         self._key = key
         self._reported = 0
-        append = key is not None  # resuming: zstd frames concatenate
-        self.writer = RecordWriter(io.output, plain=io.plain, append=append)
-        self._rejects = RecordWriter(io.rejects, plain=io.plain, append=append) if io.rejects else None
+        self._name_rejects = io.stage not in SELECTING_STAGES
+        # Nothing is opened, read or cut before the paths are checked and the outputs locked.
+        outputs = [("-o", io.output or "-")]
+        outputs += [
+            (flag, path) for flag, path in (("--rejects", io.rejects), ("--stats", io.stats_path)) if path
+        ]
+        check_paths(io.inputs, outputs)
+        self._locks = ExitStack()
+        try:
+            for path in (io.output, io.rejects):
+                if path not in (None, "-"):
+                    self._locks.enter_context(OutputLock(path))
+            # Resuming: the ids already done (the output and rejects files are checked, then repaired).
+            self.done: set[str] = set()
+            if key is not None:
+                self.done = completed_ids([io.output, io.rejects], io.stage, key, io.resume_settings)
+            self.writer = self._open(io.output)
+            self._rejects = self._open(io.rejects) if io.rejects else None
+        except BaseException:
+            self._locks.close()
+            raise
         self.started = time.monotonic()
         # tqdm on stderr; disable=None hides it when stderr is not a terminal (batch logs stay small).
         self.progress = tqdm(
             desc=f"codeplan {io.stage}", unit=" rec", file=sys.stderr, disable=None if io.progress else True
         )
 
+    def _open(self, path: str | None) -> OutputWriter:
+        """A writer for ``path``; when resuming, it appends in the encoding the file already has."""
+        if self._key is None:
+            return OutputWriter(path, plain=self.io.plain)
+        found = existing_encoding(path)
+        if found is not None and (found == "plain") != wants_plain(path, self.io.plain):
+            print(
+                f"codeplan {self.io.stage}: note: {path} is {'zstd-compressed' if found == 'zstd' else 'plain'} "
+                f"JSONL; resuming in that encoding (--plain, CODEPLAN_PLAIN and the file name are ignored)",
+                file=sys.stderr,
+            )
+        compressed = None if found is None else found == "zstd"
+        return OutputWriter(path, plain=self.io.plain, append=True, compressed=compressed)
+
     def close(self) -> None:
         """End of the run: close the progress bar, count the wall time, close output and rejects
-        (each flushed as complete frames), and write ``--stats``."""
+        (each flushed as complete frames), write ``--stats`` and release the output locks."""
         self.progress.close()
         self.stats.inc("wall_seconds", round(time.monotonic() - self.started, 3))
         try:
             self.writer.close()
         finally:
-            if self._rejects is not None:
-                self._rejects.close()
-            if self.io.stats_path:
-                self.stats.write_json(self.io.stats_path)
+            try:
+                if self._rejects is not None:
+                    self._rejects.close()
+                if self.io.stats_path:
+                    self.stats.write_json(self.io.stats_path)
+            finally:
+                self._locks.close()
 
     def stamp(self, record: dict, values: dict) -> dict:
         """Set ``meta.<stage>`` to ``values`` plus the run key (when resuming)."""
@@ -114,8 +163,11 @@ class StageContext:
             meta.update(details, reason=reason)
             self.stamp(record, meta)
             self._rejects.write(record)
-        elif details.get("line"):
-            self._warn(f"{details.get('file')}:{details['line']}: {reason} (skipped)")
+        elif details.get("line") or self._name_rejects:
+            line = details.get("line")
+            where = f"{details.get('file')}:{line}" if line else f"record {record.get('id')!r}"
+            detail = f" ({details['detail']})" if details.get("detail") else ""
+            self._warn(f"{where}: {reason}{detail} (skipped)")
 
     def _warn(self, msg: str) -> None:
         self._reported += 1
@@ -123,7 +175,8 @@ class StageContext:
             print(f"codeplan {self.io.stage}: warning: {msg}", file=sys.stderr)
         elif self._reported == 21:
             print(
-                f"codeplan {self.io.stage}: warning: more skipped lines; use --rejects FILE", file=sys.stderr
+                f"codeplan {self.io.stage}: warning: more skipped records; use --rejects FILE to keep them",
+                file=sys.stderr,
             )
 
 
@@ -135,14 +188,11 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
     stats = stats or Stats(io.stage)
     shard = parse_shard(io.shard)
     key = run_key(io.resume_settings) if io.resume_settings is not None else None
-    done: set[str] = set()
-    if key is not None:
-        done = completed_ids([io.output, io.rejects], io.stage, key, io.resume_settings)
     ctx = StageContext(io, stats, key)
     written = 0
     write, update = ctx.writer.write, ctx.progress.update
     try:
-        records = _read(io, ctx, shard, done)
+        records = _read(io, ctx, shard, ctx.done)
         for record in transform(records, ctx):
             write(record)
             written += 1
@@ -156,29 +206,26 @@ def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> 
 
 
 def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:
+    """The records of ``io.inputs``, parsed (``records.parse_record``) and normalised, less other
+    shards' and those already done. A bad line raises ``BadRecord`` in fail mode, else it is counted
+    and rejected; so is damaged input (``streams``), counted by :func:`damage_reporter` in skip mode.
+    ``ctx.where`` is the (file, line) of the record handed out last."""
     stats = ctx.stats
-    loads, prompt_field, response_field, require = (
-        orjson.loads,
-        io.prompt_field,
-        io.response_field,
-        io.require,
-    )
+    prompt_field, response_field, require = io.prompt_field, io.response_field, io.require
+    fail = io.on_bad_record == "fail"
     read = 0
     try:
-        for name, lineno, line in iter_lines(io.inputs):
+        for name, lineno, line in iter_lines(io.inputs, None if fail else damage_reporter(ctx)):
             read += 1
             try:
-                record = loads(line)
-                if not isinstance(record, dict):
-                    raise MissingField("a record must be a JSON object")
+                record = parse_record(line)
                 normalize(record, prompt_field, response_field, require)
-            except (orjson.JSONDecodeError, MissingField) as exc:
-                reason = f"invalid JSON: {exc}" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
-                if io.on_bad_record == "fail":
-                    raise BadRecord(name, lineno, reason) from None
+            except InvalidRecord as exc:
+                if fail:
+                    raise BadRecord(name, lineno, str(exc)) from None
                 stats.inc("bad_records")
                 bad = {"line": line.decode("utf-8", "replace")}
-                ctx.reject(bad, f"bad-record: {reason}", file=name, line=lineno)
+                ctx.reject(bad, f"bad-record: {exc}", file=name, line=lineno)
                 continue
             if shard is not None and not in_shard(record["id"], shard):
                 stats.inc("skipped_shard")
@@ -186,6 +233,20 @@ def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dic
             if done and record["id"] in done:
                 stats.inc("skipped_done")
                 continue
+            ctx.where = (name, lineno)
             yield record
     finally:
         stats.inc("read", read)
+
+
+def damage_reporter(ctx: StageContext) -> Callable[[InputDamage], None]:
+    """``--on-bad-record skip``: damaged input is counted (``input_damage``, its bytes skipped and
+    lines known lost) and named on stderr each time (it is rare, and each one loses data)."""
+
+    def report(damage: InputDamage) -> None:
+        ctx.stats.inc("input_damage")
+        ctx.stats.inc("input_damage_bytes_skipped", damage.skipped_bytes)
+        ctx.stats.inc("input_damage_lines_lost", damage.lost_lines)
+        print(f"codeplan {ctx.io.stage}: warning: {damage.message()}", file=sys.stderr)
+
+    return report

@@ -4,6 +4,8 @@ Keys are flat, stable, lower-case and carry their unit (``tokens_out``, ``engine
 ``Stats`` add up with ``+`` so that ``--stats`` files of shards merge by summing
 (``codeplan_tools.stats.merge_files`` / ``Stats.from_json``). Values that are not sums
 (distributions, summaries) live under ``derived`` and are recomputed, not added.
+``--stats FILE`` is checked before a run starts (``outputs.check_writable``); its folder is created
+when it is written, at the end of the run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .errors import OutputIOError
 
 
 class Stats:
@@ -44,9 +48,15 @@ class Stats:
         return d
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_bytes(
-            orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-        )
+        """Write the counters to ``path``, creating its folder; a failure is one line (exit 74)."""
+        data = orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
+        except OSError as exc:
+            raise OutputIOError(
+                f"--stats {path}: cannot write the counters ({exc.strerror or exc})"
+            ) from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> Stats:

@@ -465,19 +465,27 @@ def preflight(config: FinetuneConfig) -> None:
 
 def run(config: FinetuneConfig, nproc: int = 1) -> int:
     """Fine-tune in this process (one process, torchrun or srun) or on ``nproc`` local workers."""
+    from contextlib import nullcontext
+
+    from ..outputs import OutputLock
+
     previous = STOP.install()
     try:
         preflight(config)
         info = distributed.detect()
-        if nproc > 1:
-            if info.world_size > 1:
-                raise UsageError(
-                    f"--nproc {nproc} under a launcher that already started {info.world_size} processes "
-                    f"({info.source}); drop --nproc"
-                )
-            log(f"starting {nproc} local workers")
-            return distributed.launch_local(config.to_json(), nproc)
-        return run_worker(config, info)
+        if nproc > 1 and info.world_size > 1:
+            raise UsageError(
+                f"--nproc {nproc} under a launcher that already started {info.world_size} processes "
+                f"({info.source}); drop --nproc"
+            )
+        # One run per --out: this process (the launcher of --nproc workers, or global rank 0 under
+        # torchrun/srun) holds the lock for the whole run; a second run stops with exit 75. Other
+        # ranks do not lock (they would block each other); if rank 0 refuses, the launcher ends them.
+        with OutputLock(config.out) if info.is_main else nullcontext():
+            if nproc > 1:
+                log(f"starting {nproc} local workers")
+                return distributed.launch_local(config.to_json(), nproc)
+            return run_worker(config, info)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -248,3 +248,23 @@ def test_an_out_that_is_or_contains_the_model_or_the_packs_is_refused(tiny_model
     assert "the export would overwrite it" in result.stderr
     assert {p: p.read_bytes() for p in [*model.iterdir(), packs]} == before
     assert not (out / "run.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_second_finetune_on_the_same_out_stops_with_75_while_the_first_runs(
+    tiny_model, gsm_packs, tmp_path
+):
+    out = tmp_path / "o"
+    args = ["finetune", "--model", str(tiny_model), "--data", str(gsm_packs), "--out", str(out),
+            "--max-steps", "100000", "--save-every", "0", "--log-every", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([*CODEPLAN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert first.stdout.readline(), first.stderr.read().decode()  # the first step is done: it runs
+        second = invoke(args)
+        assert second.exit_code == 75, second.stderr
+        assert f"is being written by pid {first.pid}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves a checkpoint and exits 0
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+    assert not list(tmp_path.glob(".*lock*"))  # the lock file goes with the run
