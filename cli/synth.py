@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -72,8 +73,8 @@ def synth_command(
     quiet: o.Quiet = False,
 ) -> None:
     from codeplan_tools.errors import UsageError
+    from codeplan_tools.outputs import OutputLock, OutputWriter, check_paths
     from codeplan_tools.stats import Stats
-    from codeplan_tools.streams import RecordWriter
     from codeplan_tools.synth import SynthConfig, generate, load_prompts, parse_k, parse_tasks
 
     if list_tasks:
@@ -90,7 +91,8 @@ def synth_command(
         exclude_prompts=load_prompts(exclude or []),
     )
     counters = Stats("synth")
-    with RecordWriter(output, plain=plain) as writer:
+    check_paths([], [("-o", output or "-"), ("--stats", stats)] if stats else [("-o", output or "-")])
+    with OutputLock(output) if output else nullcontext(), OutputWriter(output, plain=plain) as writer:
         for record in generate(config, counters):
             writer.write(record)
     if stats:

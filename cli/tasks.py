@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -117,15 +118,16 @@ def prepare_command(
     import sys
 
     from codeplan_tools.errors import UsageError
+    from codeplan_tools.outputs import OutputLock, OutputWriter, check_paths
     from codeplan_tools.stats import Stats
-    from codeplan_tools.streams import RecordWriter
     from codeplan_tools.tasks import expand_task_names, prepare_records
 
     tasks = expand_task_names(names)
     if inputs and len(tasks) != 1:
         raise UsageError("-i FILE reads one task's public file: name exactly one task")
     counters = Stats("tasks")
-    with RecordWriter(output, plain=plain) as writer:
+    check_paths(list(inputs or []), [("-o", output or "-")])
+    with OutputLock(output) if output else nullcontext(), OutputWriter(output, plain=plain) as writer:
         for task in tasks:
             for record in prepare_records(task, data_dir, inputs, limit, instruction, gold_response):
                 writer.write(record)
