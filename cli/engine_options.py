@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from enum import Enum
 from typing import Annotated
 
+import click
 import typer
 
 ENGINE_PANEL = "Engine"
 SAMPLING_PANEL = "Sampling"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan`` and ``inf`` (exit 2), optionally within ``min``/``max``.
+
+    click's FloatRange lets ``nan`` through every bound (comparisons with nan are false). Use it for
+    every float option: ``typer.Option("--x", click_type=FiniteFloat(min=0.0))``.
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class EngineName(str, Enum):
@@ -45,7 +63,8 @@ Model = Annotated[
         "-m",
         "--model",
         metavar="PATH|NAME",
-        help="Model folder (or the served model's name with --engine openai).",
+        help="Model folder, or a Hugging Face hub id (used from the local cache when it is there; else "
+        "looked up once, so a missing model fails in seconds). With --engine openai: the served model's name.",
     ),
 ]
 Dtype = Annotated[
@@ -74,6 +93,27 @@ ApiKeyEnv = Annotated[
 ]
 Concurrency = Annotated[
     int | None, _opt("--concurrency", min=1, metavar="N", help="Requests in flight at once (openai).")
+]
+RequestTimeout = Annotated[
+    float,
+    _opt(
+        "--request-timeout",
+        click_type=FiniteFloat(min=0.001),
+        metavar="SECONDS",
+        help="openai: how long to wait for the server to connect and for each read of its answer; "
+        "then the request is retried.",
+    ),
+]
+MaxRetries = Annotated[
+    int,
+    _opt(
+        "--max-retries",
+        min=0,
+        metavar="N",
+        help="openai: retries of a request that failed (connection, timeout, 429/5xx) or got a malformed "
+        "answer, with exponential backoff. A server still failing ends the run (exit 69); a malformed "
+        "answer rejects the record with the reason.",
+    ),
 ]
 MaxModelLen = Annotated[
     int | None,
@@ -107,8 +147,7 @@ GpuMemoryUtilization = Annotated[
     float | None,
     _opt(
         "--gpu-memory-utilization",
-        min=0.01,
-        max=1.0,
+        click_type=FiniteFloat(min=0.01, max=1.0),
         metavar="FRACTION",
         help="vllm: share of GPU memory it may take. [default: vllm's]",
     ),
@@ -126,10 +165,23 @@ Tokenizer = Annotated[
     ),
 ]
 Temperature = Annotated[
-    float, _opt("-t", "--temperature", min=0.0, panel=SAMPLING_PANEL, help="0 is greedy decoding.")
+    float,
+    _opt(
+        "-t",
+        "--temperature",
+        click_type=FiniteFloat(min=0.0),
+        panel=SAMPLING_PANEL,
+        help="0 is greedy decoding.",
+    ),
 ]
 TopP = Annotated[
-    float, _opt("--top-p", min=0.0, max=1.0, panel=SAMPLING_PANEL, help="Nucleus sampling mass.")
+    float,
+    _opt(
+        "--top-p",
+        click_type=FiniteFloat(min=0.0, max=1.0),
+        panel=SAMPLING_PANEL,
+        help="Nucleus sampling mass.",
+    ),
 ]
 MaxTokens = Annotated[
     int,
@@ -155,6 +207,8 @@ class EngineOptions:
     base_url: BaseUrl = None
     api_key_env: ApiKeyEnv = "OPENAI_API_KEY"
     concurrency: Concurrency = None
+    request_timeout: RequestTimeout = 120.0
+    max_retries: MaxRetries = 6
     max_model_len: MaxModelLen = None
     batch_size: BatchSize = None
     chunk_size: ChunkSize = None
@@ -179,6 +233,8 @@ class EngineOptions:
             base_url=self.base_url,
             api_key_env=self.api_key_env,
             concurrency=self.concurrency,
+            request_timeout=self.request_timeout,
+            max_retries=self.max_retries,
             max_model_len=self.max_model_len,
             batch_size=self.batch_size,
             trust_remote_code=self.trust_remote_code,

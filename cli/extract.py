@@ -36,8 +36,8 @@ def extract_command(
     model, template hash, sampling parameters, the record's seed, the finish reason and token counts.
     Rows the engine cannot take (longer than the context) go to --rejects with the reason.
 
-    Re-running the same command with the same -o FILE resumes where it stopped; other settings are
-    refused. Progress (records/s, tokens/s, ETA) goes to stderr.
+    Re-running the same command with the same -o FILE resumes where it stopped; other settings, or a
+    model whose files changed, are refused. Progress (records/s, tokens/s, ETA) goes to stderr.
 
     Example: codeplan extract -m Meta-Llama-3-8B-Instruct -i pairs.jsonl.zst -o mined.jsonl.zst --rejects rejected.jsonl.zst
     """
@@ -46,6 +46,8 @@ def extract_command(
 
     spec = engine_options.spec(model)
     config = ExtractConfig(template=template, keep_raw=keep_raw, **engine_options.sampling())
+    # A model that cannot be found or is refused fails now, with one line, before any input is read.
+    spec.check()
     stage_io = io.stage_io("extract", require=("prompt", "response"), resume_settings=config.settings(spec))
     result = run_stage(stage_io, lambda records, ctx: extract_records(records, config, spec, ctx=ctx))
     o.print_summary(result, io.quiet)

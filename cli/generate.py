@@ -79,7 +79,8 @@ def generate_command(
 
     Sample j of a record is drawn with a seed derived from --seed, the record id and j, so re-running
     reproduces it. Rows the engine cannot take (longer than the context) go to --rejects with the reason.
-    Re-running the same command with the same -o FILE resumes where it stopped; other settings are refused.
+    Re-running the same command with the same -o FILE resumes where it stopped; other settings, or a
+    model whose files changed, are refused.
 
     Example: codeplan generate -m ckpt/ --format codeplan -n 4 -t 0.7 -i gsm8k.jsonl.zst -o samples.jsonl.zst
     """
@@ -95,6 +96,8 @@ def generate_command(
         answer_instruction=answer_instruction,
         **engine_options.sampling(),
     )
+    # A model that cannot be found or is refused fails now, with one line, before any input is read.
+    spec.check(local_tokenizer=config.format is not None)
     stage_io = io.stage_io(
         "generate",
         require=("prompt", "plan") if given_plan else ("prompt",),

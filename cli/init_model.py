@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from codeplan_cli import options as o
+from codeplan_cli.engine_options import FiniteFloat
 
 SIZE_PANEL = "Size"
 TOKENIZER_PANEL = "Tokenizer"
@@ -54,7 +55,7 @@ def init_model_command(
         float,
         typer.Option(
             "--init-range",
-            min=0.0,
+            click_type=FiniteFloat(min=0.0),
             help="Std of the random weight init; 0.3 makes a random model's greedy output vary.",
         ),
     ] = 0.02,

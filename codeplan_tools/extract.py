@@ -4,7 +4,8 @@ The instruction template (``paper`` by default: the paper's text verbatim; ``nlp
 natural-language-plan variant; or a file) is filled with the record's ``prompt`` and ``response`` and
 sent as one chat user turn. Only the two placeholders ``{prompt}`` and ``{response}`` are replaced (by
 plain substitution, not ``str.format``), so a template may contain other braces, e.g. code. One
-trailing newline of a template file is dropped.
+trailing newline of a template file is dropped. A template file must be UTF-8: otherwise exit 65
+naming the file and the line of the first bad byte (an unreadable file: exit 66).
 
 The reply is cleaned into a bare plan by :func:`clean_plan` and written to ``plan``; ``meta.extract``
 records the model, engine, template name and hash, sampling parameters, the record's seed (derived
@@ -22,8 +23,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import UsageError
-from .generate import EngineSpec, EngineTask, LibraryContext, Unusable, run_engine_task, text_hash
+from .errors import BadRecord, InputMissing, UsageError
+from .generate import (
+    EngineSpec,
+    EngineTask,
+    LibraryContext,
+    Unusable,
+    check_sampling,
+    run_engine_task,
+    text_hash,
+)
 from .records import derive_seed, normalize
 
 BUILTIN_TEMPLATES = ("paper", "nlplan")
@@ -40,7 +49,7 @@ def load_template(spec: str) -> tuple[str, str]:
         path = Path(spec)
         if not path.is_file():
             raise UsageError(f"--template {spec!r}: not {' or '.join(BUILTIN_TEMPLATES)} and no such file")
-        text = path.read_text(encoding="utf-8")
+        text = _read_template_file(path)
         name = str(path)
     if text.endswith("\n"):
         text = text[:-1]
@@ -48,6 +57,24 @@ def load_template(spec: str) -> tuple[str, str]:
     if missing:
         raise UsageError(f"template {name!r} lacks the placeholder(s) {', '.join(missing)}")
     return name, text
+
+
+def _read_template_file(path: Path) -> str:
+    """The text of a template file; unreadable -> InputMissing (66), not UTF-8 -> BadRecord (65)
+    naming the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputMissing(f"--template {path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BadRecord(
+            str(path),
+            line,
+            f"the template is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+        ) from None
 
 
 def fill_template(template: str, prompt: str, response: str) -> str:
@@ -155,8 +182,7 @@ class ExtractConfig:
         self.template_name, self.template_text = load_template(self.template)
         if self.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
+        check_sampling(self.temperature, self.top_p)
 
     @property
     def template_sha256(self) -> str:
@@ -188,7 +214,7 @@ class ExtractTask(EngineTask):
         cfg = self.config
         describe = getattr(engine, "describe", None)
         self.meta_base = {
-            **spec.identity(),
+            **spec.meta(),
             **({k: v for k, v in describe().items() if k != "model"} if describe else {}),
             "template": cfg.template_name,
             "template_sha256": cfg.template_sha256,

@@ -22,20 +22,33 @@ has ``samples`` (one per sample: ``text``, ``plan``, ``response``, ``finish_reas
 ``seed``) and ``meta.generate`` (model, engine, format or mode, sampling parameters, seeds, token counts).
 
 Records go to the engine in chunks (``chunk_size``; thousands for vLLM); the output is flushed after
-each chunk, and rows the engine cannot take (prompt longer than the context) are rejected with the
-engine's reason instead of failing the run.
+each chunk, and rows the engine cannot take (prompt longer than the context, a malformed server
+answer after its retries) are rejected with the engine's reason (``ctx.reject`` with the record,
+so its id is named) instead of failing the run. Building the engine and every engine call run
+under :func:`~codeplan_tools.engines.base.stdout_to_stderr`: stdout carries records only, whatever
+the engine library prints.
+
+The model (:class:`EngineSpec`) is checked before any input is read
+(:mod:`codeplan_tools.engines.model_files`): a missing folder, a folder without a tokenizer, or a
+hub id that is neither cached nor on a reachable hub is one line and exit 66; a model that needs its
+own code without ``--trust-remote-code`` is exit 77. The resume key (``settings``) keys a local
+model on its content fingerprint (``model_fingerprint``) alone, so ``ckpt``, ``ckpt/`` and
+``/abs/ckpt`` resume each other, the same model moved or renamed resumes, and a re-exported
+``ckpt/`` is refused; ``meta.<stage>.model`` keeps the path as given. A model
+served over HTTP is keyed on its served name (and ``--tokenizer``'s fingerprint when given).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from .errors import InputMissing, UsageError
 from .progress import EngineProgress, LineCounter
 from .records import derive_seed, normalize
 
@@ -58,8 +71,10 @@ ENGINE_OPTIONS = {
         "enforce_eager",
         "gpu_memory_utilization",
     ),
-    "openai": ("base_url", "api_key_env", "concurrency"),
+    "openai": ("base_url", "api_key_env", "concurrency", "request_timeout", "max_retries"),
 }
+# Engines that load the model from a local folder (or the hub); others get the name as it is.
+LOCAL_ENGINES = ("hf", "vllm")
 
 
 ENGINE_FIELDS = sorted({key for keys in ENGINE_OPTIONS.values() for key in keys})
@@ -87,8 +102,13 @@ class EngineSpec:
     trust_remote_code: bool = False
     tokenizer: str | None = None
     """Local tokenizer folder, for formats with an HTTP engine (default: the model path)."""
+    request_timeout: float | None = None
+    """openai: seconds to wait for the server (to connect, and for each read of the answer)."""
+    max_retries: int | None = None
+    """openai: retries of a failed or malformed answer before giving up."""
     options: dict[str, Any] = field(default_factory=dict)
     """Extra constructor options passed to the engine as they are."""
+    _sources: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def resolved_engine(self) -> str:
         if self.engine == "auto":
@@ -97,17 +117,78 @@ class EngineSpec:
             return default_engine_name()
         return self.engine
 
+    def source(self, role: str = "model", strict: bool = True):
+        """Where the model (``role="model"``) or ``--tokenizer`` (``"tokenizer"``) is loaded from, and
+        its content identity (:mod:`codeplan_tools.engines.model_files`); ``strict`` raises the
+        one-line error of a model that cannot be found."""
+        from .engines.model_files import resolve_model
+
+        cached = self._sources.get(role)
+        if cached is not None and (cached[1] or not strict):
+            return cached[0]
+        if role == "model":
+            need = "weights" if self.tokenizer else "model"  # --tokenizer: the folder may have none
+            found = resolve_model(self.model, need=need, strict=strict)
+        else:
+            found = resolve_model(self.tokenizer, need="tokenizer", option="--tokenizer", strict=strict)
+        self._sources[role] = (found, strict)
+        return found
+
+    def check(self, local_tokenizer: bool = False) -> None:
+        """Fail now, with one line, on a model (or tokenizer) that cannot be found or is refused,
+        before any input is read. ``local_tokenizer``: prompts are rendered here (formats), so an
+        HTTP engine needs a tokenizer on this machine too."""
+        from .engines.model_files import refuse_remote_code
+
+        if self.resolved_engine() in LOCAL_ENGINES:
+            refuse_remote_code(self.source("model"), self.trust_remote_code)
+        if self.tokenizer:
+            refuse_remote_code(self.source("tokenizer"), self.trust_remote_code, "--tokenizer")
+        elif local_tokenizer and self.resolved_engine() not in LOCAL_ENGINES:
+            self.tokenizer_source()
+
+    def tokenizer_source(self):
+        """The source of the tokenizer that renders prompts here: ``--tokenizer``, else the model."""
+        from .engines.model_files import refuse_remote_code, resolve_model
+
+        if self.tokenizer:
+            found, option = self.source("tokenizer"), "--tokenizer"
+        else:
+            option = "--model"
+            try:
+                found = resolve_model(self.model, need="tokenizer")
+            except InputMissing as exc:
+                raise InputMissing(f"{exc}; formats render prompts locally: pass --tokenizer DIR") from exc
+        refuse_remote_code(found, self.trust_remote_code, option)
+        return found
+
     def identity(self) -> dict:
-        """What about the engine determines the output (part of the resume key and of ``meta``)."""
-        return {
-            "engine": self.resolved_engine(),
+        """What about the engine determines the output: the resume key's part. A local model is
+        keyed on its content fingerprint alone (not its path, not its folder's name: a renamed or
+        moved copy is the same model); ``meta()`` keeps the path as given, for provenance."""
+        name = self.resolved_engine()
+        ident: dict[str, Any] = {
+            "engine": name,
             "model": self.model,
             "dtype": self.dtype or "auto",
             "max_model_len": self.max_model_len,
         }
+        if name in LOCAL_ENGINES:
+            found = self.source("model", strict=False)
+            del ident["model"]
+            ident["model_fingerprint"] = found.identity
+        if self.tokenizer:
+            ident["tokenizer_fingerprint"] = self.source("tokenizer", strict=False).identity
+        return ident
+
+    def meta(self) -> dict:
+        """``identity()`` with the model as given (provenance in ``meta.<stage>``)."""
+        return {**self.identity(), "model": self.model}
 
     def build(self):
+        """The engine, loaded; what the loaders raise about the model becomes one line."""
         from .engines import get_engine
+        from .engines.model_files import loading
 
         name = self.resolved_engine()
         wanted = ENGINE_OPTIONS.get(name)
@@ -118,7 +199,14 @@ class EngineSpec:
                 continue  # unset, or not an option of this engine
             opts[key] = value
         opts.update(self.options)
-        return get_engine(name, self.model, **opts)
+        if name not in LOCAL_ENGINES:
+            return get_engine(name, self.model, **opts)
+        self.check()
+        found = self.source("model")
+        if self.tokenizer:
+            opts["tokenizer"] = self.source("tokenizer").path
+        with loading(found):
+            return get_engine(name, found.path, **opts)
 
 
 def engine_tokenizer(engine, spec: EngineSpec):
@@ -128,13 +216,11 @@ def engine_tokenizer(engine, spec: EngineSpec):
         return tok
     from transformers import AutoTokenizer
 
-    source = spec.tokenizer or spec.model
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot load a tokenizer from {source!r} ({exc}); formats render prompts locally: pass --tokenizer DIR"
-        ) from exc
+    from .engines.model_files import loading
+
+    found = spec.tokenizer_source()
+    with loading(found, "--tokenizer" if spec.tokenizer else "--model"):
+        return AutoTokenizer.from_pretrained(found.path, trust_remote_code=spec.trust_remote_code)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
@@ -179,7 +265,11 @@ def run_engine_task(
 
     ``engine`` may be given already built (library use, benchmarks); otherwise it is built from
     ``spec`` when the first chunk arrives, so a run with nothing left to do never loads a model.
+    Building, binding, generating and closing run under ``stdout_to_stderr``: whatever the engine
+    library prints goes to stderr, and the records yielded in between reach the real stdout.
     """
+    from .engines.base import stdout_to_stderr
+
     size = chunk_size or DEFAULT_CHUNK.get(spec.resolved_engine(), 256)
     if size < 1:
         raise UsageError("--chunk-size must be at least 1")
@@ -198,10 +288,11 @@ def run_engine_task(
     try:
         for chunk in chunked(records, size):
             _flush(ctx)
-            if engine is None:
-                engine = spec.build()
             if not bound:
-                task.bind(engine, spec)
+                with stdout_to_stderr():
+                    if engine is None:
+                        engine = spec.build()
+                    task.bind(engine, spec)
                 bound = True
             pending, requests = [], []
             for record in chunk:
@@ -216,7 +307,8 @@ def run_engine_task(
                 continue
             progress.start()
             t0 = time.monotonic()
-            results = engine.generate(requests)
+            with stdout_to_stderr():
+                results = engine.generate(requests)
             seconds = time.monotonic() - t0
             stats.inc("engine_seconds", round(seconds, 3))
             stats.inc("requests", len(requests))
@@ -237,7 +329,8 @@ def run_engine_task(
         if owned and engine is not None:
             close = getattr(engine, "close", None)
             if close is not None:
-                close()
+                with stdout_to_stderr():
+                    close()
     if progress.engine_seconds > 0:
         stats.derived["tokens_out_per_engine_s"] = round(progress.tokens_out / progress.engine_seconds, 1)
 
@@ -268,6 +361,14 @@ def _flush(ctx) -> None:
     flush = getattr(ctx, "flush", None)
     if flush is not None:
         flush()
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    """The sampling settings every engine stage shares: finite, temperature >= 0, 0 < top_p <= 1."""
+    if not (math.isfinite(temperature) and math.isfinite(top_p)):
+        raise UsageError("--temperature and --top-p must be finite numbers (not nan or inf)")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
 
 
 def text_hash(text: str) -> str:
@@ -330,8 +431,7 @@ class GenerateConfig:
             raise UsageError("-n must be at least 1")
         if self.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
+        check_sampling(self.temperature, self.top_p)
 
     def settings(self, spec: EngineSpec) -> dict:
         """Everything that determines the output: the resume key of ``generate``."""
@@ -436,7 +536,7 @@ class GenerateTask(EngineTask):
             )
         describe = getattr(engine, "describe", None)
         self.meta_base = {
-            **spec.identity(),
+            **spec.meta(),
             **({k: v for k, v in describe().items() if k not in ("model",)} if describe else {}),
             "format": cfg.format,
             "mode": cfg.mode,

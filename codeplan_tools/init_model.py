@@ -10,7 +10,9 @@
 - The default tokenizer corpus is generated here (question/plan/answer templates, Python-like plans,
   numbers), so nothing outside the package is needed; pass ``corpus_texts`` to train on other text.
 
-The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM.
+The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM. A folder that
+cannot be created is :class:`~codeplan_tools.errors.CannotCreate` (exit 73); a write failing part-way
+is :class:`~codeplan_tools.errors.OutputIOError` (exit 74).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from codeplan_tools.errors import UsageError
+from codeplan_tools.errors import CannotCreate, OutputIOError, UsageError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -180,7 +182,10 @@ def init_model(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a read-only or missing mount...
+        raise CannotCreate(f"{out}: cannot create the model folder ({exc.strerror or exc})") from exc
     tokenizer = train_tokenizer(
         corpus_texts if corpus_texts is not None else builtin_corpus(seed), vocab_size
     )
@@ -215,10 +220,12 @@ def init_model(
     try:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        _portable_tokenizer_config(out)
+    except OSError as exc:  # disk full, permissions changed under us
+        raise OutputIOError(f"{out}: writing the model failed ({exc.strerror or exc})") from exc
     finally:
         if quiet and bars:
             hf_logging.enable_progress_bar()
-    _portable_tokenizer_config(out)
     return out
 
 

@@ -5,6 +5,8 @@ are imported only when asked for, and each imports its heavy library (vllm, torc
 inside its constructor, raising :class:`~codeplan_tools.errors.MissingDependency` naming the extra.
 
 ``get_engine("auto", model)`` picks ``vllm`` when it is importable and a GPU is present, else ``hf``.
+Finding a ``--model`` (local folder or hub id), refusing remote code, and the model's content
+identity for resume keys live in :mod:`codeplan_tools.engines.model_files`.
 """
 
 from __future__ import annotations

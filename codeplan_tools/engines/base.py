@@ -13,11 +13,18 @@ Every engine (``vllm``, ``hf``, ``openai``) takes a list of :class:`Request` and
 - A request the engine cannot take (a prompt longer than the context) gets ``Result.error`` and no
   completions; it never makes the whole batch fail. Errors the engine cannot recover from (server
   down after retries) raise :class:`codeplan_tools.errors.EngineError`.
+- stdout carries records only: whatever an engine library prints while it is built, generates or
+  shuts down (vLLM logs INFO lines to stdout; C code may write to fd 1) goes to stderr through
+  :func:`stdout_to_stderr`, which the stages wrap around every engine call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -186,3 +193,58 @@ def text_stops(tokenizer, stop: list[str]) -> list[str]:
     """The stop strings that are matched in text (those that are not a single added token)."""
     added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
     return [s for s in stop if s and s not in added]
+
+
+# -- stdout carries records only ------------------------------------------------------------------
+
+
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout inside the block to stderr, at both levels: Python's
+    ``sys.stdout`` (``print``) and file descriptor 1 (loggers holding the old stream, C code, child
+    processes started here, which keep it). Both are restored on the way out, exceptions and
+    signals included, so the records written between engine calls reach the real stdout.
+
+    The stages' record writer flushes whole frames and writes nothing inside the block, so no
+    record can land on stderr. SIGTERM/SIGINT are held while fd 1 is swapped, so a signal cannot
+    leave it pointing at stderr. Where fd 1 or 2 cannot be duplicated (closed), only the Python
+    level is redirected.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    saved = _swap_fd1_to_stderr()
+    try:
+        # A signal that arrived meanwhile is handled here, inside the try: fd 1 is still restored.
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        try:
+            # What a library left in Python's stdout buffer belongs to stderr too: flush it first.
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            if saved is not None:
+                os.dup2(saved, 1)
+                os.close(saved)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _swap_fd1_to_stderr() -> int | None:
+    """Point fd 1 at stderr; return a duplicate of the old fd 1 (None when that is impossible)."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        return None
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved

@@ -9,10 +9,16 @@ Prompts that do not fit the context get ``Result.error`` before anything is sent
 On CPU, set ``VLLM_CPU_KVCACHE_SPACE`` (GiB; vLLM's default takes most of the memory) and, where no
 ``if __name__ == "__main__"`` guard protects the caller, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``; the
 library leaves both to the caller.
+
+vLLM logs to stdout by default; the engine sets ``VLLM_LOGGING_STREAM=ext://sys.stderr`` (unless the
+caller chose a stream) before importing vllm, and the stages run it under
+:func:`~codeplan_tools.engines.base.stdout_to_stderr`, so stdout carries records only.
+:meth:`VLLMEngine.close` shuts down the engine it built (its worker process, if any) there too.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from codeplan_tools.engines import register
@@ -55,13 +61,16 @@ class VLLMEngine:
         """``llm``: an already built ``vllm.LLM`` to reuse (tests share one per session)."""
         if dtype not in DTYPES:
             raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        # vLLM configures its logger at import, with a stdout handler unless told otherwise.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         vllm = require("vllm", "vllm")
         if dtype == "auto" and not _has_gpu():
             dtype = "float32"  # vLLM's CPU "auto" is bf16: fp32 matches transformers exactly
         self.model_path = str(model)
         self.dtype = dtype
         self.use_tqdm = use_tqdm
-        if llm is None:
+        built = llm is None
+        if built:
             kwargs: dict[str, Any] = dict(
                 model=self.model_path,
                 dtype=dtype,
@@ -82,6 +91,7 @@ class VLLMEngine:
                 kwargs["enable_chunked_prefill"] = False
             llm = vllm.LLM(**kwargs)
         self.llm = llm
+        self._owns_llm = built
         self._SamplingParams = vllm.SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -97,6 +107,16 @@ class VLLMEngine:
         self._eos = gen_eos
         self._stop_rules = StopRules(self.tokenizer, gen_eos)
         self._params: dict[tuple, Any] = {}
+
+    def close(self) -> None:
+        """Shut down the vLLM engine this object built (an ``llm`` handed in is left running)."""
+        if not self._owns_llm or self.llm is None:
+            return
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        self.llm = None
+        if shutdown is not None:
+            shutdown()
 
     def describe(self) -> dict:
         import vllm

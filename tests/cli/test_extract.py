@@ -169,3 +169,15 @@ def test_extract_through_an_openai_compatible_server(tiny_model, vllm_server, tm
     ]
     assert [r["meta"]["extract"]["tokens_out"] for r in o] == [r["meta"]["extract"]["tokens_out"] for r in h]
     assert all(r["meta"]["extract"]["tokens_out"] > 0 for r in o)
+
+
+def test_a_template_that_is_not_utf8_is_one_line_naming_its_line(tiny_model, tmp_path):
+    from codeplan_tools.errors import EX_DATAERR
+
+    template = tmp_path / "t.txt"
+    template.write_bytes(b"Prompt: {prompt}\nResponse: {response}\nPlan caf\xe9 \xff\n")
+    src = _write(tmp_path / "in.jsonl", _pairs(1))
+    res = invoke(_extract(tiny_model, "-i", src, "--template", str(template)))
+    assert res.exit_code == EX_DATAERR, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert f"{template}:3:" in res.stderr and "UTF-8" in res.stderr

@@ -90,3 +90,50 @@ def test_vllm_cpu_generate_matches_hf_greedy(tiny_model, tmp_path):
 
     for h, v in zip(outs["hf"], outs["vllm"], strict=True):
         assert [key(s) for s in h["samples"]] == [key(s) for s in v["samples"]]
+
+
+def test_resume_keys_on_the_model_content_not_its_spelling(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from tests.lib.test_engine_safety import _perturb_one_tensor
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny_model, model)
+    src = _write(tmp_path / "q.jsonl", QUESTIONS)
+    out = str(tmp_path / "out.jsonl.zst")
+    monkeypatch.chdir(tmp_path)
+    first = invoke(_generate(model, "--engine", "hf", "-i", src, "--max-tokens", "4", "-o", out))
+    assert first.exit_code == 0, first.stderr
+    for spelling in ("ckpt", "ckpt/", "./ckpt"):
+        again = invoke(_generate(spelling, "--engine", "hf", "-i", src, "--max-tokens", "4", "-o", out))
+        assert again.exit_code == 0 and "skipped_done=3" in again.stderr, again.stderr
+    _perturb_one_tensor(model)  # a re-exported ckpt/: same path, other weights
+    refused = invoke(_generate("ckpt", "--engine", "hf", "-i", src, "--max-tokens", "4", "-o", out))
+    assert refused.exit_code == EX_CONFIG and "model_fingerprint" in refused.stderr, refused.stderr
+    assert len(read_records(out)) == 3
+
+
+def test_a_model_that_cannot_be_used_is_one_line_with_its_exit_code(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    from codeplan_tools.errors import EX_NOINPUT, EX_NOPERM
+
+    src = _write(tmp_path / "q.jsonl", QUESTIONS[:1])
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(tiny_model / name, no_tokenizer)
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="codeplan-custom", auto_map={"AutoModelForCausalLM": "modeling.Custom"})
+    (custom / "config.json").write_text(json.dumps(config))
+    for model, code, message in [
+        (tmp_path / "missing", EX_NOINPUT, "no such folder"),
+        (no_tokenizer, EX_NOINPUT, "has no tokenizer"),
+        (custom, EX_NOPERM, "--trust-remote-code"),
+    ]:
+        res = invoke(_generate(model, "--engine", "hf", "-i", src, "--max-tokens", "2"))
+        assert res.exit_code == code and message in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and str(model) in res.stderr
