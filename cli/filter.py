@@ -127,7 +127,15 @@ def filter_command(
         result = parallel.run_filter_parallel(stage_io, config, workers)
     else:
         result = run_stage(
-            stage_io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject)
+            stage_io,
+            lambda records, ctx: filter_records(
+                records,
+                config,
+                ctx.stats,
+                ctx.reject,
+                on_bad_record=stage_io.on_bad_record,
+                where=lambda: ctx.where,  # the file and line of the record the reader handed out last
+            ),
         )
     o.print_summary(result, io.quiet)
 

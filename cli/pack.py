@@ -69,8 +69,9 @@ def pack_command(
         typer.Option(
             "--overlong",
             case_sensitive=False,
-            help="An example longer than --max-len: drop it (to --rejects, reason overlong), truncate it to "
-            "--max-len, or split it into --max-len pieces (pieces without loss tokens are dropped).",
+            help="An example longer than --max-len: drop it (to --rejects, reason overlong; one far too long "
+            "in characters is dropped without tokenizing), truncate it to --max-len, or split it into "
+            "--max-len pieces (pieces without loss tokens are dropped).",
             rich_help_panel=PACK_PANEL,
         ),
     ] = Overlong.drop,

@@ -104,7 +104,8 @@ def score_command(
     Strict extraction (only an answer the model marked: \\boxed{}, '#### X', 'The answer is X', a bare
     answer) and lenient extraction (falls back to the last number / option / line) are reported side
     by side; accuracy is the lenient one. A record without 'samples' is scored on its 'response'.
-    A record with an unknown task or no gold answer stops the run (--on-bad-record skip rejects it).
+    A record with an unknown task, no gold answer or a field of the wrong type (samples not a list) stops
+    the run with exit 65 naming its file and line (--on-bad-record skip rejects it).
     Re-running with the same -o FILE resumes. With --compare, the RUN arguments are the runs to
     compare (FILE or NAME=FILE, scored or not; the first is the baseline) and no records are written.
     The report (accuracy with 95% Wilson interval per task and subtask, unextracted and timed-out
@@ -118,6 +119,7 @@ def score_command(
 
     from codeplan_tools import report as reporting
     from codeplan_tools.errors import UsageError
+    from codeplan_tools.outputs import check_writable
     from codeplan_tools.score import ScoreConfig, load_run, run_names, score_records
     from codeplan_tools.stage import run_stage
     from codeplan_tools.streams import read_records
@@ -125,6 +127,8 @@ def score_command(
     for path in report or []:
         if not path.endswith((".json", ".md")):
             raise UsageError(f"--report {path}: use a name ending in .json or .md")
+        check_writable(path, "--report")  # before the run, not after it
+    check_writable(plot, "--plot")
     config = ScoreConfig(task=task, timeout=timeout, workers=workers)
 
     if compare:
@@ -134,7 +138,7 @@ def score_command(
             raise UsageError(
                 "--compare needs at least two runs: codeplan score --compare A.jsonl.zst B.jsonl.zst"
             )
-        reports = [load_run(path, name, config) for name, path in run_names(runs)]
+        reports = [load_run(path, name, config, io.on_bad_record.value) for name, path in run_names(runs)]
         comparison = reporting.compare(reports, average_over.value)
         if not io.quiet:
             print(reporting.format_comparison(comparison), file=sys.stderr)
@@ -150,9 +154,13 @@ def score_command(
     collected = reporting.build_report([], name)
 
     def transform(records, ctx):
-        # Unscorable records (unknown task, no gold) stop the run unless --on-bad-record skip.
+        # Unscorable records (unknown task, no gold, wrong types) stop the run (exit 65, file:line)
+        # unless --on-bad-record skip; where() is the file and line of the record the reader handed out.
         reject = ctx.reject if io.on_bad_record.value == "skip" else None
-        for record in score_records(records, config, ctx.stats, reject=reject, stamp=ctx.stamp):
+        scored = score_records(
+            records, config, ctx.stats, reject=reject, stamp=ctx.stamp, where=lambda: ctx.where
+        )
+        for record in scored:
             collected.add(record)
             yield record
 

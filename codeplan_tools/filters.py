@@ -9,6 +9,16 @@ rule, counts, annotates and routes: a rejected record goes to ``--rejects`` with
 ``--stats`` also describes what passed: mean / median / 95th-percentile word lengths of prompt,
 plan and response (the paper reports means of 36.2 / 45.7 / 134.7 words) and the share of plans
 that use functions, conditions and loops.
+
+Field types. A field a rule reads, or that the filter writes into, must have the JSON type the rule
+expects: ``meta`` and ``meta.extract`` an object (or absent/null), ``response`` a string (or
+absent/null), ``meta.extract.finish_reason`` a string (``terminated``), ``meta.extract.tokens_out`` an
+integer (``length`` with ``--max-plan-tokens``). ``prompt`` and ``plan`` are required strings, checked
+by the reader. A record with another type is a *bad record*, not a rule failure: ``check_record``
+raises :class:`WrongType` naming the field and its type (``meta.extract is a string, not an
+object``), and the stage stops with exit 65 and ``file:line`` or, with ``--on-bad-record skip``,
+rejects it with ``bad-record: <reason>`` and counts ``bad_records``. The checks are a few ``type()``
+tests on lookups the rules make anyway, so they cost nothing measurable.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import BadRecord
+from .records import InvalidRecord, dumps
 from .stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
@@ -55,6 +67,43 @@ def _count(text: str, table: bytes) -> int:
     """Number of tokens of ASCII ``text`` between the separators of ``table``."""
     marks = text.encode("ascii").translate(table)
     return marks.count(b" a") + marks.startswith(b"a")
+
+
+class WrongType(InvalidRecord):
+    """A field has a JSON type its reader cannot use. An ``InvalidRecord``, so every reader of records
+    (the stage's and the parallel filter's workers) sends it down the bad-record path with its line."""
+
+    def __init__(self, field: str, value: object, expected: str):
+        super().__init__(f"{field} is {json_type(value)}, not {expected}")
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_type(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages: ``an object``, ``a list``, ``a string``, ..."""
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+_NO_META: dict = {}
+
+
+def _extract_meta(record: dict) -> dict:
+    """``meta.extract`` ({} when absent or null); ``check_record`` has checked that ``meta`` is an object."""
+    meta = record.get("meta")
+    extract = meta.get("extract") if meta is not None else None
+    if extract is None:
+        return {}
+    if type(extract) is not dict:
+        raise WrongType("meta.extract", extract, "an object")
+    return extract
 
 
 @dataclass
@@ -92,9 +141,14 @@ def _plan_lines(plan: str) -> list[str]:
 
 def terminated(record: dict, config: FilterConfig) -> str | None:
     """Reject plans whose generation stopped at the token limit (meta.extract.finish_reason 'length'), as in the paper."""
-    finish = ((record.get("meta") or {}).get("extract") or {}).get("finish_reason")
+    extract = (record.get("meta") or _NO_META).get("extract")  # check_record: meta is an object or null
+    if extract.__class__ is not dict:  # (spelled out: this rule runs on every record)
+        extract = _extract_meta(record)
+    finish = extract.get("finish_reason")
     if finish == "length":
         return "terminated: generation hit the token limit"
+    if finish is not None and finish.__class__ is not str:
+        raise WrongType("meta.extract.finish_reason", finish, "a string")
     return None
 
 
@@ -120,8 +174,10 @@ def length(record: dict, config: FilterConfig) -> str | None:
     if n > config.max_plan_words:
         return f"length: {n} words > {config.max_plan_words}"
     if config.max_plan_tokens is not None:
-        tokens = ((record.get("meta") or {}).get("extract") or {}).get("tokens_out")
-        if isinstance(tokens, int) and tokens > config.max_plan_tokens:
+        tokens = _extract_meta(record).get("tokens_out")
+        if tokens is not None and type(tokens) is not int:
+            raise WrongType("meta.extract.tokens_out", tokens, "an integer")
+        if tokens is not None and tokens > config.max_plan_tokens:
             return f"length: {tokens} tokens > {config.max_plan_tokens}"
     return None
 
@@ -168,6 +224,10 @@ def no_leak(record: dict, config: FilterConfig) -> str | None:
     """Reject plans that copy the response wholesale: at least --leak-max-overlap of the response's word n-grams (--leak-ngram) appear in the plan."""
     response = record.get("response")
     n = config.leak_ngram
+    if response.__class__ is not str:
+        if response is None:
+            return None
+        raise WrongType("response", response, "a string")
     if not response:
         return None
     plan = record.get("plan") or ""
@@ -251,7 +311,14 @@ def required_fields(config: FilterConfig) -> tuple[str, ...]:
 
 def check_record(record: dict, config: FilterConfig, checks: list[Callable]) -> list[str] | None:
     """Reasons from the failing rules (``checks``: their functions, in order): all of them with
-    --annotate, else the first; None when every rule passed."""
+    --annotate, else the first; None when every rule passed.
+
+    Raises :class:`WrongType` for a field of the wrong type (see the module docstring): ``meta``
+    always (the filter writes ``meta.filter`` into it), the others where a rule reads them.
+    """
+    meta = record.get("meta")
+    if meta.__class__ is not dict and meta is not None:
+        raise WrongType("meta", meta, "an object")
     reasons = None
     for check in checks:
         reason = check(record, config)
@@ -330,19 +397,76 @@ class LengthProfile:
         return out
 
 
-def filter_records(records: Iterable[dict], config: FilterConfig, stats: Stats, reject) -> Iterator[dict]:
-    """Yield kept records (all records with ``annotate``); ``reject(record, reason)`` takes the rest."""
+def take_batches(records: Iterable[dict], size: int) -> Iterator[list]:
+    """Lists of up to ``size`` items of ``records``, in order. When reading ``records`` raises (a bad
+    line in fail mode, a damaged file), the items taken so far come out first and the error is raised
+    when the next list is asked for: a stage that works in batches (score's chunks, pack's window)
+    writes what it read before it fails. (``Exception`` only: Ctrl-C and SIGTERM stop at once.)"""
+    batch: list = []
+    items = iter(records)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:
+            if batch:
+                yield batch
+            raise exc
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def bad_record(
+    record: dict, reason: str, where: tuple, *, fail: bool, stats: Stats, reject: Callable
+) -> None:
+    """A parsed record a stage cannot use (a field of the wrong type), handled as the reader handles a
+    malformed line: ``BadRecord`` naming ``where`` (file, line) when ``fail``; else counted in
+    ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``, its file
+    and line. ``where`` may carry the line as read (bytes) third; else the record is written as read."""
+    name, lineno, *raw = where
+    if fail:
+        raise BadRecord(name, lineno, reason)
+    stats.inc("bad_records")
+    line = raw[0].decode("utf-8", "replace") if raw and raw[0] is not None else dumps(record).decode()
+    reject({"line": line}, f"bad-record: {reason}", file=name, line=lineno)
+
+
+def filter_records(
+    records: Iterable[dict],
+    config: FilterConfig,
+    stats: Stats,
+    reject,
+    *,
+    on_bad_record: str = "fail",
+    where: Callable[[], tuple | None] | None = None,
+) -> Iterator[dict]:
+    """Yield kept records (all records with ``annotate``); ``reject(record, reason)`` takes the rest.
+
+    A record with a field of the wrong type goes to :func:`bad_record` (``on_bad_record``: fail or
+    skip); ``where()`` gives the file and line (and the line itself) of the record last read (the
+    stage's reader), else the record's position in ``records`` is given as ``<records>:N``.
+    """
     unknown = set(config.enabled) - set(RULES)
     if unknown:
         raise ValueError(f"unknown filter rules: {sorted(unknown)}")
     checks = [r.check for name, r in RULES.items() if name in config.enabled]
-    annotate = config.annotate
+    annotate, fail = config.annotate, on_bad_record == "fail"
     profile = LengthProfile()
     add, profile_on = profile.add_measured, config.profile
     kept = 0  # counted here and added once: stats.inc per record costs more than a rule
     try:
-        for record in records:
-            reasons = check_record(record, config, checks)
+        for index, record in enumerate(records, 1):
+            try:
+                reasons = check_record(record, config, checks)
+            except WrongType as exc:
+                position = (where and where()) or ("<records>", index)
+                bad_record(record, str(exc), position, fail=fail, stats=stats, reject=reject)
+                continue
             meta = record.get("meta")
             if not isinstance(meta, dict):
                 record["meta"] = meta = {}

@@ -17,6 +17,22 @@ Over-long examples (more than ``--max-len`` tokens), ``--overlong``:
 loss tokens are dropped). Rows the format cannot render reversibly go to rejects with the format's
 reason (e.g. ``plan-contains-separator``).
 
+Huge rows are handled by their length in characters first: a rendering longer than ``max_chars`` =
+``max_len`` x :func:`chars_per_token_bound` (4 x the tokenizer's longest token: 512 characters per
+token for Llama-3, 1 Mi characters at ``--max-len 2048``) holds more than ``max_len`` tokens, so
+``drop`` rejects it without tokenizing (``overlong`` with ``chars`` instead of ``tokens``: a 50 MB
+row costs milliseconds, not 45 s and 7 GB); ``truncate`` tokenizes only its first ``max_chars``
+characters (more than the tokens it keeps, which are therefore the same); ``split`` tokenizes all of
+it in pieces of ``max_chars`` characters cut before a space, so the tokenizer's memory stays bounded.
+
+Special-token strings in a record's text (a prompt that says ``<|user|>`` or ``<s>``) stay text:
+they become ordinary tokens, not control tokens, while the template's own role and end tokens stay
+special (:class:`RecordTokenizer`, whose ``prompt_ids`` is what ``generate`` must condition on to see
+the same tokens). Records without such strings are tokenized exactly as before (batched, same ids).
+
+When reading the input fails part-way (a bad line in fail mode, a damaged file), the records read so
+far are packed and written before the error.
+
 A pack is one JSON record::
 
     {"id", "input_ids", "labels" (-100 = no loss), "position_ids" (restart at 0 per example),
@@ -41,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -133,17 +150,24 @@ def tokenizer_fingerprint(model: str | os.PathLike, tokenizer=None) -> str:
 
 
 def check_model_path(model: str) -> None:
-    """A name that is clearly a local path must exist (else transformers would try the Hub, with retries)."""
-    text = str(model)
-    if not Path(text).exists() and (text.startswith(("/", ".", "~")) or text.count("/") > 1):
-        raise UsageError(f"--model {text}: no such folder")
+    """``--model`` must be a local folder with a tokenizer, or a hub id that is cached or exists on a
+    reachable hub: otherwise one line and exit 66 at once, instead of transformers' hub retries
+    (see :mod:`codeplan_tools.engines.model_files`)."""
+    from .engines.model_files import resolve_model
+
+    resolve_model(str(model), need="tokenizer")
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """The tokenizer of ``--model``: a missing folder or tokenizer -> 66, remote code refused -> 77."""
     from transformers import AutoTokenizer
 
-    check_model_path(model)
-    return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    from .engines.model_files import loading, refuse_remote_code, resolve_model
+
+    found = resolve_model(str(model), need="tokenizer")
+    refuse_remote_code(found, trust_remote_code)
+    with loading(found):
+        return AutoTokenizer.from_pretrained(found.path, trust_remote_code=trust_remote_code)
 
 
 def make_fingerprint(config: PackConfig, tokenizer_hash: str, fmt) -> dict:
@@ -176,6 +200,188 @@ def read_fingerprint(path: str) -> dict | None:
 # Tokenization
 
 
+def chars_per_token_bound(tokenizer) -> int:
+    """Most characters of text one token can stand for, with room to spare: 4 x the longest token.
+
+    A token covers at most its own length of (normalised) text; the factor 4 leaves room for
+    normalisers that shrink text (NFC composes at most 3 code points into one). So a rendering longer
+    than ``max_len`` times this holds more than ``max_len`` tokens (``pack``'s ``max_chars``). For
+    Llama-3 and Qwen2.5 (longest token 128 characters) that is 512 characters per token: 1 Mi
+    characters at ``--max-len 2048``.
+    """
+    vocab = tokenizer.get_vocab()
+    return 4 * max((len(t) for t in vocab), default=1)
+
+
+# Sentinels standing for the record's texts when a format's layout is rendered (invisible separators).
+_CONTENT = tuple(f"\u2063CODEPLAN_CONTENT_{i}\u2063" for i in range(2))
+
+
+class RecordTokenizer:
+    """Token ids of a format's rendering of a record, in which the record's own text stays text.
+
+    A prompt, plan or response may contain the string of a special token of the tokenizer
+    (``<|user|>``, ``<s>``, ``<|eot_id|>``); tokenized as usual it would become that control token,
+    e.g. a real role token in the middle of a training example. For a record whose text holds such a
+    string, the rendering is cut at the template's own special tokens only (where the tokenizer cuts
+    it anyway), which stay special; the stretches between them are tokenized with
+    ``split_special_tokens=True``, so the string inside the record's text becomes ordinary tokens,
+    in its context. A record without such a
+    string takes the ordinary path: its ids are exactly ``tokenizer(text)``'s. "Special" means the
+    tokens the tokenizer marks special; non-special added tokens (Qwen's ``<tool_call>``) are
+    vocabulary and tokenized as always. Where the record's text sits in the rendering is found by
+    rendering the format once with placeholders; a template that does not embed the text
+    verbatim (and a record that needs it) gives ``None`` (pack rejects it: ``special-token-text``).
+
+    ``pack`` uses :meth:`prompt_ids` and :meth:`target_ids`; ``generate`` must use
+    :meth:`prompt_ids` for the prompts of a format, so training and inference see the same tokens.
+    """
+
+    def __init__(self, tokenizer, fmt):
+        self.tokenizer, self.format = tokenizer, fmt
+        self.bos = getattr(tokenizer, "bos_token", None)
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        specials = {t.content for t in decoder.values() if getattr(t, "special", False)}
+        specials |= set(getattr(tokenizer, "all_special_tokens", []) or [])
+        # Longest first, so that the longest special string at a position is the one cut out.
+        names = sorted((t for t in specials if t), key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, names))) if names else None
+        # What add_special_tokens=True puts around a text (BOS, sometimes EOS), added around the pieces.
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
+        self._prefix, self._suffix = full[:at], full[at + len(plain) :]
+        self._layouts: dict[str, list[str] | None] = {}
+
+    def holds_special(self, *texts: str | None) -> bool:
+        """Whether any of ``texts`` contains a special-token string."""
+        search = self._special.search if self._special is not None else None
+        return search is not None and any(t and search(t) for t in texts)
+
+    def prompt_ids(
+        self, prompt: str, text: str | None = None, *, cut: int | None = None, piece: int | None = None
+    ) -> list[int] | None:
+        """Ids of the prompt text (``text``: the format's rendering of ``prompt``, if already made).
+
+        BOS as ``generate`` conditions on it: the tokenizer's special tokens, unless the text already
+        starts with the BOS (a chat template that writes it). ``cut``: keep only the first ``cut``
+        characters; ``piece``: tokenize in pieces of at most that many characters (see
+        :meth:`ids`). None when the record's text holds a special-token string and cannot be
+        located in the rendering.
+        """
+        if text is None:
+            text = self.format.prompt_text(self.tokenizer, prompt)
+        spans = self._spans("prompt", text, (prompt,)) if self.holds_special(prompt) else []
+        if spans is None:
+            return None
+        add = not (self.bos and text.startswith(self.bos))
+        return self.ids(text[:cut] if cut else text, spans, add, piece=piece)
+
+    def target_ids(
+        self,
+        plan: str | None,
+        response: str,
+        text: str | None = None,
+        *,
+        cut: int | None = None,
+        piece: int | None = None,
+    ) -> list[int] | None:
+        """Ids of the target text (never with the tokenizer's special tokens: its end marker is in the
+        text); like :meth:`prompt_ids`."""
+        if text is None:
+            text = self.format.target_text(plan, response)
+        contents = (plan, response) if self.format.needs_plan else (response,)
+        spans = self._spans("target", text, contents) if self.holds_special(*contents) else []
+        if spans is None:
+            return None
+        return self.ids(text[:cut] if cut else text, spans, False, piece=piece)
+
+    def ids(
+        self, text: str, spans: list[tuple[int, int]], add_special_tokens: bool, piece: int | None = None
+    ) -> list[int]:
+        """Ids of ``text`` with the special-token strings inside ``spans`` tokenized as plain text.
+
+        ``text`` is cut at the special-token strings outside ``spans`` (the template's), each of which
+        gives its token; the stretches between them, where the tokenizer would cut anyway, are
+        tokenized with ``split_special_tokens=True``. ``piece``: a stretch longer than this is
+        tokenized in pieces of at most ``piece`` characters, each cut just before a space (words stay
+        whole), so the tokenizer never holds more than that at once; only the tokens at those cuts
+        can differ from tokenizing it whole.
+        """
+        if not spans and (piece is None or len(text) <= piece):
+            return self._encode(text, add_special_tokens, False)
+        out: list[int] = []
+        pos = 0
+
+        def stretch(end: int) -> None:
+            for chunk in _pieces(text[pos:end], piece):
+                out.extend(self._encode(chunk, False, True))
+
+        for match in self._special.finditer(text) if self._special is not None else ():
+            start, stop = match.span()
+            if any(s <= start and stop <= e for s, e in spans):
+                continue  # the record's own text: stays in its stretch, as text
+            stretch(start)
+            out.extend(self._encode(text[start:stop], False, False))
+            pos = stop
+        stretch(len(text))
+        return self._prefix + out + self._suffix if add_special_tokens else out
+
+    def _encode(self, text: str, add_special_tokens: bool, as_text: bool) -> list[int]:
+        if not text:
+            return []
+        encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=as_text)
+        return list(encoded["input_ids"])
+
+    def _spans(self, part: str, text: str, contents: tuple[str | None, ...]) -> list[tuple[int, int]] | None:
+        """Where ``contents`` (the record's texts, in order) sit in ``text``, the rendering of ``part``
+        (prompt or target); None unless the rendering is the format's layout with them put in."""
+        if part not in self._layouts:
+            if part == "prompt":
+                layout = self.format.prompt_text(self.tokenizer, _CONTENT[0])
+            elif self.format.needs_plan:
+                layout = self.format.target_text(*_CONTENT)
+            else:
+                layout = self.format.target_text(None, _CONTENT[1])
+            pieces = re.split("|".join(_CONTENT), layout)
+            self._layouts[part] = pieces if len(pieces) == len(contents) + 1 else None
+        layout = self._layouts[part]
+        if layout is None or not text.startswith(layout[0]):
+            return None
+        spans, pos = [], len(layout[0])
+        for content, after in zip(contents, layout[1:], strict=True):
+            content = content or ""
+            if text[pos : pos + len(content)] != content:
+                return None
+            spans.append((pos, pos + len(content)))
+            pos += len(content)
+            if text[pos : pos + len(after)] != after:
+                return None
+            pos += len(after)
+        return spans if pos == len(text) else None
+
+
+def _pieces(text: str, size: int | None) -> Iterator[str]:
+    """``text`` in pieces of at most ``size`` characters, each cut just before a space when there is one
+    in its second half (BPE pre-tokenizers start a word with its space)."""
+    start = 0
+    while size is not None and len(text) - start > size:
+        stop = text.rfind(" ", start + size // 2, start + size)
+        if stop <= start:
+            stop = start + size
+        yield text[start:stop]
+        start = stop
+    if start < len(text):
+        yield text[start:]
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """A rendered example with more characters than ``max_len`` tokens can hold (dropped untokenized)."""
+
+    chars: int
+
+
 class Encoder:
     """Renders records through the format and tokenizes prompt and target."""
 
@@ -186,6 +392,8 @@ class Encoder:
         self.tokenizer = tokenizer or load_tokenizer(config.model, config.trust_remote_code)
         self.format = get_format(config.format, self.tokenizer, chat=config.chat)
         self.bos = getattr(self.tokenizer, "bos_token", None)
+        self.records = RecordTokenizer(self.tokenizer, self.format)
+        self.max_chars = config.max_len * chars_per_token_bound(self.tokenizer)
 
     def _ids(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         """Token ids of ``texts``, as ``tokenizer(texts)`` gives them.
@@ -203,16 +411,26 @@ class Encoder:
             return [e.ids for e in fn(texts, add_special_tokens=add_special_tokens)]
         return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def encode(self, items: list[tuple[str, str | None, str]]) -> list[tuple[np.ndarray, int] | str]:
-        """For each (prompt, plan, response): (token ids, number of prompt tokens), or a reject reason."""
-        out: list[tuple[np.ndarray, int] | str] = []
+    def encode(
+        self, items: list[tuple[str, str | None, str]]
+    ) -> list[tuple[np.ndarray, int] | str | TooLong]:
+        """For each (prompt, plan, response): (token ids, number of prompt tokens), a reject reason, or
+        ``TooLong`` (more characters than ``max_len`` tokens can hold, with ``--overlong drop``).
+
+        Ordinary records are tokenized in batches; those longer than ``max_chars`` or whose text holds
+        a special-token string one by one (:meth:`_encode_one`)."""
+        out: list[tuple[np.ndarray, int] | str | TooLong] = []
         prompts, targets, where = [], [], []
+        holds_special = self.records.holds_special
         for prompt, plan, response in items:
             reason = self.format.unparseable_reason(plan, response)
             if reason:
                 out.append(reason)
                 continue
             p, t = self.format.render(self.tokenizer, prompt, plan, response)
+            if len(p) + len(t) > self.max_chars or holds_special(prompt, plan, response):
+                out.append(self._encode_one(prompt, plan, response, p, t))
+                continue
             where.append(len(out))
             out.append("")
             prompts.append(p)
@@ -231,6 +449,29 @@ class Encoder:
         for k, (p_ids, t_ids) in enumerate(zip(prompt_ids, target_ids, strict=True)):
             out[where[k]] = (np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids))
         return out
+
+    def _encode_one(
+        self, prompt: str, plan: str | None, response: str, p: str, t: str
+    ) -> tuple[np.ndarray, int] | str | TooLong:
+        """One record whose text holds a special-token string, or whose rendering is longer than
+        ``max_chars`` (it cannot fit in ``max_len`` tokens): ``drop`` rejects it before tokenizing;
+        ``truncate`` keeps only the first ``max_chars`` characters of prompt and target (more than
+        the ``max_len`` tokens it keeps, so those tokens are the same); ``split`` keeps everything and
+        tokenizes it in pieces of ``max_chars`` characters, so memory stays bounded."""
+        cut = piece = None
+        chars = len(p) + len(t)
+        if chars > self.max_chars:
+            if self.config.overlong == "drop":
+                return TooLong(chars)
+            if self.config.overlong == "truncate":
+                cut = self.max_chars
+            else:
+                piece = self.max_chars
+        p_ids = self.records.prompt_ids(prompt, p, cut=cut, piece=piece)
+        t_ids = self.records.target_ids(plan, response, t, cut=cut, piece=piece)
+        if p_ids is None or t_ids is None:
+            return "special-token-text"
+        return np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids)
 
 
 _WORKER: Encoder | None = None
@@ -366,11 +607,10 @@ class Packer:
         if n <= cfg.max_len:
             pieces = [(record["id"], ids, labels)]
         else:
-            stats.inc("overlong")
             if cfg.overlong == "drop":
-                stats.inc("overlong_dropped")
-                self.reject(record, "overlong", tokens=n, max_len=cfg.max_len)
+                self._drop_overlong(record, tokens=n)
                 return []
+            stats.inc("overlong")
             if cfg.overlong == "truncate":
                 stats.inc("overlong_truncated")
                 pieces = [(record["id"], ids[: cfg.max_len], labels[: cfg.max_len])]
@@ -387,6 +627,13 @@ class Packer:
         if not kept:
             self.reject(record, "no-loss-tokens", tokens=n, max_len=cfg.max_len)
         return kept
+
+    def _drop_overlong(self, record: dict, **size) -> None:
+        """``--overlong drop``: count it and reject it (``size``: its tokens, or characters if it was
+        too long to tokenize)."""
+        self.stats.inc("overlong")
+        self.stats.inc("overlong_dropped")
+        self.reject(record, "overlong", max_len=self.config.max_len, **size)
 
     # -- packing -------------------------------------------------------------------------------
     def _packs(self, examples: list[_Example]) -> Iterator[dict]:
@@ -422,18 +669,19 @@ class Packer:
             if isinstance(res, str):
                 self.reject(record, res)
                 continue
+            if isinstance(res, TooLong):
+                self._drop_overlong(record, chars=res.chars)
+                continue
             examples.extend(self._examples(record, *res))
         yield from self._packs(examples)
 
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
-        window: list[dict] = []
+        """Packs of ``records``, window by window. When reading ``records`` fails, the window read so far
+        is packed and yielded before the error is raised (``take_batches``), so nothing read is lost."""
+        from .filters import take_batches
+
         try:
-            for record in records:
-                window.append(record)
-                if len(window) >= self.config.buffer:
-                    yield from self._window(window)
-                    window = []
-            if window:
+            for window in take_batches(records, self.config.buffer):
                 yield from self._window(window)
         finally:
             self.close()

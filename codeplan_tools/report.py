@@ -20,6 +20,10 @@ any scored file without the task registry.
   bootstrap of the mean difference (2,000 resamples, seed 0).
 
 Writers: ``format_table`` (stderr), ``write_json``, ``write_markdown``, ``plot_runs`` (PNG).
+
+A scored record read back (a run given to ``--compare``) is checked first: ``score_type_error`` names
+a field of ``meta.score`` whose JSON type the report cannot use, so a hand-edited file gives a bad
+record with its line rather than a crash.
 """
 
 from __future__ import annotations
@@ -206,6 +210,44 @@ class TaskRows:
     subtasks: dict[str, dict[str, Cell]] = field(default_factory=dict)
     # id -> (accuracy, n samples), for paired tests between runs.
     per_record: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+# The fields of ``meta.score`` a report reads and the JSON types they may have (or be absent/null).
+_NUMBER, _INTEGER = (int, float), (int,)
+_SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "task": ((str,), "a string"),
+    "group": ((str,), "a string"),
+    "difficulty": ((str,), "a string"),
+    "subtasks": ((dict,), "an object"),
+    "n": (_INTEGER, "an integer"),
+    "accuracy": (_NUMBER, "a number"),
+    "accuracy_strict": (_NUMBER, "a number"),
+    "unextracted": (_INTEGER, "an integer"),
+    "unextracted_strict": (_INTEGER, "an integer"),
+    "timed_out": (_INTEGER, "an integer"),
+    "pass@k": ((dict,), "an object"),
+    "maj@k": ((dict,), "an object"),
+    "f1": (_NUMBER, "a number"),
+    "instructions": (_INTEGER, "an integer"),
+    "instructions_strict": (_INTEGER, "an integer"),
+    "instructions_loose": (_INTEGER, "an integer"),
+}
+
+
+def score_type_error(score: Mapping) -> str | None:
+    """Why ``meta.score`` (a scored record read back, e.g. a run given to ``--compare``) cannot be
+    reported: the first field of the wrong type, named with its type; None when it can."""
+    from .filters import json_type
+
+    for key, (types, expected) in _SCORE_FIELDS.items():
+        value = score.get(key)
+        if value is not None and type(value) not in types:
+            return f"meta.score.{key} is {json_type(value)}, not {expected}"
+    for key in ("pass@k", "maj@k"):
+        for k, value in (score.get(key) or {}).items():
+            if not k.isdigit() or type(value) not in (int, float, bool):
+                return f"meta.score.{key} must map k (digits) to numbers, not {k!r}: {json_type(value)}"
+    return None
 
 
 @dataclass

@@ -18,9 +18,25 @@
    single sample's verdict, or with several samples whether the majority answer is right (a tie is no
    majority). ``subtasks`` and ``difficulty`` carry what the report splits by.
 
-Records whose task is unknown or that have no usable gold answer are handed to ``reject`` (reasons
-``unknown-task`` and ``no-gold``) when one is given (``--on-bad-record skip``), else ``UsageError`` is
-raised naming the record.
+Unscorable records. A record whose ``task`` is unknown or that has no usable gold answer (reasons
+``unknown-task`` and ``no-gold``; an ``answer`` of the wrong type is ``no-gold`` naming its type) is
+handed to ``reject`` with its file and line when one is given (``--on-bad-record skip``). A record
+whose ``meta``, ``task``, ``samples`` (or ``response`` when there are no samples) has the wrong JSON
+type is a bad record: rejected like a malformed line (``{"line": ...}``, reason ``bad-record:
+samples is an object, not a list``, counted in ``bad_records``); a sample must be an object or a
+string, its ``response`` and ``text`` strings. A wrong-typed ``samples`` is never replaced by the
+gold ``response``. Without ``reject`` the run stops with ``BadRecord`` (exit 65, ``file:line:
+reason``), after the records before it in its chunk are scored and yielded.
+
+Positions come from ``where()``, the file and line of the record the stage's reader handed out last;
+without it a record is named by its place in ``records`` (``<records>:N``). When reading ``records``
+fails, the records already taken are scored and yielded before the error is raised
+(:func:`codeplan_tools.filters.take_batches`), so nothing read is lost.
+
+``load_run`` (the runs of ``--compare``) reads the same way: a malformed line, or a scored record
+whose ``meta.score`` has a field of the wrong type, stops with exit 65 and ``file:line`` (with
+``--on-bad-record skip``: left out); what is left out, unscorable records included, is counted in
+the report's ``unscored_records`` and named on stderr with its file and line (the first 20).
 """
 
 from __future__ import annotations
@@ -31,12 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .records import normalize, set_meta
-from .report import RunReport, default_ks, maj_at_k, pass_at_k
+from .errors import BadRecord, UsageError
+from .filters import WrongType, bad_record, take_batches
+from .records import InvalidRecord, normalize, parse_record, set_meta
+from .report import RunReport, default_ks, maj_at_k, pass_at_k, score_type_error
 from .scorers import NoGold, Scorer, Verdict, get_scorer
 from .stats import Stats
 from .tasks import Task, resolve_task
+
+# (file, line) of a record, and the line itself when the reader gives it (see filters.bad_record).
+Where = tuple
 
 SCORE_VERSION = 1  # bump when verdicts of the same input could change; part of the resume key
 
@@ -68,25 +88,34 @@ class ScoreConfig:
 
 
 def sample_texts(record: Mapping) -> tuple[list[str | None], str]:
-    """The texts to check and where they came from (``samples`` or ``response``)."""
+    """The texts to check and where they came from (``samples`` or ``response``).
+
+    Raises :class:`WrongType` when ``samples`` (or ``response``, scored when there are no samples)
+    has a type that cannot be scored: a wrong type is a bad record, never a fallback to ``response``.
+    """
     samples = record.get("samples")
-    if isinstance(samples, list):
-        return ([_sample_text(s) for s in samples] or [None]), "samples"
-    response = record.get("response")
-    return [response if isinstance(response, str) else None], "response"
+    if samples is None:
+        response = record.get("response")
+        if response is not None and type(response) is not str:
+            raise WrongType("response", response, "a string")
+        return [response], "response"
+    if type(samples) is not list:
+        raise WrongType("samples", samples, "a list")
+    return ([_sample_text(s, j) for j, s in enumerate(samples)] or [None]), "samples"
 
 
-def _sample_text(sample: Any) -> str | None:
-    if isinstance(sample, str):
+def _sample_text(sample: Any, j: int) -> str | None:
+    if type(sample) is str:
         return sample
-    if not isinstance(sample, dict):
-        return None
+    if type(sample) is not dict:
+        raise WrongType(f"samples[{j}]", sample, "an object or a string")
     response, text = sample.get("response"), sample.get("text")
-    if isinstance(response, str) and response.strip():
+    for name, value in (("response", response), ("text", text)):
+        if value is not None and type(value) is not str:
+            raise WrongType(f"samples[{j}].{name}", value, "a string")
+    if response is not None and response.strip():
         return response
-    if isinstance(text, str):
-        return text
-    return response if isinstance(response, str) else None
+    return text if text is not None else response
 
 
 class _Scorers:
@@ -114,44 +143,71 @@ def score_records(
     stats: Stats,
     reject: Callable[..., None] | None = None,
     stamp: Callable[[dict, dict], dict] | None = None,
+    where: Callable[[], Where | None] | None = None,
 ) -> Iterator[dict]:
     """Yield each record with ``meta.score`` (see the module docstring); ``stamp(record, values)`` sets it
-    (``StageContext.stamp`` adds the resume key), ``reject(record, reason)`` takes unscorable records."""
+    (``StageContext.stamp`` adds the resume key), ``reject(record, reason, **details)`` takes unscorable
+    records (else they raise ``BadRecord``), ``where()`` gives the file and line of the record last read."""
     scorers = _Scorers(config)
+
+    def positioned() -> Iterator[tuple[dict, Where]]:
+        for index, record in enumerate(records, 1):
+            yield record, (where and where()) or ("<records>", index)
+
     try:
-        chunk: list[dict] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= config.chunk_size:
-                yield from _score_chunk(chunk, config, stats, scorers, reject, stamp)
-                chunk = []
-        if chunk:
+        for chunk in take_batches(positioned(), config.chunk_size):
             yield from _score_chunk(chunk, config, stats, scorers, reject, stamp)
     finally:
         scorers.close()
 
 
-def _score_chunk(chunk, config, stats, scorers, reject, stamp) -> Iterator[dict]:
+class _Unscorable(Exception):
+    """Why a record cannot be scored: ``code`` is the reject reason, ``detail`` the message."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> tuple[Task, Scorer, list[str | None], str]:
+    """The task, scorer and texts of one record, or ``_Unscorable``."""
+    try:
+        meta, own_task = record.get("meta"), record.get("task")
+        if meta is not None and type(meta) is not dict:  # meta.score is written into it
+            raise WrongType("meta", meta, "an object")
+        if own_task is not None and type(own_task) is not str:
+            raise WrongType("task", own_task, "a string")
+        texts, source = sample_texts(record)
+    except WrongType as exc:
+        raise _Unscorable("bad-record", str(exc)) from None
+    try:
+        task = resolve_task(record, config.task)
+        scorer = scorers.get(task.scorer)
+        scorer.gold(record, task.scorer_options)
+    except UsageError as exc:
+        raise _Unscorable("unknown-task", str(exc)) from None
+    except NoGold as exc:
+        raise _Unscorable("no-gold", str(exc)) from None
+    return task, scorer, texts, source
+
+
+def _score_chunk(chunk: list[tuple[dict, Where]], config, stats, scorers, reject, stamp) -> Iterator[dict]:
     plans: list[tuple[dict, Task, Scorer, list[str | None], str] | None] = []
     batches: dict[str, list[tuple[int, int, tuple]]] = {}
-    for i, record in enumerate(chunk):
+    failure: BadRecord | None = None  # fail mode: raised once the records before it are yielded
+    for i, (record, where) in enumerate(chunk):
         try:
-            task = resolve_task(record, config.task)
-            scorer = scorers.get(task.scorer)
-            scorer.gold(record, task.scorer_options)
-        except UsageError as exc:
+            task, scorer, texts, source = _plan(record, config, scorers)
+        except _Unscorable as exc:
             if reject is None:
-                raise UsageError(f"record {record.get('id')}: {exc}") from exc
+                failure = BadRecord(where[0], where[1], exc.detail)
+                break
             plans.append(None)
-            reject(record, "unknown-task", detail=str(exc))
+            if exc.code == "bad-record":
+                bad_record(record, exc.detail, where, fail=False, stats=stats, reject=reject)
+            else:
+                reject(record, exc.code, detail=exc.detail, file=where[0], line=where[1])
             continue
-        except NoGold as exc:
-            if reject is None:
-                raise UsageError(f"record {record.get('id')}: {exc}") from exc
-            plans.append(None)
-            reject(record, "no-gold", detail=str(exc))
-            continue
-        texts, source = sample_texts(record)
         plans.append((record, task, scorer, texts, source))
         for j, text in enumerate(texts):
             batches.setdefault(task.scorer, []).append((i, j, (text, record, task.scorer_options)))
@@ -170,6 +226,8 @@ def _score_chunk(chunk, config, stats, scorers, reject, stamp) -> Iterator[dict]
         _count(stats, values)
         (stamp or _set_meta)(record, values)
         yield record
+    if failure is not None:
+        raise failure
 
 
 def _set_meta(record: dict, values: dict) -> dict:
@@ -267,28 +325,70 @@ def run_names(specs: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-def load_run(path: str, name: str, config: ScoreConfig) -> RunReport:
+def load_run(path: str, name: str, config: ScoreConfig, on_bad_record: str = "fail") -> RunReport:
     """The report of one run file: records that carry ``meta.score`` are taken as scored, the others are
-    scored now (unscorable ones are counted as ``unscored_records``)."""
-    from .streams import read_records
+    scored now. A malformed line stops with ``BadRecord`` (exit 65, ``file:line``) unless
+    ``on_bad_record`` is ``skip``; skipped lines and unscorable records are counted as
+    ``unscored_records`` and each is named on stderr (file, line and reason; the first 20)."""
+    from .streams import iter_lines
 
     if not os.path.exists(path):
         raise UsageError(f"run file not found: {path}")
     report = RunReport(name)
     stats = Stats("score")
+    warn = _Warnings(f"codeplan score: warning: {name}")
+    last_read: Where | None = None  # the file and line of the record unscored() handed out last
+
+    def bad_line(file: str, lineno: int, reason: str) -> None:
+        if on_bad_record == "fail":
+            raise BadRecord(file, lineno, reason)
+        report.unscored += 1
+        warn(f"{file}:{lineno}: bad-record: {reason} (left out)")
 
     def unscored() -> Iterator[dict]:
-        for record in read_records([path]):
-            score = (record.get("meta") or {}).get("score") if isinstance(record.get("meta"), dict) else None
+        nonlocal last_read
+        # Skip mode: damaged stretches of the file (a corrupt frame) are named and reading goes on.
+        on_damage = None if on_bad_record == "fail" else (lambda damage: warn(damage.message()))
+        for file, lineno, line in iter_lines([path], on_damage):
+            try:
+                record = parse_record(line)
+            except InvalidRecord as exc:
+                bad_line(file, lineno, str(exc))
+                continue
+            meta = record.get("meta")
+            score = meta.get("score") if isinstance(meta, dict) else None
             if isinstance(score, dict) and "task" in score:
-                report.add(record)
-            else:
-                normalize(record)
-                yield record
+                reason = score_type_error(score)
+                if reason is None:
+                    report.add(record)
+                else:
+                    bad_line(file, lineno, reason)
+                continue
+            normalize(record)
+            last_read = (file, lineno)
+            yield record
 
-    def count_reject(record: dict, reason: str, **details: Any) -> None:
+    def count_reject(record: dict, reason: str, file: str = "", line: int = 0, **details: Any) -> None:
         report.unscored += 1
+        detail = details.get("detail")
+        warn(f"{file}:{line}: {reason}{': ' + detail if detail else ''} (left out)")
 
-    for record in score_records(unscored(), config, stats, reject=count_reject):
+    for record in score_records(unscored(), config, stats, reject=count_reject, where=lambda: last_read):
         report.add(record)
     return report
+
+
+class _Warnings:
+    """Warnings on stderr, the first ``limit`` of them, then one line saying that more were left out."""
+
+    def __init__(self, prefix: str, limit: int = 20):
+        self.prefix, self.limit, self.count = prefix, limit, 0
+
+    def __call__(self, message: str) -> None:
+        import sys
+
+        self.count += 1
+        if self.count <= self.limit:
+            print(f"{self.prefix}: {message}", file=sys.stderr)
+        elif self.count == self.limit + 1:
+            print(f"{self.prefix}: more records were left out (not named)", file=sys.stderr)

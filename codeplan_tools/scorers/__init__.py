@@ -69,10 +69,7 @@ class Scorer:
 
     def gold(self, record: Mapping, options: Mapping) -> Any:
         """The parsed gold answer; raising ``NoGold`` marks the record unscorable."""
-        answer = record.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            raise NoGold("record has no gold 'answer'")
-        return answer
+        return gold_answer(record)
 
     def score(self, text: str | None, record: Mapping, options: Mapping) -> Verdict:
         raise NotImplementedError
@@ -86,6 +83,19 @@ class Scorer:
 
 class NoGold(ValueError):
     """The record has no usable gold answer for this scorer."""
+
+
+def gold_answer(record: Mapping, hint: str = "") -> str:
+    """The record's gold ``answer``, a non-blank string; else ``NoGold`` saying what is wrong (absent or
+    blank, or its JSON type: an ``answer`` that is a list is never read as its text)."""
+    from ..filters import json_type
+
+    answer = record.get("answer")
+    if type(answer) is str and answer.strip():
+        return answer
+    if answer is None or type(answer) is str:
+        raise NoGold(f"record has no gold 'answer'{hint}")
+    raise NoGold(f"'answer' is {json_type(answer)}, not a string")
 
 
 # name -> class; filled by register_scorer as family modules are imported.

@@ -20,7 +20,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from . import NoGold, Scorer, Verdict, answer_span, clean_span, last_line, register_scorer, strip_thinking
+from . import (
+    Scorer,
+    Verdict,
+    answer_span,
+    clean_span,
+    gold_answer,
+    last_line,
+    register_scorer,
+    strip_thinking,
+)
 
 _OPTS_AT = re.compile(r"(?:Answer Choices:|Options:)", re.I)
 _OPT = re.compile(r"\(([A-Z])\)\s*(.*?)(?=\s*\([A-Z]\)|\s*$)", re.S)
@@ -85,9 +94,7 @@ def lenient_letter(text: str | None, options: Mapping[str, str]) -> str | None:
 @register_scorer("choice")
 class ChoiceScorer(Scorer):
     def gold(self, record: Mapping, options: Mapping) -> tuple[str | None, str]:
-        answer = record.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            raise NoGold("record has no gold 'answer'")
+        answer = gold_answer(record)
         opts = options_of(record)
         letter = letter_of(answer, opts) if len(answer.strip()) <= 3 else None
         if letter is None:

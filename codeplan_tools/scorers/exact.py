@@ -22,6 +22,7 @@ from . import (
     Verdict,
     answer_span,
     clean_span,
+    gold_answer,
     last_line,
     register_scorer,
     strip_markdown,
@@ -65,9 +66,7 @@ class ExactScorer(Scorer):
         return tuple(options.get("labels") or self.default_labels)
 
     def gold(self, record: Mapping, options: Mapping) -> str:
-        answer = record.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            raise NoGold("record has no gold 'answer'")
+        answer = gold_answer(record)
         labels = self.labels(options)
         if labels:
             g = find_label(answer, labels, last=False)

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import NoGold, Scorer, Verdict, answer_span, register_scorer, strip_thinking
+from . import Scorer, Verdict, answer_span, gold_answer, register_scorer, strip_thinking
 
 STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify and report ready
 
@@ -242,10 +242,7 @@ class MathScorer(Scorer):
         return self._pool
 
     def gold(self, record: Mapping, options: Mapping) -> str:
-        answer = record.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            raise NoGold("record has no gold 'answer' (MATH: the solution's \\boxed{} is empty)")
-        return answer.strip()
+        return gold_answer(record, " (MATH: the solution's \\boxed{} is empty)").strip()
 
     def score(self, text: str | None, record: Mapping, options: Mapping) -> Verdict:
         return self.score_many([(text, record, options)])[0]

@@ -14,7 +14,16 @@ import re
 from collections.abc import Mapping
 from fractions import Fraction
 
-from . import NoGold, Scorer, Verdict, answer_span, register_scorer, strip_markdown, strip_thinking
+from . import (
+    NoGold,
+    Scorer,
+    Verdict,
+    answer_span,
+    gold_answer,
+    register_scorer,
+    strip_markdown,
+    strip_thinking,
+)
 
 _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"
 _TOKEN = re.compile(
@@ -120,7 +129,8 @@ def same_number(a: Fraction | None, b: Fraction | None, rel_tol: float = 1e-9) -
 class NumericScorer(Scorer):
     def gold(self, record: Mapping, options: Mapping) -> Fraction:
         answer = record.get("answer")
-        value = first_number(str(answer)) if answer is not None else None
+        # A JSON number is a gold answer too; other types are named by gold_answer.
+        value = first_number(str(answer) if type(answer) in (int, float) else gold_answer(record))
         if value is None:
             raise NoGold(f"gold answer {answer!r} is not a number")
         return value

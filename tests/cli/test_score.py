@@ -71,13 +71,16 @@ def test_samples_known_wrong_answers_and_forced_task(tmp_path):
 def test_unscorable_records_stop_the_run_unless_skipped(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "answer": "1", "response": "1"}])
     result = invoke(["score", "-i", str(path)])
-    assert result.exit_code == 2 and "record x" in result.stderr and "--task" in result.stderr
+    assert result.exit_code == 65 and f"{path}:1: record has no 'task' field" in result.stderr
+    assert "--task" in result.stderr
     rejects = tmp_path / "rej.jsonl"
     result = invoke(
         ["score", "-i", str(path), "--on-bad-record", "skip", "--rejects", str(rejects), "--plain"]
     )
     assert result.exit_code == 0 and result.records() == []
     assert read_records(rejects)[0]["meta"]["score"]["reason"] == "unknown-task"
+    named = invoke(["score", "-i", str(path), "--on-bad-record", "skip", "--plain"])  # no --rejects
+    assert named.exit_code == 0 and f"{path}:1: unknown-task" in named.stderr
     bad = invoke(["score", "-i", str(path), "--report", str(tmp_path / "r.txt")])
     assert bad.exit_code == 2 and ".json or .md" in bad.stderr
 
