@@ -11,6 +11,11 @@ in the same order.
 
 Workers start only when the input holds more than one batch, and only for file inputs: a batch
 waits until it is full, which a slow pipe on stdin would turn into latency.
+
+Errors keep the single-process path's guarantees: when reading stops with an error (a damaged file in
+fail mode), the lines read before it still go out as a last batch and are written before the error is
+raised; in skip mode, damaged input comes out of ``_batches`` between the batches, in order, and is
+counted and reported by the main process (``stage.damage_reporter``).
 """
 
 from __future__ import annotations
@@ -21,8 +26,6 @@ import queue
 import signal
 import threading
 from dataclasses import dataclass, replace
-
-import orjson
 
 from .errors import BadRecord
 from .filters import (
@@ -35,10 +38,10 @@ from .filters import (
     measure,
     prompt_digest,
 )
-from .records import MissingField, normalize
-from .stage import StageContext, StageIO
+from .records import InvalidRecord, normalize, parse_record
+from .stage import StageContext, StageIO, damage_reporter
 from .stats import Stats
-from .streams import dumps, iter_lines
+from .streams import InputDamage, dumps, iter_lines
 
 BATCH_LINES = 1000
 BATCH_BYTES = 1 << 20
@@ -82,26 +85,17 @@ def work(lines: list[bytes], job: Job) -> list[tuple]:
     config = job.config
     checks = [r.check for name, r in RULES.items() if name in config.enabled and name != "dedup"]
     annotate, dedup_on = config.annotate, "dedup" in config.enabled
-    loads, pf, rf, require = orjson.loads, job.prompt_field, job.response_field, job.require
+    pf, rf, require = job.prompt_field, job.response_field, job.require
     out = []
     append = out.append
     for line in lines:
         try:
-            record = loads(line)
-            if not isinstance(record, dict):
-                raise MissingField("a record must be a JSON object")
+            record = parse_record(line)
             normalize(record, pf, rf, require)
-        except (orjson.JSONDecodeError, MissingField) as exc:
-            append(
-                (
-                    _BAD,
-                    f"invalid JSON: {exc}" if isinstance(exc, orjson.JSONDecodeError) else str(exc),
-                    None,
-                    None,
-                )
-            )
+            reasons = check_record(record, config, checks)  # a field of the wrong type: InvalidRecord
+        except InvalidRecord as exc:
+            append((_BAD, str(exc), None, None))
             continue
-        reasons = check_record(record, config, checks)
         meta = record.get("meta")
         if not isinstance(meta, dict):
             record["meta"] = meta = {}
@@ -170,17 +164,32 @@ class _Pool:
             conn.close()
 
 
-def _batches(lines):
-    """Group ``(name, lineno, line)`` into lists of at most BATCH_LINES lines or about BATCH_BYTES."""
+def _batches(inputs: list[str], skip_damage: bool):
+    """The lines of ``inputs`` as lists of ``(name, lineno, line)`` of at most BATCH_LINES lines or about
+    BATCH_BYTES, and, with ``skip_damage``, each damaged stretch of input as an ``InputDamage`` in its
+    place between them. When reading fails, the lines before the error come out first."""
+    damages: list[InputDamage] = []
     batch, size = [], 0
-    for item in lines:
-        batch.append(item)
-        size += len(item[2])
-        if len(batch) >= BATCH_LINES or size >= BATCH_BYTES:
+    try:
+        for item in iter_lines(inputs, damages.append if skip_damage else None):
+            if damages:  # found before `item` was read
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                yield from damages
+                damages.clear()
+            batch.append(item)
+            size += len(item[2])
+            if len(batch) >= BATCH_LINES or size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+    except Exception:
+        if batch:
             yield batch
-            batch, size = [], 0
+        raise
     if batch:
         yield batch
+    yield from damages
 
 
 def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: Stats | None = None) -> Stats:
@@ -192,20 +201,26 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
     job = Job(replace(config, seen=set()), io.prompt_field, io.response_field, io.require)
     ctx = StageContext(io, stats)
     merge = _Merge(io, config, ctx)
+    report_damage = damage_reporter(ctx)
     pool = feeder = None
     stop = threading.Event()
     try:
-        batches = _batches(iter_lines(io.inputs))
-        first = next(batches, None)
-        second = next(batches, None) if first is not None else None
-        if second is None:  # one batch or none: not worth starting processes
-            if first is not None:
-                merge.batch(first, work([item[2] for item in first], job))
+        batches = _batches(io.inputs, skip_damage=io.on_bad_record == "skip")
+        head, error = _first_batches(batches, 2)
+        if error is not None or sum(isinstance(item, list) for item in head) < 2:
+            # One batch or none (or reading failed early): not worth starting processes.
+            for item in head:
+                if isinstance(item, InputDamage):
+                    report_damage(item)
+                else:
+                    merge.batch(item, work([line for _, _, line in item], job))
+            if error is not None:
+                raise error
         else:
             pool = _Pool(workers, job)
             pending: queue.Queue = queue.Queue()
             feeder = threading.Thread(
-                target=_feed, args=(pool, _chain(first, second, batches), pending, stop), daemon=True
+                target=_feed, args=(pool, _chain(head, batches), pending, stop), daemon=True
             )
             feeder.start()
             index = 0
@@ -215,6 +230,9 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
                     break
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, InputDamage):
+                    report_damage(item)
+                    continue
                 result = pool.outboxes[index % workers].recv()
                 if isinstance(result, BaseException):
                     raise result
@@ -232,21 +250,40 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
     return stats
 
 
-def _chain(first, second, rest):
-    yield first
-    yield second
+def _first_batches(batches, n: int) -> tuple[list, Exception | None]:
+    """The items of ``batches`` up to its ``n``-th batch, and the error that ended it sooner, if any."""
+    head: list = []
+    try:
+        for item in batches:
+            head.append(item)
+            if isinstance(item, list):
+                n -= 1
+                if not n:
+                    break
+    except Exception as exc:  # raised after the items before it are handled
+        return head, exc
+    return head, None
+
+
+def _chain(head, rest):
+    yield from head
     yield from rest
 
 
 def _feed(pool: _Pool, batches, pending: queue.Queue, stop: threading.Event) -> None:
-    """Feeder thread: read batches and send them round-robin; the main thread learns of each in order."""
+    """Feeder thread: read batches and send them round-robin; the main thread learns of each in order
+    (and of damaged input, which goes to no worker)."""
     n = len(pool.inboxes)
+    index = 0
     try:
-        for index, batch in enumerate(batches):
+        for batch in batches:
             if stop.is_set():
                 return
             pending.put(batch)
+            if isinstance(batch, InputDamage):
+                continue
             pool.inboxes[index % n].send_bytes(b"\n".join([item[2] for item in batch]))
+            index += 1
     except BaseException as exc:  # a read error (corrupt input) or a stopped run; the main thread decides
         if not stop.is_set():
             pending.put(exc)
@@ -302,7 +339,7 @@ class _Merge:
 
     def _record(self, line: bytes) -> dict:
         """The record as the single-process path holds it when it rejects or marks it."""
-        record = normalize(orjson.loads(line), self.io.prompt_field, self.io.response_field, self.io.require)
+        record = normalize(parse_record(line), self.io.prompt_field, self.io.response_field, self.io.require)
         if not isinstance(record.get("meta"), dict):
             record["meta"] = {}
         return record

@@ -12,11 +12,27 @@ from) the record, so unknown fields pass through:
 ``--prompt-field`` / ``--response-field`` name other fields (dotted paths such as ``data.q`` work).
 An ``id`` already present is kept; otherwise it is a hash of the content fields, so the same row
 gets the same id in every run and every shard.
+
+Reading a line (``parse_record``, used by every reader of records) and writing one (``dumps``):
+
+- a line that is not UTF-8 is a bad record "not UTF-8: byte 0x.. at column N", not a JSON error;
+- integers stay exact: orjson reads an integer beyond 64 bits as a float, so a line with a run of 19
+  or more digits (the shortest integer orjson cannot hold) is read again with the standard ``json``
+  module, and ``dumps`` writes such integers with ``json`` (orjson refuses them). Python itself
+  refuses integers of more than 4300 digits: such a line is a bad record;
+- a record nested more than ``MAX_DEPTH`` (128) levels of objects and lists is a bad record,
+  "too deeply nested": orjson cannot write more than 254 levels, and a stage adds a few. The check
+  walks the record only when its line holds more than 128 ``{``/``[`` bytes;
+- a line that is valid JSON but not an object is a bad record.
+
+The two byte checks (digit runs, brackets) are one ``bytes.translate`` and two C-level searches per
+line: about 2 us for a 1 KB line, next to about 2 us for ``orjson.loads`` itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import orjson
@@ -27,8 +43,105 @@ RESPONSE_SOURCES = ("response", "output", "solution", "messages")
 ID_FIELDS = ("prompt", "response", "plan", "answer", "task")
 
 
-class MissingField(ValueError):
+# Levels of objects and lists a record may have (orjson writes at most 254; stages add a few).
+MAX_DEPTH = 128
+# digits -> "0", "{" and "[" -> "{", any other byte -> " ": one pass for both checks of parse_record.
+_SCAN = bytes(0x30 if 0x30 <= b <= 0x39 else 0x7B if b in (0x7B, 0x5B) else 0x20 for b in range(256))
+# 19 digits: the shortest integer orjson may not hold exactly (-9223372036854775809).
+_LONG_NUMBER = b"0" * 19
+
+
+class InvalidRecord(ValueError):
+    """A line or record a stage cannot use; readers turn it into BadRecord (or a reject) with its line."""
+
+
+class MissingField(InvalidRecord):
     """A record lacks a field the stage needs; the reader turns it into BadRecord with a line number."""
+
+
+def parse_record(line: bytes) -> dict:
+    """The record on ``line`` (see the module docstring); ``InvalidRecord`` with the reason if none."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):  # orjson's words for a number beyond a double's range
+            raise InvalidRecord(_not_json(line, exc)) from None
+        record = None
+    scan = line.translate(_SCAN)
+    if record is None or _LONG_NUMBER in scan:
+        record = _loads_exact(line)
+    if record.__class__ is not dict:
+        raise InvalidRecord("a record must be a JSON object")
+    # (bytes.replace finds a rare byte with memchr: faster than bytes.count)
+    if len(scan) - len(scan.replace(b"{", b"")) > MAX_DEPTH and _deeper_than(record, MAX_DEPTH):
+        raise InvalidRecord(f"too deeply nested (more than {MAX_DEPTH} levels of objects and lists)")
+    return record
+
+
+def _not_json(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"not UTF-8: byte 0x{line[bad.start]:02x} at column {bad.start + 1} "
+            "(records are UTF-8 JSON; is the file in another encoding or compressed?)"
+        )
+    if "depth limit" in str(exc):
+        return f"too deeply nested (more than {MAX_DEPTH} levels of objects and lists)"
+    return f"invalid JSON: {exc}"
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is beyond the range of a double")
+    return value
+
+
+def _loads_exact(line: bytes) -> Any:
+    """Read a line with ``json``: integers of any size exact (up to Python's 4300 digits)."""
+    try:
+        return json.loads(line, parse_constant=_reject_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        raise InvalidRecord(f"invalid JSON: {exc}") from None
+    except ValueError as exc:  # a float beyond a double, an integer beyond Python's digit limit
+        raise InvalidRecord(f"a number cannot be read exactly: {exc}") from None
+
+
+def _deeper_than(value: dict | list, levels: int) -> bool:
+    """Whether ``value`` holds objects and lists nested more than ``levels`` levels deep."""
+    if levels <= 0:
+        return True
+    for child in value.values() if value.__class__ is dict else value:
+        if (child.__class__ is dict or child.__class__ is list) and _deeper_than(child, levels - 1):
+            return True
+    return False
+
+
+def dumps(record: dict) -> bytes:
+    """A record as one line of JSON (no newline); integers beyond 64 bits are written exactly."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError as exc:
+        if "Integer" not in str(exc):  # "Integer exceeds 64-bit range"
+            raise
+        return _dumps_exact(record)
+
+
+def _dumps_exact(value: Any, sort_keys: bool = False) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, default=_plain)
+    return text.encode()
+
+
+def _plain(value: Any) -> Any:
+    """For ``json``: numpy arrays and scalars as lists and numbers, as orjson writes them."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def get_path(record: dict, path: str) -> Any:
@@ -59,8 +172,8 @@ def _from_messages(messages: Any) -> tuple[str | None, str | None]:
 def _text(content: Any) -> str | None:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if isinstance(content, list):  # OpenAI content parts (their text strings; other values ignored)
+        return "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     return None
 
 
@@ -74,7 +187,7 @@ def find_prompt(record: dict, field: str | None = None) -> str | None:
             continue
         if name == "messages":
             return _from_messages(v)[0]
-        if name == "instruction":
+        if name == "instruction" and isinstance(v, str):
             extra = record.get("input")
             return f"{v}\n\n{extra}" if isinstance(extra, str) and extra.strip() else v
         if isinstance(v, str):
@@ -102,7 +215,11 @@ def derive_id(record: dict) -> str:
     content = {k: record.get(k) for k in ID_FIELDS if record.get(k) is not None}
     if not content:
         content = record
-    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    try:
+        data = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits
+        data = _dumps_exact(content, sort_keys=True)
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def normalize(

@@ -1,34 +1,79 @@
 """Record streams: every byte of input and output goes through here.
 
-Input compression is sniffed from the first bytes (zstd, including concatenated frames such as
-``cat shard-*.zst``; gzip, including concatenated members; otherwise plain JSONL). Output is JSON
-Lines, zstd-compressed unless plain output is asked for (``--plain``, ``CODEPLAN_PLAIN=1``, a name
-ending in ``.jsonl``/``.json``, or a terminal). Compressed output is a sequence of complete zstd
-frames, one per flush; a flush happens when about 1 MiB is pending, when 2 s have passed since the
-last one, and at the end. A reader downstream therefore sees progress, and a killed process leaves
-a readable prefix (at most a torn last frame, which ``codeplan_tools.resume`` cuts off).
-SIGTERM and SIGINT are held back while a frame is being written, so a frame is never half-written
-by our own shutdown.
+Input. The container is told apart by its first bytes, read until there are 4 of them or the input
+ends (a pipe may deliver fewer in its first write): zstd (also concatenated frames such as
+``cat shard-*.zst``, and skippable frames, which are skipped), gzip (also concatenated members), xz
+and bzip2 (read with the standard library's ``lzma``/``bz2``; also concatenated streams); anything
+else is plain JSON Lines. Bytes that differ from the zstd, gzip or xz magic number in one place are a
+damaged header, not plain text.
+
+Input is decoded incrementally: compressed input is fed to the decompressor 16 KiB at a time and a
+line is yielded as soon as it is complete, before more input is decoded. So an error further on
+never takes back a line already handed out, and an error message names the first line that could
+not be read (the lines read so far + 1), never an earlier one.
+
+Damaged input (container level). A decompression error, a frame/member cut short at the end of the
+input, bytes after a complete frame/member that do not start another (junk after the data; NUL
+padding is accepted after gzip, xz and bzip2 data, as their own tools accept it), or junk before the
+first frame (a zstd, gzip or xz header within the first KiB of an input that does not start like
+JSON) is *damage*. What is recovered, and what is not:
+
+- every complete line decoded before the damage was found is read (with zstd, at most the lines of
+  the blocks decoded from the same 16 KiB of compressed input as the damaged block are lost with it);
+- the partial line the damage cuts through is lost (counted as a lost line);
+- reading resumes at the next frame/member/stream of any of the containers above that follows the
+  damage (found by its magic number and header, searched from just after the start of the damaged
+  unit, so a frame that the damage ran into is still found; a gzip header glued to a zstd body loses
+  nothing), else at the next input file. The first line after the resumption may be the tail of a
+  line that began in the damaged part: it is then an ordinary bad line. Junk that itself decodes as
+  a (tiny) valid frame can hide the start of the frame it overlaps; a magic number that occurs by
+  chance inside damaged data can surface a few junk lines (bad lines, rejected as such);
+- after resuming, line numbers count the lines read; the lost lines are unknown and not counted.
+
+``iter_lines(paths, on_damage)`` reports damage to ``on_damage(InputDamage)`` and goes on (the
+stages pass it in ``--on-bad-record skip`` mode: counted in ``--stats`` and named on stderr); without
+``on_damage`` it raises ``BadRecord`` naming the file, the line count so far + 1 and the byte offset.
+
+Output is JSON Lines, zstd-compressed unless plain output is asked for (``--plain``,
+``CODEPLAN_PLAIN=1``, a name ending in ``.jsonl``/``.json``, or a terminal). Compressed output is a
+sequence of complete zstd frames with checksums, one per flush; a flush happens when about 1 MiB is
+pending, when 2 s have passed since the last one, and at the end. A reader downstream therefore sees
+progress, and a killed process leaves a readable prefix (at most a torn last frame, which
+``codeplan_tools.resume`` cuts off). A compressed output with no records is one empty frame, which
+``zstd -d`` reads as empty (a 0-byte file it rejects). SIGTERM and SIGINT are held back while a
+frame is being written, so a frame is never half-written by our own shutdown.
 """
 
 from __future__ import annotations
 
-import gzip
+import bz2
 import io
+import lzma
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-import orjson
 import zstandard
+
+from .errors import BadRecord, InputMissing, OutputIOError
+from .records import InvalidRecord, dumps, parse_record
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
 READ_BUFFER = 1 << 20
+# Compressed bytes per decompressor call: what one damaged block can take with it (see above).
+DECODE_PIECE = 1 << 14
+# Compressed bytes of the current frame kept to search it again for a frame start after damage.
+KEEP_FOR_RESYNC = 1 << 25
 FLUSH_BYTES = 1 << 20
 FLUSH_SECONDS = 2.0
 _BLOCKED = {signal.SIGTERM, signal.SIGINT}
@@ -46,92 +91,460 @@ def display_name(path: str) -> str:
     return "<stdin>" if path == "-" else str(path)
 
 
-def open_input(path: str | os.PathLike) -> BinaryIO:
-    """Open a file (or ``-`` for stdin) and return a binary stream of its decompressed bytes."""
-    if str(path) == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise NoInput()
-        raw: BinaryIO = sys.stdin.buffer
-        buffered = io.BufferedReader(raw, READ_BUFFER) if not hasattr(raw, "peek") else raw
-    else:
-        buffered = open(path, "rb", buffering=READ_BUFFER)  # noqa: SIM115 - returned to the caller
-    head = buffered.peek(4)[:4]
-    if head.startswith(ZSTD_MAGIC):
-        return io.BufferedReader(_ZstdFrames(buffered), READ_BUFFER)
-    if head.startswith(GZIP_MAGIC):
-        return io.BufferedReader(gzip.GzipFile(fileobj=buffered), READ_BUFFER)
-    return buffered
+# ---------------------------------------------------------------------------------------------
+# Containers
 
 
-class _ZstdFrames(io.RawIOBase):
-    """Decompress concatenated zstd frames; a frame cut short at the end of input is an error.
+@dataclass(frozen=True)
+class _Container:
+    """A compressed format: how its units (frames, members, streams) start and are decoded."""
 
-    (zstandard's ``stream_reader`` returns a truncated frame's bytes silently.)
+    name: str
+    unit: str
+    new: Callable[[], Any]  # a decompressor for one unit: decompress(), eof, unused_data
+    errors: tuple[type[BaseException], ...]
+    find: bytes  # the fixed bytes a unit starts with (searched for after damage)
+    head: int  # bytes `starts` looks at
+    starts: Callable[[bytes], bool]
+    padding: bool  # NUL bytes between or after units are allowed
+
+
+def _zstd_frame():
+    # A decompressor per frame: one ZstdDecompressor must not serve two threads (a stage reading
+    # while the progress counter reads the same file).
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _zstd_starts(b: bytes) -> bool:
+    if b[:4] == ZSTD_MAGIC:
+        return len(b) > 4 and not b[4] & 0x08  # the frame header's reserved bit
+    return len(b) >= 4 and b[0] & 0xF0 == 0x50 and b[1:4] == b"\x2a\x4d\x18"  # a skippable frame
+
+
+def _gzip_starts(b: bytes) -> bool:
+    return b[:3] == b"\x1f\x8b\x08" and len(b) > 3 and not b[3] & 0xE0  # deflate, reserved flags clear
+
+
+def _bzip2_starts(b: bytes) -> bool:
+    # "BZh" + block size, then a block or the end of the stream (both 48-bit magics).
+    return b[:3] == BZIP2_MAGIC and b[3:4] in b"123456789" and b[4:10] in (b"1AY&SY", b"\x17rE8P\x90")
+
+
+_CONTAINERS = {
+    c.name: c
+    for c in (
+        _Container("zstd", "frame", _zstd_frame, (zstandard.ZstdError,), ZSTD_MAGIC, 5, _zstd_starts, False),
+        _Container(
+            "gzip",
+            "member",
+            lambda: zlib.decompressobj(31),
+            (zlib.error,),
+            b"\x1f\x8b\x08",
+            4,
+            _gzip_starts,
+            True,
+        ),
+        _Container(
+            "xz",
+            "stream",
+            lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+            (lzma.LZMAError,),
+            XZ_MAGIC,
+            7,
+            lambda b: b[:6] == XZ_MAGIC and b[6:7] == b"\x00",
+            True,
+        ),
+        _Container(
+            "bzip2",
+            "stream",
+            bz2.BZ2Decompressor,
+            (OSError, ValueError),
+            BZIP2_MAGIC,
+            10,
+            _bzip2_starts,
+            True,
+        ),
+    )
+}
+# Magic numbers a one-byte change must not turn into "plain text" (bzip2's "BZh" is too text-like).
+_NEAR_MAGIC = {"zstd": ZSTD_MAGIC, "gzip": b"\x1f\x8b\x08", "xz": XZ_MAGIC}
+_LONGEST_FIND = max(len(c.find) for c in _CONTAINERS.values())
+
+
+def _detect(head: bytes) -> tuple[_Container | None, bool]:
+    """The container of an input that begins with ``head`` (None: plain), and whether its magic is damaged."""
+    if head[:4] == ZSTD_MAGIC or _zstd_starts(head[:4]):
+        return _CONTAINERS["zstd"], False
+    if head[:2] == GZIP_MAGIC:
+        return _CONTAINERS["gzip"], False
+    if head[:4] == XZ_MAGIC[:4]:
+        return _CONTAINERS["xz"], False
+    if head[:3] == BZIP2_MAGIC and head[3:4] in b"123456789" and len(head) >= 4:
+        return _CONTAINERS["bzip2"], False
+    for name, magic in _NEAR_MAGIC.items():
+        n = min(len(magic), len(head))
+        if n >= 3 and sum(a != b for a, b in zip(head[:n], magic[:n], strict=True)) == 1:
+            return _CONTAINERS[name], True
+    return None, False
+
+
+@dataclass(frozen=True)
+class _Break:
+    """Damage found by the decoder: bytes ``start`` to ``end`` are skipped; ``resumed``: whether a
+    frame/member follows (at ``end``), else ``end`` is the end of the input."""
+
+    start: int
+    end: int
+    resumed: bool
+    reason: str  # what is wrong and where (byte offsets)
+
+
+@dataclass(frozen=True)
+class InputDamage:
+    """A damaged stretch of one input file (see the module docstring)."""
+
+    path: str
+    line: int  # the first line that could not be read: the lines read before the damage + 1
+    offset: int  # byte offset (in the file as stored) of the damaged frame/member, or of the junk
+    skipped_bytes: int  # from ``offset`` to where reading resumed (or to the end of the file)
+    lost_lines: int  # lines known to be lost: the line the damage cut through (0 or 1)
+    reason: str
+    resumed: bool  # whether reading resumed in this file (else at the next input)
+
+    def message(self) -> str:
+        end = self.offset + self.skipped_bytes
+        lost = f" ({self.lost_lines} partial line lost)" if self.lost_lines else ""
+        goes_on = (
+            f"reading goes on at byte {end}; line numbers after it count the lines read"
+            if self.resumed
+            else "nothing readable follows in this file"
+        )
+        return f"{self.path}:{self.line}: {self.reason}; skipped bytes {self.offset}-{end}{lost}; {goes_on}"
+
+
+class _Compressed:
+    """The stored bytes of one input, read as needed; ``offset`` is the file offset of the next one."""
+
+    def __init__(self, fh: BinaryIO):
+        self._read = getattr(fh, "read1", None) or fh.read
+        self.buf = b""
+        self.pos = 0
+        self.base = 0  # the file offset of buf[0]
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def _more(self) -> bool:
+        chunk = self._read(READ_BUFFER)
+        if not chunk:
+            return False
+        self.base += self.pos
+        self.buf = self.buf[self.pos :] + chunk if self.pos < len(self.buf) else chunk
+        self.pos = 0
+        return True
+
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end of the input), reading until there are that many."""
+        while len(self.buf) - self.pos < n and self._more():
+            pass
+        return self.buf[self.pos : self.pos + n]
+
+    def take(self, n: int) -> bytes:
+        if self.pos == len(self.buf) and not self._more():
+            return b""
+        piece = self.buf[self.pos : self.pos + n]
+        self.pos += len(piece)
+        return piece
+
+    def unread(self, n: int) -> None:
+        self.pos -= n
+
+    def push_back(self, data: bytes, offset: int) -> None:
+        """Put ``data``, which began at file ``offset``, before the unread bytes (to search it again)."""
+        self.buf = data + self.buf[self.pos :]
+        self.pos = 0
+        self.base = offset
+
+    def skip_nuls(self) -> None:
+        while self.peek(1) == b"\x00":
+            rest = self.buf[self.pos :]
+            self.pos += len(rest) - len(rest.lstrip(b"\x00"))
+
+    def unit_here(self) -> _Container | None:
+        """The container whose frame/member/stream starts at the read position, if any."""
+        for fmt in _CONTAINERS.values():
+            if fmt.starts(self.peek(fmt.head)):
+                return fmt
+        return None
+
+    def seek_unit(self) -> bool:
+        """Move to the next place where a frame/member/stream of any container starts; False (at the
+        end of the input) if there is none."""
+        while True:
+            hits = [i for fmt in _CONTAINERS.values() if (i := self.buf.find(fmt.find, self.pos)) >= 0]
+            while hits:
+                self.pos = min(hits)
+                if self.unit_here() is not None:
+                    return True
+                hits = [
+                    i for fmt in _CONTAINERS.values() if (i := self.buf.find(fmt.find, self.pos + 1)) >= 0
+                ]
+            # Keep the bytes that may begin a magic cut by the end of the buffer.
+            self.pos = max(self.pos, len(self.buf) - _LONGEST_FIND + 1)
+            if not self._more():
+                self.pos = len(self.buf)
+                return False
+
+
+def _leading_junk(src: _Compressed) -> int:
+    """For an input with no magic number at its start: where a zstd, gzip or xz unit starts in its
+    first KiB after bytes that are not JSON (-1: none, it is plain JSON Lines).
+
+    Their magic numbers are not UTF-8 text, so they are never inside a JSON line; bzip2's is text.
+    An input that starts like JSON Lines is not searched (nor waited for, on a pipe).
     """
+    n = 4
+    while (probe := src.peek(n)).isspace() and len(probe) == n < 1024:
+        n *= 2  # blank lines: read on to the first byte that is not blank
+    if probe.lstrip()[:1] == b"{":
+        return -1
+    probe = src.peek(1024)
+    starts = []
+    for fmt in (_CONTAINERS["zstd"], _CONTAINERS["gzip"], _CONTAINERS["xz"]):
+        i = probe.find(fmt.find)
+        while i >= 0 and not fmt.starts(probe[i : i + fmt.head]):
+            i = probe.find(fmt.find, i + 1)
+        if i >= 0 and b"{" not in probe[:i]:
+            starts.append(i)
+    return min(starts, default=-1)
 
-    def __init__(self, source: BinaryIO):
-        self._source = source
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = None
-        self._pending = b""
+
+def _decoded(fh: BinaryIO) -> Iterator[bytes | _Break]:
+    """The decompressed bytes of one input as they are decoded, and a ``_Break`` where it is damaged.
+
+    After the first unit, a unit of another container is read too (``cat a.zst b.gz``), and damage
+    is skipped to the next unit of any container (a gzip header glued to a zstd body loses nothing).
+    """
+    src = _Compressed(fh)
+    head = src.peek(4)
+    fmt, damaged = _detect(head)
+    if fmt is None:
+        junk = _leading_junk(src)
+        if junk < 0:  # plain JSON Lines
+            while data := src.take(READ_BUFFER):
+                yield data
+            return
+        src.take(junk)
+        fmt = src.unit_here()
+        yield _Break(
+            0, junk, True, f"junk before the {fmt.name} data: bytes 0-{junk} are no {fmt.name} {fmt.unit}"
+        )
+    elif damaged:
+        reason = f"damaged {fmt.name} input: its magic number at byte 0 is wrong ({head.hex(' ')})"
+        yield _resync(src, 0, reason, None)
+    last: _Container | None = None  # the container of the last unit decoded whole
+    while True:
+        if last is not None and last.padding:
+            src.skip_nuls()
+        start = src.offset
+        if not src.peek(1):
+            return
+        here = src.unit_here()
+        if here is None:
+            if last is not None:
+                reason = f"junk after the end of the {last.name} data at byte {start} (not a {last.name} {last.unit})"
+            else:
+                reason = f"damaged {fmt.name} input: no valid {fmt.name} {fmt.unit} header at byte {start}"
+            yield _resync(src, start, reason, None)
+            continue
+        fmt = here
+        dec = fmt.new()
+        kept: list[bytes] | None = []  # the unit's bytes so far, to search again after damage
+        kept_size = 0
+        while True:
+            found = src.offset
+            piece = src.take(DECODE_PIECE)
+            if not piece:
+                reason = (
+                    f"truncated {fmt.name} input: the {fmt.unit} that starts at byte {start} "
+                    f"is cut off at byte {found} (the end of the file)"
+                )
+                yield _Break(start, found, False, reason)
+                return
+            if kept is not None:
+                kept.append(piece)
+                kept_size += len(piece)
+                if kept_size > KEEP_FOR_RESYNC:
+                    kept = None
+            try:
+                out = dec.decompress(piece)
+            except fmt.errors as exc:
+                where = (
+                    f"the {fmt.unit} that starts at byte {start}, found decoding bytes {found}-{src.offset}"
+                )
+                yield _resync(src, start, f"damaged {fmt.name} input: {exc} (in {where})", kept)
+                break
+            if out:
+                yield out
+            if dec.eof:
+                src.unread(len(dec.unused_data))
+                last = fmt
+                break
+
+
+def _resync(src: _Compressed, start: int, reason: str, kept) -> _Break:
+    """Find where to go on after damage in the unit at ``start``: the next unit start after it,
+    searched in the unit's own bytes first (``kept``) when they were kept."""
+    if kept:
+        src.push_back(b"".join(kept)[1:], start + 1)
+    elif src.offset == start:
+        src.take(1)  # the damaged unit starts here: look after its first byte
+    ok = src.seek_unit()
+    return _Break(start, src.offset, ok, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Opened:
+    """A binary handle on a file or stdin; stdin is not closed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if path == "-":
+            if sys.stdin is None or sys.stdin.isatty():
+                raise NoInput()
+            self.fh: BinaryIO = sys.stdin.buffer
+        else:
+            try:
+                self.fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
+            except OSError as exc:
+                raise InputMissing(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+    def __enter__(self) -> BinaryIO:
+        return self.fh
+
+    def __exit__(self, *exc) -> None:
+        if self.path != "-":
+            self.fh.close()
+
+
+def iter_lines(
+    paths: Iterable[str], on_damage: Callable[[InputDamage], None] | None = None
+) -> Iterator[tuple[str, int, bytes]]:
+    """Yield ``(display path, 1-based line number, line bytes without newline)``; blank lines skipped.
+
+    Container damage goes to ``on_damage`` and reading goes on; without it, ``BadRecord`` (see the
+    module docstring).
+    """
+    for path in paths:
+        name = display_name(path)
+        lineno = 0
+        held: list[bytes] = []  # the start of a line whose end has not been decoded yet
+        with _Opened(path) as fh:
+            try:
+                for chunk in _decoded(fh):
+                    if chunk.__class__ is _Break:
+                        lost = 1 if b"".join(held).strip() else 0
+                        damage = _damage(name, lineno + 1, lost, chunk)
+                        if on_damage is None:
+                            raise BadRecord(name, damage.line, _fail_reason(damage))
+                        on_damage(damage)
+                        lineno += lost
+                        held.clear()
+                        continue
+                    cut = chunk.rfind(b"\n") + 1
+                    if not cut:
+                        held.append(chunk)
+                        continue
+                    # BytesIO shares the chunk (no copy) and finds newlines with memchr.
+                    lines = BytesIO(chunk)
+                    lines.truncate(cut)  # the tail, a line not complete yet, waits for the next chunk
+                    if held:
+                        first = chunk.find(b"\n") + 1
+                        held.append(chunk[:first])
+                        lines.seek(first)
+                        line = b"".join(held)
+                        held.clear()
+                        lineno += 1
+                        if not line.isspace():
+                            yield name, lineno, line.rstrip(b"\r\n")
+                    if cut < len(chunk):
+                        held.append(chunk[cut:])
+                    for line in lines:
+                        lineno += 1
+                        if not line.isspace():  # blank lines are skipped (but counted)
+                            yield name, lineno, line.rstrip(b"\r\n")
+            except OSError as exc:
+                raise OutputIOError(
+                    f"{name}: reading failed after line {lineno} ({exc.strerror or exc})"
+                ) from None
+        last = b"".join(held)
+        if last and not last.isspace():  # a last line without its newline
+            yield name, lineno + 1, last.rstrip(b"\r")
+
+
+def _damage(name: str, line: int, lost: int, brk: _Break) -> InputDamage:
+    return InputDamage(name, line, brk.start, brk.end - brk.start, lost, brk.reason, brk.resumed)
+
+
+def _fail_reason(damage: InputDamage) -> str:
+    return f"{damage.reason}; {damage.line - 1} lines read before it"
+
+
+def read_records(paths: Iterable[str]) -> Iterator[dict]:
+    """Records of ``paths`` for library use: ``BadRecord`` (file:line) for a line that is not a record
+    or for damaged input; no counters. Integers beyond 64 bits are kept exact."""
+    for name, lineno, line in iter_lines(paths):
+        try:
+            yield parse_record(line)
+        except InvalidRecord as exc:
+            raise BadRecord(name, lineno, str(exc)) from None
+
+
+class _DecodedRaw(io.RawIOBase):
+    """``open_input``'s stream: the decoded bytes; damage raises ``BadRecord`` with the line reached."""
+
+    def __init__(self, path: str):
+        self._opened = _Opened(path)
+        self._name = display_name(path)
+        self._chunks = _decoded(self._opened.fh)
+        self._pending = memoryview(b"")
+        self._lines = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         while not self._pending:
-            chunk = self._source.read(READ_BUFFER)
-            if not chunk:
-                if self._dobj is not None:
-                    raise zstandard.ZstdError("input ends inside a zstd frame (truncated file?)")
+            chunk = next(self._chunks, None)
+            if chunk is None:
                 return 0
-            while chunk:
-                if self._dobj is None:
-                    self._dobj = self._dctx.decompressobj()
-                self._pending += self._dobj.decompress(chunk)
-                if self._dobj.eof:
-                    chunk = self._dobj.unused_data
-                    self._dobj = None
-                else:
-                    chunk = b""
+            if chunk.__class__ is _Break:
+                damage = _damage(self._name, self._lines + 1, 0, chunk)
+                raise BadRecord(self._name, damage.line, _fail_reason(damage))
+            self._lines += chunk.count(b"\n")
+            self._pending = memoryview(chunk)
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
 
     def close(self) -> None:
+        if not self.closed:
+            self._opened.__exit__()
         super().close()
-        self._source.close()
 
 
-def iter_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
-    """Yield ``(display path, 1-based line number, line bytes without newline)``; blank lines skipped."""
-    for path in paths:
-        name = display_name(path)
-        stream = open_input(path)
-        lineno = 0
-        try:
-            for line in stream:
-                lineno += 1
-                if not line.isspace():  # blank lines are skipped (but counted for line numbers)
-                    yield name, lineno, line.rstrip(b"\r\n")
-        except zstandard.ZstdError as exc:
-            from .errors import BadRecord
-
-            raise BadRecord(name, lineno + 1, f"corrupt or truncated zstd input: {exc}") from exc
-        except (EOFError, gzip.BadGzipFile) as exc:
-            from .errors import BadRecord
-
-            raise BadRecord(name, lineno + 1, f"corrupt or truncated gzip input: {exc}") from exc
-        finally:
-            if path != "-":
-                stream.close()
+def open_input(path: str | os.PathLike) -> BinaryIO:
+    """Open a file (or ``-`` for stdin) and return a binary stream of its decompressed bytes."""
+    return io.BufferedReader(_DecodedRaw(str(path)), READ_BUFFER)
 
 
-def read_records(paths: Iterable[str]) -> Iterator[dict]:
-    """Plain record reader for library use (no error accounting): every line parsed as JSON."""
-    for _name, _lineno, line in iter_lines(paths):
-        yield orjson.loads(line)
+# ---------------------------------------------------------------------------------------------
+# Writing
 
 
 def wants_plain(path: str | None, plain: bool | None = None) -> bool:
@@ -148,8 +561,9 @@ def wants_plain(path: str | None, plain: bool | None = None) -> bool:
     return str(path).endswith((".jsonl", ".json"))
 
 
-def dumps(record: dict) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+def zstd_compressor(level: int = 3) -> zstandard.ZstdCompressor:
+    """The compressor of every zstd output: frames carry a checksum, so damage is found when read."""
+    return zstandard.ZstdCompressor(level=level, write_checksum=True)
 
 
 class RecordWriter:
@@ -176,11 +590,12 @@ class RecordWriter:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab" if append else "wb")  # noqa: SIM115
             self._owns = True
-        self._cctx = None if self.plain else zstandard.ZstdCompressor(level=level)
+        self._cctx = None if self.plain else zstd_compressor(level)
         self._buf = bytearray()
         self._flush_bytes = flush_bytes
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+        self._wrote = False  # whether a frame (or any plain byte) went out
         self.records_written = 0
         self.closed = False
 
@@ -200,11 +615,15 @@ class RecordWriter:
             return
         data = bytes(self._buf) if self._cctx is None else self._cctx.compress(bytes(self._buf))
         self._buf.clear()
+        self._write_out(data)
+
+    def _write_out(self, data: bytes) -> None:
         # A frame is written whole: our own SIGTERM/SIGINT handling waits until it is out.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         try:
             self._fh.write(data)
             self._fh.flush()
+            self._wrote = True
         except BrokenPipeError:
             raise PipeClosed() from None
         finally:
@@ -216,6 +635,9 @@ class RecordWriter:
         self.closed = True
         try:
             self.flush()
+            if self._cctx is not None and not self._wrote:
+                # No records: one empty frame, so that the output is a valid (empty) zstd file.
+                self._write_out(self._cctx.compress(b""))
         except PipeClosed:
             if self._owns:
                 raise
