@@ -79,8 +79,10 @@ OnBadRecord = Annotated[
     typer.Option(
         "--on-bad-record",
         case_sensitive=False,
-        help="On a malformed line or a missing field: 'fail' stops with exit 65 naming file and line; "
-        "'skip' counts it and writes it to --rejects (or reports its line on stderr).",
+        help="On a malformed line, a missing or wrong-typed field, or damaged compressed input: 'fail' "
+        "writes what was read before it, then stops with exit 65 naming file and line; 'skip' counts a bad "
+        "line and writes it to --rejects (or names it on stderr), and skips damage to the next zstd frame, "
+        "gzip member or input file (the lines in the damaged part are lost and counted in --stats).",
         rich_help_panel=IO_PANEL,
     ),
 ]

@@ -85,6 +85,9 @@ class StageContext:
         self.stats = stats
         self._key = key
         self._reported = 0
+        # (file, line, line bytes) of the record the reader handed out last: a transform that finds
+        # the record bad after reading (a wrong-typed field) names it and rejects the line as read.
+        self.where: tuple[str, int, bytes] | None = None
         self._name_rejects = io.stage not in SELECTING_STAGES
         # Nothing is opened, read or cut before the paths are checked and the outputs locked.
         outputs = [("-o", io.output or "-")]
@@ -209,7 +212,7 @@ def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dic
     """The records of ``io.inputs``, parsed (``records.parse_record``) and normalised, less other
     shards' and those already done. A bad line raises ``BadRecord`` in fail mode, else it is counted
     and rejected; so is damaged input (``streams``), counted by :func:`damage_reporter` in skip mode.
-    ``ctx.where`` is the (file, line) of the record handed out last."""
+    ``ctx.where`` is the (file, line, line bytes) of the record handed out last."""
     stats = ctx.stats
     prompt_field, response_field, require = io.prompt_field, io.response_field, io.require
     fail = io.on_bad_record == "fail"
@@ -233,7 +236,7 @@ def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dic
             if done and record["id"] in done:
                 stats.inc("skipped_done")
                 continue
-            ctx.where = (name, lineno)
+            ctx.where = (name, lineno, line)  # a later reject of this record keeps the line as read
             yield record
     finally:
         stats.inc("read", read)
