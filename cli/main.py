@@ -80,7 +80,9 @@ def _on_sigterm(signum, frame):
 
 
 def get_command() -> click.Command:
-    return typer.main.get_command(app)
+    from codeplan_cli.options import refuse_non_finite
+
+    return refuse_non_finite(typer.main.get_command(app))
 
 
 def _subcommand(argv: list[str]) -> str:

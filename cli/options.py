@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import sys
 from enum import Enum
 from typing import Annotated, Any, get_type_hints
 
+import click
 import typer
 
 IO_PANEL = "Input and output"
@@ -209,3 +211,35 @@ def with_options(**omit: tuple[str, ...]):
         return run
 
     return decorate
+
+
+class _FiniteFloatParam(click.types.FloatParamType):
+    """click's FLOAT, less ``nan`` and ``inf``."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def refuse_non_finite(command: click.Command) -> click.Command:
+    """Make every float option of ``command`` and its subcommands refuse ``nan``/``inf`` (exit 2).
+
+    Done once over the whole command tree (``codeplan_cli.main.get_command``), so an option added
+    later is covered without remembering to; a bounded option keeps its bounds and its help text
+    (``FiniteFloat`` from ``engine_options``, a ``FloatRange``), an unbounded one stays ``FLOAT``.
+    """
+    from codeplan_cli.engine_options import FiniteFloat
+
+    for param in command.params:
+        kind = param.type
+        if isinstance(kind, FiniteFloat | _FiniteFloatParam):
+            continue
+        if isinstance(kind, click.FloatRange):
+            param.type = FiniteFloat(kind.min, kind.max, kind.min_open, kind.max_open, kind.clamp)
+        elif isinstance(kind, click.types.FloatParamType):
+            param.type = _FiniteFloatParam()
+    for sub in getattr(command, "commands", {}).values():
+        refuse_non_finite(sub)
+    return command
