@@ -2,7 +2,11 @@
 
 The instruction template (``paper`` by default: the paper's text verbatim; ``nlplan``: the
 natural-language-plan variant; or a file) is filled with the record's ``prompt`` and ``response`` and
-sent as one chat user turn. Only the two placeholders ``{prompt}`` and ``{response}`` are replaced (by
+sent as one chat user turn; the local engines tokenize that turn's content as text, so a
+special-token string in a record (``<|user|>``, ``</s>``) never becomes a control token (such a
+record, where the chat template does not embed the turn verbatim, is rejected ``special-token-text``)
+(:class:`~codeplan_tools.engines.base.PromptTokenizer`; the ``openai`` engine sends the text to the
+server, which tokenizes it). Only the two placeholders ``{prompt}`` and ``{response}`` are replaced (by
 plain substitution, not ``str.format``), so a template may contain other braces, e.g. code. One
 trailing newline of a template file is dropped. A template file must be UTF-8: otherwise exit 65
 naming the file and the line of the first bad byte (an unreadable file: exit 66).

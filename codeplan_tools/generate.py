@@ -16,6 +16,19 @@ Two ways to prompt (SPEC §6):
 model continues after the rendered plan section and writes the response only; with ``code-plan``
 prompting the plan is put in the user turn. Each sample's ``plan`` is then the given plan.
 
+Prompt tokens. With an engine that tokenizes locally (``hf``, ``vllm``) a format prompt gets exactly the
+ids of the prompt of the training example ``pack`` makes of the record
+(:class:`~codeplan_tools.packing.RecordTokenizer`): a special-token string in the record's text
+(``<|user|>``, ``</s>``) stays text, not a control token. Only such a record is tokenized here, one
+by one; an ordinary prompt goes to the engine as text, tokenized there in batches with the same ids.
+A plan-conditioned prompt (``given_plan``) is the prompt's ids followed by the plan section's,
+tokenized apart as ``pack`` tokenizes prompt and target (tokenizing the two as one text can merge
+tokens across the junction that training never saw). A record whose special-token string cannot be
+located in the rendering (a chat template that changes the text) is rejected ``special-token-text``,
+as ``pack`` rejects it. The prompting modes' user turn is tokenized by the engine with the same rule
+(:class:`~codeplan_tools.engines.base.PromptTokenizer`). The ``openai`` engine sends text: the server
+tokenizes it, special-token strings included.
+
 Every record gets a seed ``derive_seed(seed, id)``; sample ``j`` is drawn with the engine's
 ``sample_seed(record seed, j)`` and records it, so one sample can be reproduced alone. Each output record
 has ``samples`` (one per sample: ``text``, ``plan``, ``response``, ``finish_reason``, ``tokens_out``,
@@ -514,6 +527,7 @@ class GenerateTask(EngineTask):
         self.spec = spec
         self.ctx = ctx
         self.format = None
+        self.records = None  # RecordTokenizer of the format, for engines that take token ids
         self.stop: list[str] = []
         self.meta_base: dict = {}
 
@@ -526,6 +540,10 @@ class GenerateTask(EngineTask):
             self.tokenizer = tok
             self.format = get_format(cfg.format, tok)
             self.stop = list(self.format.stop_strings())
+            if getattr(engine, "uses_prompt_token_ids", False):
+                from .packing import RecordTokenizer
+
+                self.records = RecordTokenizer(tok, self.format)
         else:
             tok = getattr(engine, "tokenizer", None)
             # The turn-closing token (e.g. Llama-3's <|eot_id|>, not its eos) ends an instruct reply.
@@ -551,7 +569,7 @@ class GenerateTask(EngineTask):
             self.meta_base.update(self.format.describe())
 
     def request(self, record: dict):
-        from .engines.base import Request
+        from .engines.base import SPECIAL_TOKEN_TEXT, Request
 
         cfg = self.config
         prompt = record.get("prompt")
@@ -571,14 +589,34 @@ class GenerateTask(EngineTask):
             stop=list(self.stop),
         )
         if self.format is not None:
+            text = self.format.prompt_text(self.tokenizer, prompt)
+            ids = None
             if plan is not None:
-                text = self.format.prefix_with_plan(self.tokenizer, prompt, plan)
-            else:
-                text = self.format.prompt_text(self.tokenizer, prompt)
-            return Request(prompt=text, **common)
+                section = self.format.plan_section(plan)
+                ids = self._plan_prompt_ids(prompt, plan, text, section)
+                text += section  # = format.prefix_with_plan(...)
+            elif self.records is not None and self.records.holds_special(prompt):
+                ids = self.records.prompt_ids(prompt, text)
+                if ids is None:
+                    raise Unusable(SPECIAL_TOKEN_TEXT)
+            return Request(prompt=text, prompt_token_ids=ids, **common)
         instruction = task_answer_instruction(record) if cfg.answer_instruction else None
         content = mode_prompt(cfg.mode, prompt, plan=plan, answer_instruction=instruction)
         return Request(messages=[{"role": "user", "content": content}], **common)
+
+    def _plan_prompt_ids(self, prompt: str, plan: str, text: str, section: str) -> list[int] | None:
+        """Ids of a plan-conditioned prompt as ``pack`` tokenizes the training example: the prompt,
+        then the target up to the response (the plan section), each on its own, the record's text as
+        text. None when the engine tokenizes the text itself (HTTP)."""
+        from .engines.base import SPECIAL_TOKEN_TEXT
+
+        if self.records is None:
+            return None
+        prompt_ids = self.records.prompt_ids(prompt, text)
+        plan_ids = self.records.target_ids(plan, "", cut=len(section))
+        if prompt_ids is None or plan_ids is None:
+            raise Unusable(SPECIAL_TOKEN_TEXT)
+        return prompt_ids + plan_ids
 
     def parse(self, text: str, given: str | None) -> tuple[str | None, str]:
         cfg = self.config

@@ -13,6 +13,20 @@ Every engine (``vllm``, ``hf``, ``openai``) takes a list of :class:`Request` and
 - A request the engine cannot take (a prompt longer than the context) gets ``Result.error`` and no
   completions; it never makes the whole batch fail. Errors the engine cannot recover from (server
   down after retries) raise :class:`codeplan_tools.errors.EngineError`.
+- Prompt tokens (local engines, hf and vllm, through :class:`PromptTokenizer`): a request's
+  ``prompt_token_ids`` when the caller made them (``generate`` does for the prompts of a format whose
+  record text holds a special-token string, and for plan-conditioned prompts, with
+  :class:`~codeplan_tools.packing.RecordTokenizer`, exactly as ``pack`` trains on them); otherwise the
+  ``prompt`` text, or the chat template's rendering of ``messages``, tokenized in batches. A message's
+  content stays text: a special-token string inside it (``<|user|>``, ``</s>``) is tokenized as plain
+  text, not as that control token, by the same rule as ``pack`` (the rendering is cut only at the
+  template's own special tokens). When such a content cannot be located in the rendering (a template
+  that changes the text, or a conversation of more than one message), the request gets
+  ``Result.error`` ``special-token-text``. A raw ``prompt`` is the caller's rendering and is tokenized
+  as it is (its special-token strings are tokens).
+- The ``openai`` engine sends text (``prompt``, or ``messages`` for the server's chat template) and never
+  ``prompt_token_ids``: the server tokenizes it, and special-token strings in a record's text may
+  become control tokens there.
 - stdout carries records only: whatever an engine library prints while it is built, generates or
   shuts down (vLLM logs INFO lines to stdout; C code may write to fd 1) goes to stderr through
   :func:`stdout_to_stderr`, which the stages wrap around every engine call.
@@ -30,6 +44,9 @@ from typing import Protocol, runtime_checkable
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
+# The reject reason of a prompt whose record text holds a special-token string that cannot be located
+# in its rendering (the same name as pack's).
+SPECIAL_TOKEN_TEXT = "special-token-text"
 
 
 @dataclass
@@ -46,10 +63,15 @@ class Request:
     seed: int = 0  # per-request seed; sample j uses sample_seed(seed, j) and reports it
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)  # more ids that end a sample like EOS
+    # The ids of ``prompt`` when the caller tokenized it (generate's format prompts, as pack trains on
+    # them): local engines use them as given; the openai engine sends ``prompt``.
+    prompt_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError(f"request {self.id!r}: set exactly one of prompt or messages")
+        if self.prompt_token_ids is not None and self.prompt is None:
+            raise ValueError(f"request {self.id!r}: prompt_token_ids need the prompt text too")
         if self.n < 1 or self.max_tokens < 1:
             raise ValueError(f"request {self.id!r}: n and max_tokens must be >= 1")
 
@@ -78,6 +100,9 @@ class Result:
 
 @runtime_checkable
 class Engine(Protocol):
+    """An engine; one that tokenizes locally and honours ``Request.prompt_token_ids`` also sets the
+    class attribute ``uses_prompt_token_ids = True`` (callers skip making ids for the others)."""
+
     name: str
 
     def generate(self, requests: list[Request]) -> list[Result]:
@@ -117,42 +142,97 @@ def too_long_error(tokens_in: int, context: int) -> str:
 # -- helpers shared by the local engines (hf, vllm); they take a Hugging Face tokenizer ------------
 
 
-def prompt_token_ids(tokenizer, request: Request) -> list[int]:
-    """Token ids of a request's prompt, the same for every local engine.
+def prompt_token_ids(tokenizer, request: Request) -> list[int] | None:
+    """Token ids of a request's prompt, the same for every local engine (:class:`PromptTokenizer`)."""
+    return PromptTokenizer(tokenizer)([request])[0]
 
-    Chat requests go through the tokenizer's chat template (``add_generation_prompt=True``). A text
-    that already starts with the BOS token (chat templates such as Llama-3's put it in) is tokenized
-    without special tokens, so BOS is never doubled; other text gets the tokenizer's special tokens.
+
+def prompts_token_ids(tokenizer, requests: list[Request]) -> list[list[int] | None]:
+    """:func:`prompt_token_ids` of many requests (engines hold one :class:`PromptTokenizer` instead)."""
+    return PromptTokenizer(tokenizer)(requests)
+
+
+class PromptTokenizer:
+    """Token ids of requests' prompts for one tokenizer; each local engine holds one.
+
+    ``prompt_token_ids`` given by the caller are used as they are. Chat requests go through the
+    tokenizer's chat template (``add_generation_prompt=True``). A text that already starts with the
+    BOS token (chat templates such as Llama-3's put it in) is tokenized without special tokens, so
+    BOS is never doubled; other text gets the tokenizer's special tokens. Texts are tokenized in
+    batched calls (fast tokenizers encode a batch in parallel in Rust; one call per prompt costs more
+    than the tiny models' decoding); only a conversation whose content holds a special-token string
+    is tokenized alone, by :class:`~codeplan_tools.packing.RecordTokenizer` (the content stays text),
+    and gives None when its content cannot be located in the rendering.
     """
-    return prompts_token_ids(tokenizer, [request])[0]
 
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos = getattr(tokenizer, "bos_token", None)
+        self._turns: dict = {}  # role -> RecordTokenizer of a one-message conversation, built lazily
 
-def prompts_token_ids(tokenizer, requests: list[Request]) -> list[list[int]]:
-    """:func:`prompt_token_ids` of many requests, tokenized in two batched calls (fast tokenizers
-    encode a batch in parallel in Rust; one call per prompt costs more than the tiny models' decoding)."""
-    from codeplan_tools.errors import UsageError
+    def __call__(self, requests: list[Request]) -> list[list[int] | None]:
+        """One entry per request: its ids, or None (``special-token-text``)."""
+        ids: list[list[int] | None] = [None] * len(requests)
+        texts: dict[int, str] = {}  # request index -> text tokenized in the batch
+        for i, request in enumerate(requests):
+            if request.prompt_token_ids is not None:
+                ids[i] = list(request.prompt_token_ids)
+            elif request.messages is None:
+                texts[i] = request.prompt
+            else:
+                text = self._chat_text(request.messages)
+                if self._turn("user").holds_special(*_contents(request.messages)):
+                    ids[i] = self._content_ids(request.messages, text)
+                else:
+                    texts[i] = text
+        bos = self.bos
+        for add_special in (False, True):
+            group = [i for i, t in texts.items() if (not (bos and t.startswith(bos))) == add_special]
+            if group:
+                encoded = self.tokenizer([texts[i] for i in group], add_special_tokens=add_special)
+                for i, x in zip(group, encoded["input_ids"], strict=True):
+                    ids[i] = list(x)
+        return ids
 
-    texts = []
-    for request in requests:
-        if request.messages is not None:
-            if not getattr(tokenizer, "chat_template", None):
-                raise UsageError(
-                    "the model's tokenizer has no chat template; give raw prompts instead of messages"
-                )
-            texts.append(
-                tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+    def _chat_text(self, messages: list[dict]) -> str:
+        from codeplan_tools.errors import UsageError
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UsageError(
+                "the model's tokenizer has no chat template; give raw prompts instead of messages"
             )
-        else:
-            texts.append(request.prompt)
-    bos = getattr(tokenizer, "bos_token", None)
-    ids: list[list[int]] = [[] for _ in texts]
-    for add_special in (False, True):
-        group = [i for i, t in enumerate(texts) if (not (bos and t.startswith(bos))) == add_special]
-        if group:
-            encoded = tokenizer([texts[i] for i in group], add_special_tokens=add_special)["input_ids"]
-            for i, x in zip(group, encoded, strict=True):
-                ids[i] = list(x)
-    return ids
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _content_ids(self, messages: list[dict], text: str) -> list[int] | None:
+        """Ids of a conversation whose content holds a special-token string, the content as text; None
+        unless it is one message whose content the template embeds verbatim."""
+        if len(messages) != 1 or not isinstance(messages[0].get("content"), str):
+            return None
+        return self._turn(messages[0].get("role", "user")).prompt_ids(messages[0]["content"], text)
+
+    def _turn(self, role: str):
+        turn = self._turns.get(role)
+        if turn is None:
+            from codeplan_tools.packing import RecordTokenizer
+
+            turn = self._turns[role] = RecordTokenizer(self.tokenizer, _OneMessage(role))
+        return turn
+
+
+class _OneMessage:
+    """A conversation of one message as a format for ``RecordTokenizer``: the content is the prompt."""
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def prompt_text(self, tokenizer, content: str) -> str:
+        return tokenizer.apply_chat_template(
+            [{"role": self.role, "content": content}], tokenize=False, add_generation_prompt=True
+        )
+
+
+def _contents(messages: list[dict]) -> list[str]:
+    return [c for m in messages if isinstance(c := m.get("content"), str)]
 
 
 class StopRules:

@@ -19,11 +19,12 @@ from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
+    SPECIAL_TOKEN_TEXT,
     Completion,
+    PromptTokenizer,
     Request,
     Result,
     StopRules,
-    prompts_token_ids,
     sample_seed,
     too_long_error,
     truncate_at_stop,
@@ -57,6 +58,7 @@ def _torch_dtype(torch, dtype: str, device: str):
 @register("hf")
 class HFEngine:
     name = "hf"
+    uses_prompt_token_ids = True
 
     def __init__(
         self,
@@ -89,6 +91,7 @@ class HFEngine:
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         self._eos = gen_eos
         self._stop_rules = StopRules(self.tokenizer, gen_eos)
+        self._prompt_ids = PromptTokenizer(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
@@ -109,11 +112,12 @@ class HFEngine:
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result] = []
         rows: list[_Row] = []
-        for ri, (req, ids) in enumerate(
-            zip(requests, prompts_token_ids(self.tokenizer, requests), strict=True)
-        ):
-            res = Result(id=req.id, completions=[], tokens_in=len(ids))
+        for ri, (req, ids) in enumerate(zip(requests, self._prompt_ids(requests), strict=True)):
+            res = Result(id=req.id, completions=[], tokens_in=len(ids or ()))
             results.append(res)
+            if ids is None:
+                res.error = SPECIAL_TOKEN_TEXT
+                continue
             if not ids:
                 res.error = "empty-prompt: the prompt has no tokens"
                 continue

