@@ -357,7 +357,7 @@ def test_a_cached_hub_model_loads_from_its_snapshot_without_the_network(tiny_mod
     assert found.local and found.path.endswith(commit) and found.identity == commit
     spec = EngineSpec(model="codeplan-test/tiny", engine="hf")
     spec.check()
-    assert spec.identity()["model"] == "codeplan-test/tiny"
+    assert spec.identity()["model_fingerprint"] == commit and spec.meta()["model"] == "codeplan-test/tiny"
     engine = spec.build()
     assert engine.generate([Request(id="a", prompt="Hi", max_tokens=2)])[0].completions
 
