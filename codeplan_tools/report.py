@@ -5,7 +5,8 @@ any scored file without the task registry.
 
 - **Accuracy** per task is the mean over records of the per-record accuracy (the share of its samples
   that are right; with one sample, 0 or 1), with a 95% Wilson score interval over the records. The
-  strict-extraction accuracy, the counts of unextracted and timed-out samples, F1 (QA) and
+  strict-extraction accuracy, the counts of unextracted, hedged (an answer naming several answers),
+  invalid (a marked answer that is no option / label / number) and timed-out samples, F1 (QA) and
   instruction-level accuracy (IFEval) stand beside it. Subtasks (BBH task, MATH subject and level,
   MuSiQue hop count, synthetic difficulty) get the same row; tasks of a group (``bbh``) also get a
   group row over all their records.
@@ -132,6 +133,8 @@ class Cell:
     unextracted: int = 0
     unextracted_strict: int = 0
     timed_out: int = 0
+    hedged: int = 0
+    invalid: int = 0
     pass_sum: dict[int, float] = field(default_factory=dict)
     pass_n: dict[int, int] = field(default_factory=dict)
     maj_sum: dict[int, int] = field(default_factory=dict)
@@ -150,6 +153,8 @@ class Cell:
         self.unextracted += int(s.get("unextracted", 0))
         self.unextracted_strict += int(s.get("unextracted_strict", 0))
         self.timed_out += int(s.get("timed_out", 0))
+        self.hedged += int(s.get("hedged", 0))
+        self.invalid += int(s.get("invalid", 0))
         for k, v in (s.get("pass@k") or {}).items():
             self.pass_sum[int(k)] = self.pass_sum.get(int(k), 0.0) + float(v)
             self.pass_n[int(k)] = self.pass_n.get(int(k), 0) + 1
@@ -180,6 +185,8 @@ class Cell:
             "unextracted": self.unextracted,
             "unextracted_strict": self.unextracted_strict,
             "timed_out": self.timed_out,
+            "hedged": self.hedged,
+            "invalid": self.invalid,
         }
         # pass@k / maj@k only where every record has that many samples (else the mean mixes k's).
         full = {
@@ -225,6 +232,8 @@ _SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "unextracted": (_INTEGER, "an integer"),
     "unextracted_strict": (_INTEGER, "an integer"),
     "timed_out": (_INTEGER, "an integer"),
+    "hedged": (_INTEGER, "an integer"),
+    "invalid": (_INTEGER, "an integer"),
     "pass@k": ((dict,), "an object"),
     "maj@k": ((dict,), "an object"),
     "f1": (_NUMBER, "a number"),
@@ -334,6 +343,8 @@ def _merge(into: Cell, other: Cell) -> None:
         "unextracted",
         "unextracted_strict",
         "timed_out",
+        "hedged",
+        "invalid",
         "f1_sum",
         "f1_n",
         "instructions",
@@ -493,7 +504,10 @@ def _full_ks(report: RunReport) -> list[int]:
 def format_table(report: RunReport) -> str:
     """One run as a text table (stderr)."""
     ks = _full_ks(report)
-    head = f"{'task':<48} {'n':>6} {'acc%':>6} {'95% CI':>13} {'strict%':>7} {'unextr':>6} {'timeout':>7}"
+    head = (
+        f"{'task':<48} {'n':>6} {'acc%':>6} {'95% CI':>13} {'strict%':>7} {'unextr':>6} {'hedged':>6} "
+        f"{'invalid':>7} {'timeout':>7}"
+    )
     head += "".join(f" {'pass@' + str(k):>7}" for k in ks) + "".join(
         f" {'maj@' + str(k):>6}" for k in ks if k > 1
     )
@@ -504,7 +518,7 @@ def format_table(report: RunReport) -> str:
         line = (
             f"{'  ' * depth + label:<48.48} {cell.records:>6} {_pct(s['accuracy']):>6} "
             f"{'[' + _pct(lo) + ', ' + _pct(hi) + ']':>13} {_pct(s['accuracy_strict']):>7} "
-            f"{cell.unextracted:>6} {cell.timed_out:>7}"
+            f"{cell.unextracted:>6} {cell.hedged:>6} {cell.invalid:>7} {cell.timed_out:>7}"
         )
         line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k))):>7}" for k in ks)
         line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k))):>6}" for k in ks if k > 1)
@@ -601,15 +615,19 @@ def markdown(runs: Sequence[RunReport], comparison: Mapping | None = None) -> st
         ks = _full_ks(run)
         parts.append(f"## {run.name}\n")
         extra = "".join(f" pass@{k} |" for k in ks) + "".join(f" maj@{k} |" for k in ks if k > 1)
-        parts.append("| task | n | accuracy % | 95% CI | strict % | unextracted | timed out |" + extra)
-        parts.append("|---|---|---|---|---|---|---|" + "---|" * (len(ks) + sum(k > 1 for k in ks)))
+        parts.append(
+            "| task | n | accuracy % | 95% CI | strict % | unextracted | hedged | invalid | timed out |"
+            + extra
+        )
+        parts.append("|---|---|---|---|---|---|---|---|---|" + "---|" * (len(ks) + sum(k > 1 for k in ks)))
         for label, cell, depth in _rows_of(run):
             s = cell.summary()
             lo, hi = s["ci95"]
             name = ("&nbsp;&nbsp;" * depth) + label
             line = (
                 f"| {name} | {cell.records} | {_pct(s['accuracy'])} | {_pct(lo)}–{_pct(hi)} | "
-                f"{_pct(s['accuracy_strict'])} | {cell.unextracted} | {cell.timed_out} |"
+                f"{_pct(s['accuracy_strict'])} | {cell.unextracted} | {cell.hedged} | {cell.invalid} | "
+                f"{cell.timed_out} |"
             )
             line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k)))} |" for k in ks)
             line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k)))} |" for k in ks if k > 1)

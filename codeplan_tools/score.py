@@ -13,7 +13,9 @@
    so it counts as wrong rather than disappearing;
 3. the task's scorer gives one ``Verdict`` per sample (math in worker processes with a hard timeout);
 4. ``meta.score`` gets the per-sample verdicts and the per-record aggregates: ``n``, ``n_correct``,
-   ``accuracy`` (= n_correct / n), the same with ``_strict``, ``unextracted``, ``timed_out``, and for
+   ``accuracy`` (= n_correct / n), the same with ``_strict``, ``unextracted``, ``timed_out``,
+   ``hedged`` (answers that name several answers) and ``invalid`` (a marked answer not valid for the
+   task), each sample counted in at most one of the four, and for
    ``n > 1`` unbiased ``pass@k`` and majority vote ``maj@k`` for k = 1, 2, 4, ... n; ``correct`` is the
    single sample's verdict, or with several samples whether the majority answer is right (a tie is no
    majority). ``subtasks`` and ``difficulty`` carry what the report splits by.
@@ -58,7 +60,7 @@ from .tasks import Task, resolve_task
 # (file, line) of a record, and the line itself when the reader gives it (see filters.bad_record).
 Where = tuple
 
-SCORE_VERSION = 1  # bump when verdicts of the same input could change; part of the resume key
+SCORE_VERSION = 2  # bump when verdicts of the same input could change; part of the resume key
 
 
 @dataclass(kw_only=True)
@@ -255,9 +257,14 @@ def summarize(
         n_correct_strict=n_strict,
         accuracy=n_correct / n,
         accuracy_strict=n_strict / n,
-        unextracted=sum(v.extracted is None and not v.timed_out for v in verdicts),
-        unextracted_strict=sum(v.extracted_strict is None and not v.timed_out for v in verdicts),
+        # Unextracted: no answer found; a hedge, an invalid marked answer or a timeout is counted apart.
+        unextracted=sum(v.extracted is None and not (v.timed_out or v.hedged or v.invalid) for v in verdicts),
+        unextracted_strict=sum(
+            v.extracted_strict is None and not (v.timed_out or v.hedged_strict or v.invalid) for v in verdicts
+        ),
         timed_out=sum(v.timed_out for v in verdicts),
+        hedged=sum(v.hedged for v in verdicts),
+        invalid=sum(v.invalid for v in verdicts),
     )
     for key, agg in _extras(verdicts).items():
         values[key] = agg
@@ -304,6 +311,8 @@ def _count(stats: Stats, values: Mapping) -> None:
     stats.inc("samples_correct_strict", values["n_correct_strict"])
     stats.inc("samples_unextracted", values["unextracted"])
     stats.inc("samples_timed_out", values["timed_out"])
+    stats.inc("samples_hedged", values["hedged"])
+    stats.inc("samples_invalid", values["invalid"])
     if values.get("source") == "response":
         stats.inc("records_without_samples")
 

@@ -9,7 +9,11 @@ the first/last line or markdown ``*``, as in the reference evaluation); the inst
 instruction-level accuracies too. IFEval has no gold answer, so nothing is "extracted": ``extracted``
 is None only for an empty response, and maj@k does not apply.
 
-Two details of this environment: ``langdetect`` is seeded (it is random otherwise), and when NLTK's
+Determinism: some checkers draw from Python's global ``random`` when an instruction's arguments are
+missing or invalid (``letter_frequency`` with ``letter: "#"`` picks a random letter), so every sample
+is checked with ``random`` seeded from its record (the ``id``, else the prompt) and the global state is
+put back afterwards; scoring the same file twice gives the same verdicts, and nothing else in the
+process sees a changed ``random``. ``langdetect`` is seeded too (it is random otherwise). When NLTK's
 ``punkt_tab`` data is not installed (no network here), sentence counting and ``word_tokenize`` fall
 back to NLTK's untrained Punkt splitter, with a warning; ``python -m nltk.downloader punkt_tab``
 restores the reference tokenizer.
@@ -18,6 +22,7 @@ restores the reference tokenizer.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 
 from . import NoGold, Scorer, Verdict, register_scorer
@@ -72,6 +77,15 @@ def ensure_tokenizers() -> str:
     return _TOKENIZER
 
 
+def check_seed(record: Mapping) -> str:
+    """The seed of ``random`` while a record's samples are checked: its id, else its prompt."""
+    rid = record.get("id")
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+        return f"ifeval:{rid}"
+    prompt = record.get("question") or record.get("prompt")
+    return f"ifeval-prompt:{prompt if isinstance(prompt, str) else ''}"
+
+
 @register_scorer("ifeval")
 class IFEvalScorer(Scorer):
     votable = False
@@ -92,13 +106,18 @@ class IFEvalScorer(Scorer):
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
         prompt = record.get("question") or record.get("prompt") or ""
-        results, scores = evaluate_instructions(
-            response=text or "",
-            instruction_id_list=ids,
-            kwargs_list=kwargs,
-            prompt=prompt,
-            instruction_registry=INSTRUCTION_DICT,
-        )
+        state = random.getstate()
+        random.seed(check_seed(record))
+        try:
+            results, scores = evaluate_instructions(
+                response=text or "",
+                instruction_id_list=ids,
+                kwargs_list=kwargs,
+                prompt=prompt,
+                instruction_registry=INSTRUCTION_DICT,
+            )
+        finally:
+            random.setstate(state)
         known = [i for i in ids if i in INSTRUCTION_DICT]
         n_strict = sum(r.strict_pass for r in results)
         n_loose = sum(r.loose_pass for r in results)

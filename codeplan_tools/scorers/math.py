@@ -1,9 +1,12 @@
 """Math expressions (MATH, MATH-500): ``\\boxed{}`` extraction and math-verify equivalence.
 
-Strict: the marked answer span (normally the last ``\\boxed{}``; also "the answer is X" or a bare
-one-line answer) parsed by math-verify and compared with the gold. Lenient: the strict answer when
-there is one, else whatever math-verify's own extraction finds in the whole response (its LaTeX and
-plain-expression targets). Equivalence is math-verify's ``verify`` (symbolic and numeric), so
+Strict: the marked answer span (normally the last ``\\boxed{}``; also "the answer is X", the last
+```` ```output ```` block of a tool-integrated solution, or a bare one-line answer) parsed by
+math-verify and compared with the gold; a span that is only English number words (``twelve``) is read
+as that number. A marked span math-verify cannot parse is ``invalid``. Lenient: the strict answer when
+one is marked, else whatever math-verify's own extraction finds in the whole response (its LaTeX and
+plain-expression targets). There is no hedge check here: ``x = 2 or x = 3`` is a valid answer (a set)
+and math-verify compares it with the gold as such. Equivalence is math-verify's ``verify`` (symbolic and numeric), so
 ``\\frac{1}{2}`` = ``0.5`` = ``1/2`` and ``\\left( 3, \\frac{\\pi}{2} \\right)`` = ``(3, \\frac{\\pi}{2})``.
 
 Every check runs in a worker process with a **hard** timeout: sympy can hang on inputs such as
@@ -31,26 +34,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import Scorer, Verdict, answer_span, gold_answer, register_scorer, strip_thinking
+from . import Scorer, Verdict, answer_span, gold_answer, own_text, register_scorer, strip_thinking
 
 STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify and report ready
 
 
-def check_answer(gold: str, text: str) -> tuple[bool, bool, str | None, str | None]:
-    """(correct_strict, correct, extracted_strict, extracted): runs inside a worker."""
+def check_answer(gold: str, text: str) -> tuple[bool, bool, str | None, str | None, bool]:
+    """(correct_strict, correct, extracted_strict, extracted, invalid): runs inside a worker."""
     from math_verify import parse, verify
+
+    from .numeric import number_key, spelled_number
 
     g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
     text = strip_thinking(text or "")
     span = answer_span(text, bare=is_bare_math)
     if span is not None:
-        p = parse("\\boxed{" + span + "}", parsing_timeout=None)
+        # A marked answer in words ("twelve") is that number; math-verify would read it as a product.
+        spelled = spelled_number(span) if not re.search(r"\d", span) else None
+        p = parse(
+            "\\boxed{" + (number_key(spelled) if spelled is not None else span) + "}", parsing_timeout=None
+        )
         ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
         key = _key(p) or span
-        return ok, ok, span, key
+        return ok, ok, span, key, not p
     p = parse(text, parsing_timeout=None)
     ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
-    return False, ok, None, _key(p)
+    return False, ok, None, _key(p), False
 
 
 _MATH_WORDS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "inf", "infty", "and", "or"}
@@ -249,13 +258,20 @@ class MathScorer(Scorer):
 
     def score_many(self, items: Sequence[tuple[str | None, Mapping, Mapping]]) -> list[Verdict]:
         golds = [self.gold(record, options) for _text, record, options in items]
-        jobs = [(gold, text or "") for gold, (text, _r, _o) in zip(golds, items, strict=True)]
+        # Echoes of the prompt ("put your final answer in \\boxed{}") are removed here, before the worker.
+        jobs = [(gold, own_text(text, record)) for gold, (text, record, _o) in zip(golds, items, strict=True)]
         out = []
         for status, payload in self.pool.run(jobs):
             if status == "ok":
-                ok_strict, ok, span, key = payload
+                ok_strict, ok, span, key, invalid = payload
                 out.append(
-                    Verdict(correct=ok, correct_strict=ok_strict, extracted=key, extracted_strict=span)
+                    Verdict(
+                        correct=ok,
+                        correct_strict=ok_strict,
+                        extracted=None if invalid else key,
+                        extracted_strict=None if invalid else span,
+                        invalid=invalid,
+                    )
                 )
             else:
                 out.append(

@@ -3,7 +3,9 @@
 Answers are compared after SQuAD's normalisation (lower case, punctuation and the articles a/an/the
 removed, spaces collapsed), against the gold ``answer`` and every alias in ``answer_aliases`` /
 ``aliases``; the best alias counts. Strict takes the marked answer span (``finish[X]`` as in ReAct,
-"the answer is X", ``\\boxed{X}``, a bare one-line response); lenient falls back to the last line.
+"the answer is X", ``\\boxed{X}``, a bare one-line response); lenient falls back to the last line
+only when no answer is marked (an empty marked answer is ``invalid``). Echoes of the question are
+not searched.
 ``correct`` is exact match; token F1 (``f1`` / ``f1_strict``) is reported beside it.
 """
 
@@ -14,7 +16,7 @@ import string
 from collections import Counter
 from collections.abc import Mapping
 
-from . import NoGold, Scorer, Verdict, answer_span, clean_span, last_line, register_scorer
+from . import NoGold, Scorer, Verdict, answer_span, clean_span, last_line, own_text, register_scorer
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -64,10 +66,14 @@ class QAScorer(Scorer):
 
     def score(self, text: str | None, record: Mapping, options: Mapping) -> Verdict:
         golds = self.gold(record, options)
-        span = answer_span(text, max_bare=None)  # a one-line response is the answer, whatever its length
-        line = last_line(text)
+        body = own_text(text, record)
+        span = answer_span(body, max_bare=None)  # a one-line response is the answer, whatever its length
         raw_strict = span.strip() if span else None
-        raw_lenient = raw_strict if raw_strict else (line.strip() if line else None)
+        if span is not None:  # a marked answer: lenient takes it as it is
+            raw_lenient = raw_strict
+        else:
+            line = last_line(body)
+            raw_lenient = line.strip() if line else None
         strict = clean_span(raw_strict) if raw_strict else None
         lenient = clean_span(raw_lenient) if raw_lenient else None
 
@@ -89,5 +95,6 @@ class QAScorer(Scorer):
             correct_strict=em(strict, raw_strict),
             extracted=(normalize_answer(lenient) or lenient) if lenient else raw_lenient,
             extracted_strict=(normalize_answer(strict) or strict) if strict else raw_strict,
+            invalid=span is not None and not raw_strict,
             extra={"f1": round(f1(lenient), 6), "f1_strict": round(f1(strict), 6)},
         )

@@ -196,3 +196,30 @@ def test_meta_score_with_several_samples_has_pass_and_maj():
     s = report.to_dict()["tasks"]["gsm8k"]
     assert s["pass@k"]["2"] == pytest.approx((5 / 6 + 5 / 6) / 2, abs=1e-6)
     assert s["maj@k"]["4"] == 0.5
+
+
+def test_hedged_and_invalid_columns_beside_unextracted_and_timed_out(tmp_path):
+    from codeplan_tools.report import score_type_error
+
+    def rec(rid, task, hedged, invalid, unextracted):
+        s = {"task": task, "group": "bbh", "n": 2, "accuracy": 0.0, "accuracy_strict": 0.0}
+        s.update(unextracted=unextracted, timed_out=0, hedged=hedged, invalid=invalid)
+        return {"id": rid, "meta": {"score": s}}
+
+    run = build_report(
+        [rec("a", "bbh/x", 2, 0, 0), rec("b", "bbh/x", 1, 1, 0), rec("c", "bbh/y", 0, 1, 1)], "r"
+    )
+    d = run.to_dict()
+    assert (d["tasks"]["bbh/x"]["hedged"], d["tasks"]["bbh/x"]["invalid"]) == (3, 1)
+    assert (d["groups"]["bbh"]["hedged"], d["groups"]["bbh"]["invalid"]) == (3, 2)  # summed into the group
+    assert d["groups"]["bbh"]["unextracted"] == 1
+    lines = format_table(run).splitlines()
+    head = lines[1].split()
+    assert head[head.index("unextr") + 1 : head.index("unextr") + 4] == ["hedged", "invalid", "timeout"]
+    row = next(line for line in lines if line.strip().startswith("bbh/x")).split()
+    assert row[-4:] == ["0", "3", "1", "0"]  # unextracted, hedged, invalid, timed out
+    write_markdown(tmp_path / "r.md", [run])
+    md = (tmp_path / "r.md").read_text()
+    assert "| unextracted | hedged | invalid | timed out |" in md and "| 0 | 3 | 1 | 0 |" in md
+    assert score_type_error({"task": "t", "hedged": "2"}) == "meta.score.hedged is a string, not an integer"
+    assert score_type_error({"task": "t", "invalid": 1.5}) == "meta.score.invalid is a number, not an integer"
