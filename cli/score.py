@@ -102,14 +102,16 @@ def score_command(
     Scorers: numeric (GSM8K, SVAMP, ...), math (MATH: \\boxed{} + math-verify, in worker processes with
     a hard --timeout), choice, exact, yesno, qa (EM/F1 with aliases) and ifeval (strict/loose).
     Strict extraction (only an answer the model marked: \\boxed{}, '#### X', 'The answer is X', a bare
-    answer) and lenient extraction (falls back to the last number / option / line) are reported side
-    by side; accuracy is the lenient one. A record without 'samples' is scored on its 'response'.
+    answer, also with qualifiers such as 'most likely') and lenient extraction (falls back to the last
+    number / option / line only when no answer is marked) are reported side by side; accuracy is the
+    lenient one. A hedged answer ('(A) or (B)', '12 or 14') and a marked answer that is not valid for
+    the task (a letter that is no option) are wrong in both. A record without 'samples' is scored on its 'response'.
     A record with an unknown task, no gold answer or a field of the wrong type (samples not a list) stops
     the run with exit 65 naming its file and line (--on-bad-record skip rejects it).
     Re-running with the same -o FILE resumes. With --compare, the RUN arguments are the runs to
     compare (FILE or NAME=FILE, scored or not; the first is the baseline) and no records are written.
-    The report (accuracy with 95% Wilson interval per task and subtask, unextracted and timed-out
-    counts, pass@k and maj@k with several samples) goes to stderr and to --report files.
+    The report (accuracy with 95% Wilson interval per task and subtask, unextracted, hedged, invalid
+    and timed-out counts, pass@k and maj@k with several samples) goes to stderr and to --report files.
 
     Example: codeplan generate --model ckpt/ < gsm8k.jsonl.zst | codeplan score --report gsm8k.md > scored.jsonl.zst
 
