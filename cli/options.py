@@ -45,7 +45,8 @@ Output = Annotated[
         "--output",
         metavar="FILE",
         help="Write records to FILE instead of stdout; FILE may not be an input, and one run at a time writes "
-        "it. zstd unless --plain or FILE ends in .jsonl/.json (a resumed FILE keeps the encoding it has).",
+        "it. Plain JSONL if FILE ends in .jsonl/.json, gzip for .gz, else zstd; --plain/--zstd force one (a "
+        "resumed FILE keeps the encoding it has). Redirected stdout (> FILE) goes by its name the same way.",
         rich_help_panel=IO_PANEL,
     ),
 ]
@@ -54,7 +55,15 @@ Plain = Annotated[
     typer.Option(
         "--plain",
         envvar="CODEPLAN_PLAIN",
-        help="Write plain JSONL instead of zstd-compressed JSONL (a terminal always gets plain).",
+        help="Write plain JSONL whatever the output's name (a terminal always gets plain).",
+        rich_help_panel=IO_PANEL,
+    ),
+]
+Zstd = Annotated[
+    bool,
+    typer.Option(
+        "--zstd",
+        help="Write zstd-compressed JSONL whatever the output's name (a pipe gets zstd unless --plain).",
         rich_help_panel=IO_PANEL,
     ),
 ]
@@ -146,6 +155,7 @@ class StreamOptions:
     inputs: Inputs = None
     output: Output = None
     plain: Plain = False
+    zstd: Zstd = False
     rejects: Rejects = None
     on_bad_record: OnBadRecord = BadRecordMode.fail
     stats: StatsFile = None
@@ -163,7 +173,7 @@ class StreamOptions:
             stage=stage,
             inputs=self.inputs or ["-"],
             output=self.output,
-            plain=self.plain,
+            plain=self.output_kind(),
             rejects=self.rejects,
             on_bad_record=self.on_bad_record.value,
             stats_path=self.stats,
@@ -174,6 +184,21 @@ class StreamOptions:
             quiet=self.quiet,
             **settings,
         )
+
+    def output_kind(self) -> bool | str:
+        """What ``--plain``/``--zstd`` force, as ``streams.output_kind`` takes it (False: the name decides)."""
+        return output_kind_flag(self.plain, self.zstd)
+
+
+def output_kind_flag(plain: bool, zstd: bool) -> bool | str:
+    """``--plain``/``--zstd`` as ``streams.output_kind`` takes them (False: the name decides)."""
+    if plain and zstd:
+        from codeplan_tools.errors import UsageError
+
+        raise UsageError(
+            "--plain (or CODEPLAN_PLAIN=1) and --zstd ask for different outputs; give one of them"
+        )
+    return "zstd" if zstd else plain
 
 
 def with_options(**omit: tuple[str, ...]):

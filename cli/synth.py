@@ -69,6 +69,7 @@ def synth_command(
     list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and exit.")] = False,
     output: o.Output = None,
     plain: o.Plain = False,
+    zstd: o.Zstd = False,
     stats: o.StatsFile = None,
     quiet: o.Quiet = False,
 ) -> None:
@@ -92,7 +93,10 @@ def synth_command(
     )
     counters = Stats("synth")
     check_paths([], [("-o", output or "-"), ("--stats", stats)] if stats else [("-o", output or "-")])
-    with OutputLock(output) if output else nullcontext(), OutputWriter(output, plain=plain) as writer:
+    with (
+        OutputLock(output) if output else nullcontext(),
+        OutputWriter(output, plain=o.output_kind_flag(plain, zstd)) as writer,
+    ):
         for record in generate(config, counters):
             writer.write(record)
     if stats:

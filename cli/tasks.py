@@ -54,9 +54,17 @@ def list_command(
     typer.echo(f"{'task':<{width}}  {'scorer':<7}  {'difficulty':<10}  source")
     for t in tasks:
         source = (
-            ", ".join(t.files) if t.files else "generated (codeplan synth)" if t.group == "synth" else "-"
+            ", ".join(t.files)
+            if t.files
+            else "generated (codeplan synth)"
+            if t.group == "synth"
+            else "-i FILE|DIR (Parquet, Arrow, datasets folder)"
+            if t.corpus
+            else "-"
         )
-        typer.echo(f"{t.name:<{width}}  {t.scorer:<7}  {t.difficulty or '-':<10}  {source}  {t.description}")
+        typer.echo(
+            f"{t.name:<{width}}  {t.scorer or '-':<7}  {t.difficulty or '-':<10}  {source}  {t.description}"
+        )
 
 
 @tasks_app.command("prepare")
@@ -84,7 +92,8 @@ def prepare_command(
             "--input",
             metavar="FILE",
             help="Read the task's public file instead (as downloaded: JSON, JSON Lines, BIG-bench "
-            "task.json or CSV; zstd/gzip ok). Repeatable; needs a single task.",
+            "task.json or CSV; zstd/gzip ok; Parquet or Arrow files, a folder of them or a datasets "
+            "folder for a corpus such as webinstructsub). Repeatable; needs a single task.",
         ),
     ] = None,
     limit: Annotated[
@@ -107,13 +116,17 @@ def prepare_command(
     ] = False,
     output: o.Output = None,
     plain: o.Plain = False,
+    zstd: o.Zstd = False,
     quiet: o.Quiet = False,
 ) -> None:
-    """Write records (id, task, prompt, question, answer and the source's extra fields) for the tasks.
+    """Write records (id, task, prompt, question, answer and the source's extra fields) for the tasks;
+    for a training corpus (webinstructsub), prompt/response records with the row's source kept.
 
     Example: codeplan tasks prepare gsm8k,math500 --limit 100 > eval.jsonl.zst
 
     Example: codeplan tasks prepare gsm8k -i grade-school-math/test.jsonl > gsm8k.jsonl.zst
+
+    Example: codeplan tasks prepare webinstructsub -i WebInstructSub/data > webinstruct.jsonl.zst
     """
     import sys
 
@@ -127,7 +140,10 @@ def prepare_command(
         raise UsageError("-i FILE reads one task's public file: name exactly one task")
     counters = Stats("tasks")
     check_paths(list(inputs or []), [("-o", output or "-")])
-    with OutputLock(output) if output else nullcontext(), OutputWriter(output, plain=plain) as writer:
+    with (
+        OutputLock(output) if output else nullcontext(),
+        OutputWriter(output, plain=o.output_kind_flag(plain, zstd)) as writer,
+    ):
         for task in tasks:
             for record in prepare_records(task, data_dir, inputs, limit, instruction, gold_response):
                 writer.write(record)

@@ -20,7 +20,9 @@ Checked when a stage opens its outputs (``StageContext``), before anything is re
   spellings of one output share a lock (the real path names it). stdout, devices and FIFOs
   (``-o /dev/null``) are not locked.
 - ``OutputWriter``: a failed write part-way (disk full, I/O error) is ``OutputIOError`` (exit 74)
-  naming the file, and a resumed file keeps the encoding it already has.
+  naming the file, and a resumed file keeps the encoding it already has (zstd, gzip or plain, from
+  its first bytes), whatever ``--plain``/``--zstd`` or the name ask for: two encodings appended to
+  each other make a file that no tool reads.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 from pathlib import Path
 
 from .errors import CannotCreate, InputMissing, OutputBusy, OutputIOError, UsageError
-from .streams import ZSTD_MAGIC, RecordWriter, zstd_compressor
+from .streams import GZIP_MAGIC, ZSTD_MAGIC, RecordWriter
 
 LOCK_SUFFIX = ".codeplan-lock"
 # flock is not offered everywhere (some FUSE and old NFS mounts); there the run goes on unlocked.
@@ -54,7 +56,15 @@ def check_inputs(paths: list[str], flag: str = "-i") -> None:
         except OSError as exc:
             raise InputMissing(f"{flag} {path}: cannot be read ({exc.strerror})") from None
         if stat.S_ISDIR(mode):
-            raise InputMissing(f"{flag} {path}: is a folder; give the record files inside it")
+            # A datasets folder or a folder of Parquet/Arrow shards is read as one input; any other
+            # folder is refused here, naming what to give.
+            from .columnar import folder_files
+
+            try:
+                folder_files(path)
+            except InputMissing as exc:
+                raise InputMissing(f"{flag} {exc}") from None
+            continue
         if not os.access(path, os.R_OK):
             raise InputMissing(f"{flag} {path}: cannot be read (permission denied)")
 
@@ -137,6 +147,20 @@ def check_writable(path: str | os.PathLike | None, flag: str) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CannotCreate(
             f"{flag} {path}: cannot create it, {folder} is not writable (permissions or a read-only file system)"
+        )
+
+
+def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
+    """Refuse (``CannotCreate``, exit 73) a folder to be written into (``--tensorboard DIR``) that
+    cannot be: an existing one must be a writable folder, a new one is checked as ``check_writable``."""
+    target = Path(path)
+    if not target.is_dir():
+        if target.exists():
+            raise CannotCreate(f"{flag} {path}: is a file; give a folder")
+        check_writable(path, flag)
+    elif not os.access(target, os.W_OK | os.X_OK):
+        raise CannotCreate(
+            f"{flag} {path}: the folder is not writable (permissions or a read-only file system)"
         )
 
 
@@ -232,7 +256,7 @@ class OutputLock:
 
 # -- writing --------------------------------------------------------------------------------------
 def existing_encoding(path: str | None) -> str | None:
-    """``"zstd"`` or ``"plain"`` for a non-empty existing file (from its first bytes), else None."""
+    """``"zstd"``, ``"gzip"`` or ``"plain"`` for a non-empty existing file (from its first bytes), else None."""
     if path in (None, "-") or not os.path.isfile(path):  # a device or a FIFO is not read back
         return None
     try:
@@ -242,25 +266,27 @@ def existing_encoding(path: str | None) -> str | None:
         return None
     if not head:
         return None
-    return "zstd" if head == ZSTD_MAGIC else "plain"
+    if head == ZSTD_MAGIC:
+        return "zstd"
+    return "gzip" if head[:2] == GZIP_MAGIC else "plain"
 
 
 class OutputWriter(RecordWriter):
     """``RecordWriter`` for a stage's outputs: write failures are one line, the encoding can be fixed.
 
-    ``compressed`` (True/False) overrides ``plain``, ``CODEPLAN_PLAIN`` and the file name: a resumed
-    file keeps the encoding it has, since zstd and plain JSONL appended to each other make a file
-    that neither zstd nor codeplan can read.
+    ``plain`` forces a kind as in ``streams.output_kind`` (True, or "plain"/"gzip"/"zstd");
+    ``compressed`` (True: zstd, False: plain) overrides it, ``CODEPLAN_PLAIN`` and the file name. With
+    ``append``, the encoding of the existing file overrides all of them (see the module docstring).
     """
 
-    def __init__(self, path, plain: bool = False, append: bool = False, compressed: bool | None = None):
+    def __init__(self, path, plain: bool | str = False, append: bool = False, compressed: bool | None = None):
+        kind = plain if compressed is None else ("zstd" if compressed else "plain")
+        if append:
+            kind = existing_encoding(None if path is None else str(path)) or kind
         try:
-            super().__init__(path, plain=plain or compressed is False, append=append)
+            super().__init__(path, plain=kind, append=append)
         except OSError as exc:  # the pre-check passed but the open failed (a race, a quota)
             raise CannotCreate(f"{path}: cannot be opened for writing ({exc.strerror})") from None
-        if compressed and self.plain:
-            self.plain = False
-            self._cctx = zstd_compressor()
 
     def flush(self) -> None:
         try:

@@ -10,20 +10,21 @@ Re-running the identical command with the same ``-o FILE`` (under the run's ``Ou
    that lacks this run key: a record of another run names the settings that differ; a line that
    is not a JSON object, or a record without ``meta.<stage>.run_key``, means FILE is not a codeplan
    output (a ``notes.txt``, a model file, a benchmark input) and is left untouched;
-2. only then cuts a torn tail (a partial zstd frame or a line without its newline, left by a kill).
+2. only then cuts a torn tail (a partial zstd frame or gzip member, or a line without its newline, left by a kill).
    A file with no complete record is cut only if its torn tail holds this run key, so a foreign
    file without a newline is never emptied;
 3. skips the ids found and appends to FILE in the encoding FILE already has (``outputs.OutputWriter``).
 
 Completion is per record and read from the output itself, so there is no state file to lose.
 A plain file is read line by line (a foreign file is refused at its first line, whatever its size);
-a zstd file is decompressed whole.
+a zstd or gzip file is decompressed whole (its frames or members one by one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,22 +33,24 @@ import orjson
 import zstandard
 
 from .errors import SettingsMismatch
-from .streams import ZSTD_MAGIC
+from .streams import GZIP_MAGIC, ZSTD_MAGIC
 
 
 def run_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def _split_frames(data: bytes) -> tuple[bytes, int]:
-    """Decompress consecutive complete zstd frames; return (content, bytes of complete frames)."""
+def _split_frames(data: bytes, gzip: bool = False) -> tuple[bytes, int]:
+    """Decompress consecutive complete zstd frames (or gzip members); return (content, bytes of
+    complete frames). A torn or damaged last frame ends the complete part."""
     out = []
     pos = 0
     while pos < len(data):
-        dobj = zstandard.ZstdDecompressor().decompressobj()
+        # wbits 31: one gzip member with its header and trailer checked.
+        dobj = zlib.decompressobj(31) if gzip else zstandard.ZstdDecompressor().decompressobj()
         try:
             chunk = dobj.decompress(data[pos:])
-        except zstandard.ZstdError:
+        except (zstandard.ZstdError, zlib.error):
             break
         if not dobj.eof:
             break  # a torn last frame
@@ -70,11 +73,13 @@ class _Scan:
         self.size = self.path.stat().st_size
         self.complete = 0
         with open(self.path, "rb") as fh:
-            self.zstd = fh.read(4) == ZSTD_MAGIC
+            head = fh.read(4)
+        self.zstd = head == ZSTD_MAGIC
+        self.gzip = head.startswith(GZIP_MAGIC)
 
     def lines(self) -> Iterator[tuple[int, bytes]]:
-        if self.zstd:
-            yield from self._zstd_lines()
+        if self.zstd or self.gzip:
+            yield from self._frame_lines()
             return
         with open(self.path, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -84,12 +89,12 @@ class _Scan:
                 if line.strip():
                     yield lineno, line
 
-    def _zstd_lines(self) -> Iterator[tuple[int, bytes]]:
-        content, self.complete = _split_frames(self.path.read_bytes())
-        # A complete frame always ends with a full line; keep whole lines only.
+    def _frame_lines(self) -> Iterator[tuple[int, bytes]]:
+        content, self.complete = _split_frames(self.path.read_bytes(), gzip=self.gzip)
+        # A complete frame (member) always ends with a full line; keep whole lines only.
         if content and not content.endswith(b"\n"):
             raise SettingsMismatch(
-                f"{self.path}: a complete zstd frame ends mid-line, so codeplan did not write this file; "
+                f"{self.path}: a complete {'gzip member' if self.gzip else 'zstd frame'} ends mid-line, so codeplan did not write this file; "
                 "nothing was changed: use another -o file"
             )
         for lineno, line in enumerate(content.splitlines(), 1):
@@ -100,10 +105,11 @@ class _Scan:
         with open(self.path, "rb") as fh:
             fh.seek(self.complete)
             data = fh.read()
-        if self.zstd:
+        if self.zstd or self.gzip:
             try:
-                return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-            except zstandard.ZstdError:
+                dobj = zlib.decompressobj(31) if self.gzip else zstandard.ZstdDecompressor().decompressobj()
+                return dobj.decompress(data)
+            except (zstandard.ZstdError, zlib.error):
                 return b""
         return data
 

@@ -38,7 +38,7 @@ from .records import InvalidRecord, normalize, parse_record, set_meta
 from .resume import completed_ids, run_key
 from .shard import in_shard, parse_shard
 from .stats import Stats
-from .streams import InputDamage, iter_lines, wants_plain
+from .streams import InputDamage, iter_lines, output_kind
 
 # Stages whose rejects are their result (filter's rules), counted per rule: without --rejects they
 # are not named one by one on stderr. Other stages' rejects are failures, each named (capped).
@@ -120,14 +120,15 @@ class StageContext:
         if self._key is None:
             return OutputWriter(path, plain=self.io.plain)
         found = existing_encoding(path)
-        if found is not None and (found == "plain") != wants_plain(path, self.io.plain):
+        if found is not None and found != output_kind(path, self.io.plain):
+            described = {"zstd": "zstd-compressed", "gzip": "gzip-compressed"}.get(found, "plain")
             print(
-                f"codeplan {self.io.stage}: note: {path} is {'zstd-compressed' if found == 'zstd' else 'plain'} "
-                f"JSONL; resuming in that encoding (--plain, CODEPLAN_PLAIN and the file name are ignored)",
+                f"codeplan {self.io.stage}: note: {path} is {described} JSONL; resuming in that encoding "
+                "(--plain, --zstd, CODEPLAN_PLAIN and the file name are ignored)",
                 file=sys.stderr,
             )
-        compressed = None if found is None else found == "zstd"
-        return OutputWriter(path, plain=self.io.plain, append=True, compressed=compressed)
+        # Appending, the writer keeps the encoding the file has (OutputWriter).
+        return OutputWriter(path, plain=self.io.plain, append=True)
 
     def close(self) -> None:
         """End of the run: close the progress bar, count the wall time, close output and rejects

@@ -6,6 +6,13 @@ Keys: ``step``, ``epoch``, ``loss`` (mean per loss token over the whole step, al
 FLOPs utilisation per device; ``null`` where the device's peak is unknown, e.g. on CPU),
 ``peak_mem_gib`` (GPU: peak allocated memory; CPU: the process's peak resident set), ``elapsed_s``.
 
+With ``MetricsConfig.tensorboard`` (``--tensorboard DIR``), rank 0 also writes every numeric key
+of each line but ``step`` as a TensorBoard scalar ``train/<key>`` at that step (``mfu`` only where
+it is known), flushed at each logged step so a killed run keeps what it logged; a resumed run adds
+an event file to DIR and TensorBoard joins them by step. The JSON lines are written all the same.
+This needs the ``tensorboard`` package (``pip install 'codeplan[tensorboard]'``); without it the
+run stops before training with a one-line error naming that extra.
+
 MFU uses ``6 * N + 12 * layers * hidden * T`` FLOPs per token, N the non-embedding parameters and T
 the mean length attended to (sum of squared example lengths / tokens), so packing with
 confined attention is not credited for attention it does not compute.
@@ -77,6 +84,18 @@ def peak_mem_gib(device) -> float:
 class MetricsConfig:
     log_every: int = 1
     """Write a metrics line every this many steps (and at the last step)."""
+    tensorboard: str | None = None
+    """Also write the metrics as TensorBoard scalars into this folder (rank 0)."""
+
+
+def tensorboard_writer(folder: str):
+    """A ``SummaryWriter`` on ``folder``; ``MissingDependency`` naming the extra without tensorboard."""
+    from ..errors import require
+
+    require("tensorboard", "tensorboard")  # torch's writer needs it; name the extra, not torch's message
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=folder)
 
 
 class Metrics:
@@ -91,6 +110,7 @@ class Metrics:
         self._last_t = self._t0
         self._tokens = 0.0
         self._attn = 0.0
+        self._board = tensorboard_writer(config.tensorboard) if config.tensorboard and is_main else None
 
     def should_log(self, step: int, last: bool = False) -> bool:
         return last or self.config.log_every <= 1 or step % self.config.log_every == 0
@@ -127,10 +147,20 @@ class Metrics:
             sys.stdout.write(orjson.dumps(d).decode() + "\n")
             sys.stdout.flush()
             print(readable(d), file=sys.stderr, flush=True)
+            if self._board is not None:
+                self._scalars(d)
         return d
 
+    def _scalars(self, d: dict) -> None:
+        for key, value in d.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._board.add_scalar(f"train/{key}", value, d["step"])
+        self._board.flush()
+
     def close(self) -> None:
-        pass
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
 
 def readable(d: dict) -> str:
