@@ -33,8 +33,9 @@ Inputs = Annotated[
         "-i",
         "--input",
         metavar="FILE",
-        help="Input records: zstd (also concatenated shards), gzip or plain JSONL, detected from the "
-        "first bytes. Repeatable; '-' is stdin. [default: stdin]",
+        help="Input records: zstd (also concatenated shards), gzip, xz, bzip2 or plain JSONL, or Parquet / "
+        "Arrow files, detected from the first bytes; a folder (a datasets save_to_disk folder, or "
+        ".parquet/.arrow shards) is read as one input. Repeatable; '-' is stdin. [default: stdin]",
         rich_help_panel=IO_PANEL,
     ),
 ]

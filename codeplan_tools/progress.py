@@ -19,6 +19,7 @@ import threading
 import time
 from typing import TextIO
 
+from .columnar import row_count
 from .streams import open_input
 
 _COUNT_BLOCK = 1 << 20
@@ -39,6 +40,10 @@ class LineCounter:
         n = 0
         try:
             for path in self._inputs:
+                # Parquet/Arrow: the row count from footers and batch headers, not a re-conversion.
+                if (rows := row_count(path)) is not None:
+                    n += rows
+                    continue
                 last = b"\n"
                 with open_input(path) as fh:
                     while block := fh.read(_COUNT_BLOCK):

@@ -7,7 +7,11 @@ from) the record, so unknown fields pass through:
 - benchmark rows: ``question`` (-> ``prompt``), ``answer`` stays the gold answer;
 - MATH rows: ``problem`` -> ``prompt``, ``solution`` -> ``response``;
 - Alpaca rows: ``instruction`` + ``input`` -> ``prompt``, ``output`` -> ``response``;
-- chat rows: ``messages`` -> the last user turn is ``prompt``, the assistant turn after it ``response``.
+- chat rows: ``messages`` -> the last user turn is ``prompt``, the assistant turn after it ``response``;
+- WebInstructSub rows (``orig_question``, ``orig_answer``, ``question``, ``answer``, ``source``,
+  ``index``): the refined ``question`` -> ``prompt``, the refined ``answer`` -> ``response`` (a row
+  with ``orig_answer`` has a full answer, not a gold one, in ``answer``; it stays there too).
+  ``--prompt-field orig_question`` / ``--response-field orig_answer`` pick the original pair.
 
 ``--prompt-field`` / ``--response-field`` name other fields (dotted paths such as ``data.q`` work).
 An ``id`` already present is kept; otherwise it is a hash of the content fields, so the same row
@@ -207,6 +211,9 @@ def find_response(record: dict, field: str | None = None) -> str | None:
             return _from_messages(v)[1]
         if isinstance(v, str):
             return v
+    if "orig_answer" in record:  # WebInstructSub: ``answer`` is the refined response
+        v = record.get("answer")
+        return v if isinstance(v, str) else None
     return None
 
 

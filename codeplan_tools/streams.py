@@ -7,6 +7,13 @@ and bzip2 (read with the standard library's ``lzma``/``bz2``; also concatenated 
 else is plain JSON Lines. Bytes that differ from the zstd, gzip or xz magic number in one place are a
 damaged header, not plain text.
 
+Parquet (``PAR1``) and Arrow IPC files (``ARROW1``) and streams (``FF FF FF FF``), and a folder given
+as an input (a ``datasets`` folder or a folder of ``.parquet``/``.arrow`` shards), are read by
+``columnar``: one JSON line per row, numbered by row (``file:row N``), in record batches. Telling them
+apart costs one 6-byte read per input: a seekable input is read and sought back; on a pipe bytes are
+read only while they may still begin such a magic (``{`` never does) and are handed back first
+(``_Prefixed``), so a slow JSON Lines pipe is never waited on.
+
 Input is decoded incrementally: compressed input is fed to the decompressor 16 KiB at a time and a
 line is yielded as soon as it is complete, before more input is decoded. So an error further on
 never takes back a line already handed out, and an error message names the first line that could
@@ -16,7 +23,7 @@ Damaged input (container level). A decompression error, a frame/member cut short
 input, bytes after a complete frame/member that do not start another (junk after the data; NUL
 padding is accepted after gzip, xz and bzip2 data, as their own tools accept it), or junk before the
 first frame (a zstd, gzip or xz header within the first KiB of an input that does not start like
-JSON) is *damage*. What is recovered, and what is not:
+JSON) is *damage*. What is recovered, and what is not (for Parquet and Arrow input see ``columnar``):
 
 - every complete line decoded before the damage was found is read (with zstd, at most the lines of
   the blocks decoded from the same 16 KiB of compressed input as the damaged block are lost with it);
@@ -34,23 +41,28 @@ JSON) is *damage*. What is recovered, and what is not:
 stages pass it in ``--on-bad-record skip`` mode: counted in ``--stats`` and named on stderr); without
 ``on_damage`` it raises ``BadRecord`` naming the file, the line count so far + 1 and the byte offset.
 
-Output is JSON Lines, zstd-compressed unless plain output is asked for (``--plain``,
-``CODEPLAN_PLAIN=1``, a name ending in ``.jsonl``/``.json``, or a terminal). Compressed output is a
-sequence of complete zstd frames with checksums, one per flush; a flush happens when about 1 MiB is
-pending, when 2 s have passed since the last one, and at the end. A reader downstream therefore sees
-progress, and a killed process leaves a readable prefix (at most a torn last frame, which
-``codeplan_tools.resume`` cuts off). A compressed output with no records is one empty frame, which
-``zstd -d`` reads as empty (a 0-byte file it rejects). SIGTERM and SIGINT are held back while a
-frame is being written, so a frame is never half-written by our own shutdown.
+Output is JSON Lines of one of three kinds (``output_kind``): plain, gzip or zstd. Forced by
+``--plain`` (or ``CODEPLAN_PLAIN=1``) or ``--zstd``; otherwise the name decides: ``-o FILE``, or the
+file stdout is redirected to (``> FILE``, found on Linux through ``/proc/self/fd/1``), ending in
+``.jsonl``/``.json`` is plain, ``.gz`` gzip, ``.zst`` zstd; any other name, and a pipe, get zstd; a
+terminal gets plain. Compressed output is a sequence of complete zstd frames (with checksums) or
+gzip members, one per flush; a flush happens when about 1 MiB is pending, when 2 s have passed since
+the last one, and at the end. A reader downstream therefore sees progress, and a killed process
+leaves a readable prefix (at most a torn last frame, which ``codeplan_tools.resume`` cuts off). A
+compressed output with no records is one empty frame/member, which ``zstd -d``/``gzip -d`` read as
+empty (a 0-byte file they reject). SIGTERM and SIGINT are held back while a frame is being written,
+so a frame is never half-written by our own shutdown.
 """
 
 from __future__ import annotations
 
 import bz2
+import gzip
 import io
 import lzma
 import os
 import signal
+import stat
 import sys
 import time
 import zlib
@@ -210,8 +222,14 @@ class InputDamage:
     lost_lines: int  # lines known to be lost: the line the damage cut through (0 or 1)
     reason: str
     resumed: bool  # whether reading resumed in this file (else at the next input)
+    unit: str = "line"  # "row" for Parquet/Arrow input (``columnar``): rows lost, row numbers kept
 
     def message(self) -> str:
+        if self.unit == "row":
+            rows = "1 row" if self.lost_lines == 1 else f"{self.lost_lines} rows"
+            lost = f"; {rows} skipped" if self.lost_lines else ""
+            goes_on = "reading goes on" if self.resumed else "nothing readable follows in this file"
+            return f"{self.path}:{self.line}: {self.reason}{lost}; {goes_on}"
         end = self.offset + self.skipped_bytes
         lost = f" ({self.lost_lines} partial line lost)" if self.lost_lines else ""
         goes_on = (
@@ -437,13 +455,25 @@ def iter_lines(
     """Yield ``(display path, 1-based line number, line bytes without newline)``; blank lines skipped.
 
     Container damage goes to ``on_damage`` and reading goes on; without it, ``BadRecord`` (see the
-    module docstring).
+    module docstring). A Parquet or Arrow input (a file by its first bytes, or a folder) yields one
+    JSON line per row, numbered by row (``columnar``).
     """
     for path in paths:
         name = display_name(path)
+        if path != "-" and os.path.isdir(path):
+            from . import columnar
+
+            yield from columnar.folder_lines(path, on_damage)
+            continue
         lineno = 0
         held: list[bytes] = []  # the start of a line whose end has not been decoded yet
-        with _Opened(path) as fh:
+        with _Opened(path) as opened:
+            head, fh = _sniff(opened)
+            if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
+                from . import columnar
+
+                yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
+                continue
             try:
                 for chunk in _decoded(fh):
                     if chunk.__class__ is _Break:
@@ -486,6 +516,76 @@ def iter_lines(
             yield name, lineno + 1, last.rstrip(b"\r")
 
 
+# First bytes of the columnar magics (Parquet "PAR1", Arrow "ARROW1", Arrow stream FF FF FF FF).
+_COLUMNAR_FIRST = (b"P", b"A", b"\xff")
+
+
+def _columnar_kind(head: bytes) -> str | None:
+    from . import columnar
+
+    return columnar.kind_of(head)
+
+
+def _columnar_source(path: str, fh: BinaryIO) -> str | BinaryIO:
+    """What pyarrow reads: a regular file by its path (native reads), stdin or a pipe by its handle."""
+    return fh if path == "-" or fh.__class__ is _Prefixed else path
+
+
+def _sniff(fh: BinaryIO) -> tuple[bytes, BinaryIO]:
+    """The first bytes of ``fh`` (enough to tell a Parquet/Arrow input), and a handle that reads from
+    the start again. A seekable input is read and sought back; from a pipe, bytes are read only while
+    they may still begin a columnar magic (JSON does not), and are put back by ``_Prefixed``."""
+    try:
+        if fh.seekable():
+            start = fh.tell()
+            head = fh.read(6)
+            fh.seek(start)
+            return head, fh
+    except (OSError, ValueError):
+        pass
+    from .columnar import may_start
+
+    read = getattr(fh, "read1", None) or fh.read
+    head = b""
+    while may_start(head) and (piece := read(6 - len(head))):
+        head += piece
+    return head, (_Prefixed(head, fh) if head else fh)
+
+
+class _Prefixed(io.RawIOBase):
+    """A pipe whose first bytes were read to sniff it: they come first, then the rest of the pipe."""
+
+    def __init__(self, head: bytes, fh: BinaryIO):
+        self._head = head
+        self._fh = fh
+        self._read = getattr(fh, "read1", None) or fh.read
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, n: int = -1) -> bytes:
+        if self._head:
+            size = len(self._head) if n is None or n < 0 else n
+            head, self._head = self._head[:size], self._head[size:]
+            return head
+        return self._read(n if n and n > 0 else READ_BUFFER)
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end of the input (pyarrow reads a stream this way)."""
+        if n is None or n < 0:
+            return self.read1() + self._fh.read()
+        parts, size = [], 0
+        while size < n and (piece := self.read1(n - size)):
+            parts.append(piece)
+            size += len(piece)
+        return b"".join(parts)
+
+    def readinto(self, buffer) -> int:
+        data = self.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _damage(name: str, line: int, lost: int, brk: _Break) -> InputDamage:
     return InputDamage(name, line, brk.start, brk.end - brk.start, lost, brk.reason, brk.resumed)
 
@@ -508,11 +608,23 @@ class _DecodedRaw(io.RawIOBase):
     """``open_input``'s stream: the decoded bytes; damage raises ``BadRecord`` with the line reached."""
 
     def __init__(self, path: str):
-        self._opened = _Opened(path)
         self._name = display_name(path)
-        self._chunks = _decoded(self._opened.fh)
         self._pending = memoryview(b"")
         self._lines = 0
+        if path != "-" and os.path.isdir(path):  # a Parquet/Arrow folder: its rows as JSON lines
+            self._opened = None
+            from . import columnar
+
+            self._chunks = _columnar_chunks(columnar.folder_lines(path))
+            return
+        self._opened = _Opened(path)
+        head, fh = _sniff(self._opened.fh)
+        if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
+            from . import columnar
+
+            self._chunks = _columnar_chunks(columnar.file_lines(_columnar_source(path, fh), self._name, kind))
+        else:
+            self._chunks = _decoded(fh)
 
     def readable(self) -> bool:
         return True
@@ -533,9 +645,17 @@ class _DecodedRaw(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._opened is not None:
             self._opened.__exit__()
         super().close()
+
+
+def _columnar_chunks(rows: Iterator[tuple[str, int, bytes]]) -> Iterator[bytes]:
+    """Rows of a Parquet/Arrow input as JSON Lines bytes, 1024 rows a chunk (``open_input``)."""
+    import itertools
+
+    while piece := list(itertools.islice(rows, 1024)):
+        yield b"\n".join(line for _, _, line in piece) + b"\n"
 
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
@@ -547,18 +667,55 @@ def open_input(path: str | os.PathLike) -> BinaryIO:
 # Writing
 
 
-def wants_plain(path: str | None, plain: bool | None = None) -> bool:
-    """Decide plain vs zstd output for ``path`` (None = stdout)."""
-    if plain:
-        return True
-    if os.environ.get("CODEPLAN_PLAIN", "") not in ("", "0"):
-        return True
+OUTPUT_KINDS = ("plain", "gzip", "zstd")
+_KIND_BY_SUFFIX = ((".jsonl", "plain"), (".json", "plain"), (".gz", "gzip"), (".zst", "zstd"))
+
+
+def kind_of_name(name: str) -> str | None:
+    """The output kind a file name asks for (``.jsonl``/``.json``, ``.gz``, ``.zst``), else None."""
+    for suffix, kind in _KIND_BY_SUFFIX:
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def _stdout_name() -> str | None:
+    """The file stdout is redirected to (``> FILE``), or None for a pipe, a terminal or a device.
+
+    Linux names it in ``/proc/self/fd/N``; elsewhere (or a test's captured stdout) this is None."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def output_kind(path: str | None, plain: bool | str | None = None) -> str:
+    """``"plain"``, ``"gzip"`` or ``"zstd"``: the output kind of ``path`` (None or ``-``: stdout).
+
+    ``plain`` forces a kind: True (``--plain``) is plain, a kind name (``--zstd`` passes "zstd") is
+    that kind; False/None leave it to ``CODEPLAN_PLAIN``, then the name (see the module docstring).
+    """
+    if plain in OUTPUT_KINDS:
+        return plain
+    if plain is True or os.environ.get("CODEPLAN_PLAIN", "") not in ("", "0"):
+        return "plain"
     if path is None or path == "-":
-        try:
-            return sys.stdout.isatty()
-        except (AttributeError, ValueError):
-            return False
-    return str(path).endswith((".jsonl", ".json"))
+        name = _stdout_name()
+        if name is None:
+            try:
+                return "plain" if sys.stdout.isatty() else "zstd"
+            except (AttributeError, ValueError):
+                return "zstd"
+        return kind_of_name(name) or "zstd"
+    return kind_of_name(str(path)) or "zstd"
+
+
+def wants_plain(path: str | None, plain: bool | str | None = None) -> bool:
+    """Whether ``path`` (None = stdout) gets plain JSONL (see ``output_kind``)."""
+    return output_kind(path, plain) == "plain"
 
 
 def zstd_compressor(level: int = 3) -> zstandard.ZstdCompressor:
@@ -566,23 +723,36 @@ def zstd_compressor(level: int = 3) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=level, write_checksum=True)
 
 
-class RecordWriter:
-    """Write records as JSON Lines to a file or stdout, as flushed zstd frames unless plain.
+def _compressor(kind: str, level: int = 3) -> Callable[[bytes], bytes] | None:
+    """Bytes -> one complete zstd frame or gzip member (None for plain): a flush is readable alone."""
+    if kind == "zstd":
+        return zstd_compressor(level).compress
+    if kind == "gzip":
+        # Level 6 (gzip's own default): 9 costs several times the time for a few percent.
+        return lambda data: gzip.compress(data, compresslevel=6, mtime=0)
+    return None
 
-    ``append=True`` appends to an existing file (used when resuming; zstd frames concatenate).
+
+class RecordWriter:
+    """Write records as JSON Lines to a file or stdout: plain, or flushed zstd frames / gzip members.
+
+    ``plain`` forces the kind as in ``output_kind`` (True: plain; "plain", "gzip" or "zstd"), else
+    the name decides. ``append=True`` appends to an existing file (used when resuming; zstd frames,
+    and gzip members, concatenate).
     """
 
     def __init__(
         self,
         path: str | os.PathLike | None = None,
-        plain: bool | None = None,
+        plain: bool | str | None = None,
         append: bool = False,
         level: int = 3,
         flush_bytes: int = FLUSH_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
     ):
         self.path = None if path in (None, "-") else str(path)
-        self.plain = wants_plain(self.path, plain)
+        self.kind = output_kind(self.path, plain)
+        self.plain = self.kind == "plain"
         if self.path is None:
             self._fh: BinaryIO = sys.stdout.buffer
             self._owns = False
@@ -590,7 +760,7 @@ class RecordWriter:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab" if append else "wb")  # noqa: SIM115
             self._owns = True
-        self._cctx = None if self.plain else zstd_compressor(level)
+        self._compress = _compressor(self.kind, level)
         self._buf = bytearray()
         self._flush_bytes = flush_bytes
         self._flush_seconds = flush_seconds
@@ -613,7 +783,7 @@ class RecordWriter:
         self._last_flush = time.monotonic()
         if not self._buf:
             return
-        data = bytes(self._buf) if self._cctx is None else self._cctx.compress(bytes(self._buf))
+        data = bytes(self._buf) if self._compress is None else self._compress(bytes(self._buf))
         self._buf.clear()
         self._write_out(data)
 
@@ -635,9 +805,9 @@ class RecordWriter:
         self.closed = True
         try:
             self.flush()
-            if self._cctx is not None and not self._wrote:
-                # No records: one empty frame, so that the output is a valid (empty) zstd file.
-                self._write_out(self._cctx.compress(b""))
+            if self._compress is not None and not self._wrote:
+                # No records: one empty frame/member, so that the output is a valid (empty) file.
+                self._write_out(self._compress(b""))
         except PipeClosed:
             if self._owns:
                 raise

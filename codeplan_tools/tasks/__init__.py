@@ -72,6 +72,10 @@ class Task:
     row_filter: Callable[[Mapping], bool] | None = None
     """Keep only the rows for which this is true (when a file holds several tasks)."""
     description: str = ""
+    corpus: bool = False
+    """A training corpus (``tasks.corpora``): prompt/response records, no scorer, no instruction, no
+    ``task`` field; read from ``-i FILE|DIR``, else from the folder named like the task under the data
+    folder."""
 
     def subtask_values(self, record: Mapping) -> dict[str, str]:
         if self.subtasks is None:
@@ -93,7 +97,11 @@ _TASKS: dict[str, Task] = {}
 _ALIASES: dict[str, str] = {}
 _LOADED = False
 # Modules that register tasks; a missing optional module (synth) is skipped.
-TASK_MODULES = ("codeplan_tools.tasks.benchmarks", "codeplan_tools.tasks.synth")
+TASK_MODULES = (
+    "codeplan_tools.tasks.benchmarks",
+    "codeplan_tools.tasks.synth",
+    "codeplan_tools.tasks.corpora",
+)
 
 
 def register_task(task: Task, aliases: Iterable[str] = (), replace: bool = False) -> Task:
@@ -240,8 +248,14 @@ def default_data_dir() -> Path:
 
 def read_rows(path: str | Path) -> Iterator[dict]:
     """Rows of a source file in any of the public layouts: JSON Lines, a JSON array, a JSON object with
-    ``examples`` (BIG-bench / BBH / Kojima) or ``data``, or CSV; compressed with zstd or gzip or not."""
+    ``examples`` (BIG-bench / BBH / Kojima) or ``data``, or CSV; compressed with zstd or gzip or not.
+    Parquet and Arrow files, folders of them and ``datasets`` folders are streamed row by row."""
+    from ..columnar import is_columnar, iter_rows
     from ..streams import open_input
+
+    if is_columnar(str(path)):
+        yield from iter_rows(str(path))
+        return
 
     with open_input(path) as fh:
         data = fh.read()
@@ -290,6 +304,13 @@ def prepare_records(
     """
     if files:
         paths = [Path(f) for f in files]
+    elif task.corpus:
+        paths = [(Path(data_dir) if data_dir else default_data_dir()) / task.name]
+        if not paths[0].exists():
+            raise UsageError(
+                f"{task.name}: missing {paths[0]}; pass its Parquet files, their folder or a datasets "
+                "folder with -i (or give --data-dir DIR holding a folder of that name)"
+            )
     else:
         base = Path(data_dir) if data_dir else default_data_dir()
         if not task.files:
@@ -318,6 +339,13 @@ def prepare_records(
 
 
 def to_record(task: Task, row: Mapping, instruction: bool = True, gold_response: bool = False) -> dict:
+    if task.corpus:  # the adapter made the record (prompt, response, provenance)
+        record = dict(row)
+        if not record.get("id"):
+            from ..records import derive_id
+
+            record["id"] = derive_id(record)
+        return record
     question = row.get("question")
     if not isinstance(question, str):
         raise UsageError(f"{task.name}: a row has no question after conversion: {sorted(row)}")
