@@ -22,7 +22,18 @@ from codeplan_tools.streams import NoInput, PipeClosed
 
 # Every subcommand, in help order. A module cli/<name>.py with register(app) provides each one;
 # a command whose module is absent is simply not offered.
-COMMANDS = ["extract", "filter", "pack", "finetune", "generate", "score", "show", "tasks", "synth", "init-model"]
+COMMANDS = [
+    "extract",
+    "filter",
+    "pack",
+    "finetune",
+    "generate",
+    "score",
+    "show",
+    "tasks",
+    "synth",
+    "init-model",
+]
 
 app = typer.Typer(
     name="codeplan",
