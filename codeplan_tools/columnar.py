@@ -43,6 +43,7 @@ only when a columnar input is read; without it such an input stops with exit 69 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import decimal
 import json
@@ -305,9 +306,12 @@ def file_lines(
 
     spool = None
     if not isinstance(source, str) and kind != "Arrow stream" and not _seekable(source):
-        spool = tempfile.TemporaryFile(prefix="codeplan-columnar-")  # noqa: SIM115 - closed below
-        shutil.copyfileobj(source, spool, 1 << 20)
-        spool.seek(0)
+        # The footer is at the end: spool the pipe to a temporary file and hand pyarrow its *path*.
+        # (Given the Python file object instead, pyarrow wraps it in a PythonFile, and about one run in
+        # 40 aborted at interpreter exit with "terminate called without an active exception".)
+        fd, spool = tempfile.mkstemp(prefix="codeplan-columnar-")
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(source, fh, 1 << 20)
         source = spool
     try:
         batches = _parquet_batches(source) if kind == "Parquet" else _arrow_batches(source, kind)
@@ -342,7 +346,8 @@ def file_lines(
                 yield name, RowNumber(row), line
     finally:
         if spool is not None:
-            spool.close()
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
 
 
 def _seekable(fh) -> bool:
