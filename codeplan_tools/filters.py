@@ -31,8 +31,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import BadRecord
-from .records import InvalidRecord, dumps
+from .records import WrongType
+from .stage import bad_record
 from .stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
@@ -67,29 +67,6 @@ def _count(text: str, table: bytes) -> int:
     """Number of tokens of ASCII ``text`` between the separators of ``table``."""
     marks = text.encode("ascii").translate(table)
     return marks.count(b" a") + marks.startswith(b"a")
-
-
-class WrongType(InvalidRecord):
-    """A field has a JSON type its reader cannot use. An ``InvalidRecord``, so every reader of records
-    (the stage's and the parallel filter's workers) sends it down the bad-record path with its line."""
-
-    def __init__(self, field: str, value: object, expected: str):
-        super().__init__(f"{field} is {json_type(value)}, not {expected}")
-
-
-_JSON_TYPES = {
-    dict: "an object",
-    list: "a list",
-    str: "a string",
-    bool: "true/false",
-    int: "a number",
-    float: "a number",
-}
-
-
-def json_type(value: object) -> str:
-    """The JSON name of ``value``'s type, for messages: ``an object``, ``a list``, ``a string``, ..."""
-    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 _NO_META: dict = {}
@@ -395,45 +372,6 @@ class LengthProfile:
         if self.plans:
             out["plan_share"] = {k: round(v / self.plans, 4) for k, v in self.features.items()}
         return out
-
-
-def take_batches(records: Iterable[dict], size: int) -> Iterator[list]:
-    """Lists of up to ``size`` items of ``records``, in order. When reading ``records`` raises (a bad
-    line in fail mode, a damaged file), the items taken so far come out first and the error is raised
-    when the next list is asked for: a stage that works in batches (score's chunks, pack's window)
-    writes what it read before it fails. (``Exception`` only: Ctrl-C and SIGTERM stop at once.)"""
-    batch: list = []
-    items = iter(records)
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            break
-        except Exception as exc:
-            if batch:
-                yield batch
-            raise exc
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def bad_record(
-    record: dict, reason: str, where: tuple, *, fail: bool, stats: Stats, reject: Callable
-) -> None:
-    """A parsed record a stage cannot use (a field of the wrong type), handled as the reader handles a
-    malformed line: ``BadRecord`` naming ``where`` (file, line) when ``fail``; else counted in
-    ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``, its file
-    and line. ``where`` may carry the line as read (bytes) third; else the record is written as read."""
-    name, lineno, *raw = where
-    if fail:
-        raise BadRecord(name, lineno, reason)
-    stats.inc("bad_records")
-    line = raw[0].decode("utf-8", "replace") if raw and raw[0] is not None else dumps(record).decode()
-    reject({"line": line}, f"bad-record: {reason}", file=name, line=lineno)
 
 
 def filter_records(

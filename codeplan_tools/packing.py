@@ -678,7 +678,7 @@ class Packer:
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
         """Packs of ``records``, window by window. When reading ``records`` fails, the window read so far
         is packed and yielded before the error is raised (``take_batches``), so nothing read is lost."""
-        from .filters import take_batches
+        from .stage import take_batches
 
         try:
             for window in take_batches(records, self.config.buffer):

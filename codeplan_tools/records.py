@@ -281,3 +281,26 @@ def derive_seed(global_seed: int, record_id: str) -> int:
 def id_hash(record_id: str) -> int:
     """The integer used for ``--shard``: independent of Python's randomized ``hash``."""
     return int.from_bytes(hashlib.sha256(record_id.encode()).digest()[:8], "little")
+
+
+class WrongType(InvalidRecord):
+    """A field has a JSON type its reader cannot use. An ``InvalidRecord``, so every reader of records
+    (the stage's and the parallel filter's workers) sends it down the bad-record path with its line."""
+
+    def __init__(self, field: str, value: object, expected: str):
+        super().__init__(f"{field} is {json_type(value)}, not {expected}")
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+}
+
+
+def json_type(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages: ``an object``, ``a list``, ``a string``, ..."""
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)

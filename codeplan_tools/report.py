@@ -246,7 +246,7 @@ _SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 def score_type_error(score: Mapping) -> str | None:
     """Why ``meta.score`` (a scored record read back, e.g. a run given to ``--compare``) cannot be
     reported: the first field of the wrong type, named with its type; None when it can."""
-    from .filters import json_type
+    from .records import json_type
 
     for key, (types, expected) in _SCORE_FIELDS.items():
         value = score.get(key)

@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadRecord, UsageError
-from .filters import WrongType, bad_record, take_batches
-from .records import InvalidRecord, normalize, parse_record, set_meta
+from .records import InvalidRecord, WrongType, normalize, parse_record, set_meta
 from .report import RunReport, default_ks, maj_at_k, pass_at_k, score_type_error
 from .scorers import NoGold, Scorer, Verdict, get_scorer
+from .stage import bad_record, take_batches
 from .stats import Stats
 from .tasks import Task, resolve_task
 

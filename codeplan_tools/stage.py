@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .errors import BadRecord, UsageError
 from .outputs import OutputLock, OutputWriter, check_paths, existing_encoding
-from .records import InvalidRecord, normalize, parse_record, set_meta
+from .records import InvalidRecord, dumps, normalize, parse_record, set_meta
 from .resume import completed_ids, run_key
 from .shard import in_shard, parse_shard
 from .stats import Stats
@@ -254,3 +254,43 @@ def damage_reporter(ctx: StageContext) -> Callable[[InputDamage], None]:
         print(f"codeplan {ctx.io.stage}: warning: {damage.message()}", file=sys.stderr)
 
     return report
+
+
+# -- helpers for stages that find a record bad after reading it, or work in batches ------------
+def take_batches(records: Iterable[dict], size: int) -> Iterator[list]:
+    """Lists of up to ``size`` items of ``records``, in order. When reading ``records`` raises (a bad
+    line in fail mode, a damaged file), the items taken so far come out first and the error is raised
+    when the next list is asked for: a stage that works in batches (score's chunks, pack's window)
+    writes what it read before it fails. (``Exception`` only: Ctrl-C and SIGTERM stop at once.)"""
+    batch: list = []
+    items = iter(records)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except Exception as exc:
+            if batch:
+                yield batch
+            raise exc
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def bad_record(
+    record: dict, reason: str, where: tuple, *, fail: bool, stats: Stats, reject: Callable
+) -> None:
+    """A parsed record a stage cannot use (a field of the wrong type), handled as the reader handles a
+    malformed line: ``BadRecord`` naming ``where`` (file, line) when ``fail``; else counted in
+    ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``, its file
+    and line. ``where`` may carry the line as read (bytes) third; else the record is written as read."""
+    name, lineno, *raw = where
+    if fail:
+        raise BadRecord(name, lineno, reason)
+    stats.inc("bad_records")
+    line = raw[0].decode("utf-8", "replace") if raw and raw[0] is not None else dumps(record).decode()
+    reject({"line": line}, f"bad-record: {reason}", file=name, line=lineno)

@@ -117,7 +117,7 @@ class NoGold(ValueError):
 def gold_answer(record: Mapping, hint: str = "") -> str:
     """The record's gold ``answer``, a non-blank string; else ``NoGold`` saying what is wrong (absent or
     blank, or its JSON type: an ``answer`` that is a list is never read as its text)."""
-    from ..filters import json_type
+    from ..records import json_type
 
     answer = record.get("answer")
     if type(answer) is str and answer.strip():

@@ -7,9 +7,10 @@ import orjson
 import pytest
 
 from codeplan_tools.errors import BadRecord
-from codeplan_tools.filters import RULES, FilterConfig, WrongType, check_record, filter_records
+from codeplan_tools.filters import RULES, FilterConfig, check_record, filter_records
 from codeplan_tools.formats import get_format
 from codeplan_tools.packing import Encoder, PackConfig, RecordTokenizer, pack_records
+from codeplan_tools.records import WrongType
 from codeplan_tools.report import score_type_error
 from codeplan_tools.score import ScoreConfig, sample_texts, score_records
 from codeplan_tools.stats import Stats
