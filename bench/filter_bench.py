@@ -82,8 +82,8 @@ def bare_loop(src: Path, dst: Path) -> int:
 def breakdown(src: Path, out: Path, n: int) -> None:
     """Microseconds per record of the single-process path, piece by piece (same file, same process)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from codeplan_tools.filters import RULES, FilterConfig, filter_records
-    from codeplan_tools.stage import StageIO, run_stage
+    from codeplan_tools.core.stage import StageIO, run_stage
+    from codeplan_tools.stages.filter import RULES, FilterConfig, filter_records
 
     def timed(transform) -> float:
         io = StageIO(stage="filter", inputs=[str(src)], output=str(out), require=("prompt", "plan"))

@@ -38,9 +38,9 @@ DATA = Path(os.environ.get("CODEPLAN_SHARED_DATA", REPO.parent / "shared" / "dat
 def make_packs(model: str, path: Path, max_len: int, rows: int) -> None:
     import itertools
 
-    from codeplan_tools.packing import PackConfig, pack_records
-    from codeplan_tools.records import normalize
-    from codeplan_tools.streams import RecordWriter, read_records
+    from codeplan_tools.core.records import normalize
+    from codeplan_tools.core.streams import RecordWriter, read_records
+    from codeplan_tools.stages.pack import PackConfig, pack_records
 
     records = [
         normalize(r) for r in itertools.islice(read_records([str(DATA / "gsm8k" / "train.jsonl.zst")]), rows)
@@ -52,7 +52,7 @@ def make_packs(model: str, path: Path, max_len: int, rows: int) -> None:
 
 
 def ours(model: str, packs: Path, out: Path, steps: int, nproc: int, extra: list[str]) -> list[dict]:
-    cmd = [sys.executable, "-m", "codeplan_tools", "finetune", "--model", model, "--data", str(packs), "--out", str(out),
+    cmd = [sys.executable, "-m", "codeplan_cli", "finetune", "--model", model, "--data", str(packs), "--out", str(out),
            "--max-steps", str(steps), "--save-every", "0", "--lr", "1e-4", "--nproc", str(nproc), *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -109,7 +109,7 @@ def main() -> None:
         tmp = Path(tmp)
         model = args.model
         if model is None:
-            from codeplan_tools.init_model import init_model
+            from codeplan_tools.tools.init_model import init_model
 
             heads = max(1, args.hidden // 32)
             model = str(

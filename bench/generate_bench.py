@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def questions(n: int, data: Path | None) -> list[dict]:
     if data is not None and data.exists():
-        from codeplan_tools.streams import read_records
+        from codeplan_tools.core.streams import read_records
 
         rows = list(itertools.islice(read_records([str(data)]), n))
         if len(rows) == n:
@@ -57,7 +57,7 @@ def questions(n: int, data: Path | None) -> list[dict]:
 
 
 def write_input(records: list[dict], path: Path) -> None:
-    from codeplan_tools.streams import RecordWriter
+    from codeplan_tools.core.streams import RecordWriter
 
     with RecordWriter(path) as w:
         for r in records:
@@ -65,9 +65,9 @@ def write_input(records: list[dict], path: Path) -> None:
 
 
 def run_codeplan(engine, spec, cfg, src: Path, dst: Path) -> tuple[int, float]:
-    from codeplan_tools.generate import generate_records
-    from codeplan_tools.stage import StageIO, run_stage
-    from codeplan_tools.streams import read_records
+    from codeplan_tools.core.stage import StageIO, run_stage
+    from codeplan_tools.core.streams import read_records
+    from codeplan_tools.stages.generate import generate_records
 
     io = StageIO(stage="generate", inputs=[str(src)], output=str(dst), require=("prompt",), progress=False)
     t0 = time.perf_counter()
@@ -173,12 +173,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/gsm8k/test.jsonl.zst"))
     args = parser.parse_args()
 
-    from codeplan_tools.generate import GenerateConfig
+    from codeplan_tools.stages.generate import GenerateConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="codeplan-genbench-"))
     model = args.model
     if model is None:
-        from codeplan_tools.init_model import init_model
+        from codeplan_tools.tools.init_model import init_model
 
         model = str(init_model(tmp / "tiny", init_range=0.3))
     records = questions(args.n, Path(args.data) if args.data else None)
@@ -202,7 +202,7 @@ def main() -> None:
 
 
 def bench_engine(name: str, model: str, cfg, records: list[dict], src: Path, tmp: Path, args) -> float:
-    from codeplan_tools.generate import EngineSpec
+    from codeplan_tools.stages.generate import EngineSpec
 
     spec = EngineSpec(model=model, engine=name, dtype=args.dtype, batch_size=args.batch_size)
     t0 = time.perf_counter()

@@ -37,8 +37,8 @@ CORPORA = [
 
 
 def load(path: Path) -> list[dict]:
-    from codeplan_tools.records import normalize
-    from codeplan_tools.streams import read_records
+    from codeplan_tools.core.records import normalize
+    from codeplan_tools.core.streams import read_records
 
     rows = []
     for r in read_records([str(path)]):
@@ -49,9 +49,9 @@ def load(path: Path) -> list[dict]:
 
 
 def time_pack(records, config, out_path) -> tuple[float, object]:
-    from codeplan_tools.packing import pack_records
-    from codeplan_tools.stats import Stats
-    from codeplan_tools.streams import RecordWriter
+    from codeplan_tools.core.stats import Stats
+    from codeplan_tools.core.streams import RecordWriter
+    from codeplan_tools.stages.pack import pack_records
 
     stats = Stats("pack")
     t = time.perf_counter()
@@ -77,7 +77,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from codeplan_tools.formats import get_format
-    from codeplan_tools.packing import PackConfig, derived_stats
+    from codeplan_tools.stages.pack import PackConfig, derived_stats
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     records = load(DATA / "gsm8k" / "train.jsonl.zst") * args.repeat

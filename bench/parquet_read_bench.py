@@ -76,14 +76,14 @@ def bare(path: Path) -> int:
 
 
 def reader(path: Path) -> int:
-    from codeplan_tools.streams import iter_lines
+    from codeplan_tools.core.streams import iter_lines
 
     return sum(1 for _ in iter_lines([str(path)]))
 
 
 def command(path: Path) -> int:
     skip = [f"--skip-{r}" for r in ("terminated", "nonempty", "length", "code", "no-leak", "dedup")]
-    args = [sys.executable, "-m", "codeplan_tools", "filter", *skip, "-q", "-i", str(path), "-o", "/dev/null"]
+    args = [sys.executable, "-m", "codeplan_cli", "filter", *skip, "-q", "-i", str(path), "-o", "/dev/null"]
     subprocess.run(args, check=True)
     return -1
 
@@ -103,7 +103,7 @@ def main() -> None:
         assert n == args.n
         t_cmd, _ = best(lambda: command(path), args.repeat)
         jsonl = Path(tmp) / "webinstruct.jsonl.zst"
-        from codeplan_tools.streams import RecordWriter, iter_lines
+        from codeplan_tools.core.streams import RecordWriter, iter_lines
 
         with RecordWriter(jsonl) as writer:
             for _, _, line in iter_lines([str(path)]):

@@ -5,17 +5,17 @@
 Where a maintained package holds the reference scorer, it is run side by side with ours:
 
 - **IFEval**: ``if_verifiable.evaluate_output_for_sample`` (Google's IFEval checks, the package's own
-  entry point) against ``codeplan_tools.scorers.ifeval``, prompt-level strict and loose, on the real
+  entry point) against ``codeplan_tools.eval.scorers.ifeval``, prompt-level strict and loose, on the real
   IFEval prompts of ``--data-dir`` paired with real model outputs (``corpus_alpaca_eval_outputs``: three
   models' answers to other instructions, so many checks pass and many fail) and with the prompt echoed
   back. Both sides seed ``random`` the same way (``check_seed``): the checkers draw from it when an
   argument is invalid (``letter: "#"``), and an unseeded reference would disagree with itself.
 - **MATH-500**: math-verify's own ``verify(parse(gold), parse(response))`` against
-  ``codeplan_tools.scorers.math`` (lenient), on gold solutions, a gold solution with its ``\\boxed{}``
+  ``codeplan_tools.eval.scorers.math`` (lenient), on gold solutions, a gold solution with its ``\\boxed{}``
   replaced by "The answer is $X$.", another problem's solution (a wrong answer) and a solution cut in
   half (no marked answer).
 - **GSM8K** (for information; no package is the GSM8K reference): math-verify on the same texts
-  against ``codeplan_tools.scorers.numeric``.
+  against ``codeplan_tools.eval.scorers.numeric``.
 
 Prints, per task, the number of samples, the share on which both agree, both accuracies, and the
 time of each side (ours / reference: the math scorer's time includes starting its worker processes).
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from codeplan_tools.scorers import get_scorer  # noqa: E402
-from codeplan_tools.scorers.ifeval import check_seed, ensure_tokenizers  # noqa: E402
-from codeplan_tools.tasks import get_task, prepare_records  # noqa: E402
+from codeplan_tools.eval.scorers import get_scorer  # noqa: E402
+from codeplan_tools.eval.scorers.ifeval import check_seed, ensure_tokenizers  # noqa: E402
+from codeplan_tools.eval.tasks import get_task, prepare_records  # noqa: E402
 
 
 def _rows(path: Path) -> list[dict]:

@@ -223,7 +223,7 @@ class EngineOptions:
 
     def spec(self, model: str):
         """The ``EngineSpec`` that loads ``model`` with these options."""
-        from codeplan_tools.generate import EngineSpec
+        from codeplan_tools.stages.generate import EngineSpec
 
         return EngineSpec(
             model=model,

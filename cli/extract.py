@@ -41,8 +41,8 @@ def extract_command(
 
     Example: codeplan extract -m Meta-Llama-3-8B-Instruct -i pairs.jsonl.zst -o mined.jsonl.zst --rejects rejected.jsonl.zst
     """
-    from codeplan_tools.extract import ExtractConfig, extract_records
-    from codeplan_tools.stage import run_stage
+    from codeplan_tools.core.stage import run_stage
+    from codeplan_tools.stages.extract import ExtractConfig, extract_records
 
     spec = engine_options.spec(model)
     config = ExtractConfig(template=template, keep_raw=keep_raw, **engine_options.sampling())

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from codeplan_cli import options as o
-from codeplan_tools.filters import RULES
+from codeplan_tools.stages.filter import RULES
 
 RULES_PANEL = "Rules (each on by default; --skip-RULE turns one off)"
 SETTINGS_PANEL = "Rule settings"
@@ -96,8 +96,8 @@ def filter_command(
 
     Example: codeplan filter -i mined.jsonl.zst --rejects rejected.jsonl.zst --stats filter.json > kept.jsonl.zst
     """
-    from codeplan_tools.filters import FilterConfig, filter_records, required_fields
-    from codeplan_tools.stage import run_stage
+    from codeplan_tools.core.stage import run_stage
+    from codeplan_tools.stages.filter import FilterConfig, filter_records, required_fields
 
     switches = {
         "terminated": terminated,
@@ -120,7 +120,7 @@ def filter_command(
         profile=io.stats is not None,
     )
     stage_io = io.stage_io("filter", require=required_fields(config))
-    from codeplan_tools import parallel
+    from codeplan_tools.core import parallel
 
     workers = parallel.default_workers() if workers is None else workers
     if workers > 1 and parallel.can_run(stage_io, config):

@@ -230,8 +230,8 @@ def finetune_command(
 
     if tensorboard is not None:
         # Refused here, before any worker starts, rather than in each of them.
-        from codeplan_tools.errors import require
-        from codeplan_tools.outputs import check_writable_folder
+        from codeplan_tools.core.errors import require
+        from codeplan_tools.core.outputs import check_writable_folder
 
         require("tensorboard", "tensorboard")
         check_writable_folder(tensorboard, "--tensorboard")

@@ -84,8 +84,8 @@ def generate_command(
 
     Example: codeplan generate -m ckpt/ --format codeplan -n 4 -t 0.7 -i gsm8k.jsonl.zst -o samples.jsonl.zst
     """
-    from codeplan_tools.generate import GenerateConfig, generate_records
-    from codeplan_tools.stage import run_stage
+    from codeplan_tools.core.stage import run_stage
+    from codeplan_tools.stages.generate import GenerateConfig, generate_records
 
     spec = engine_options.spec(model)
     config = GenerateConfig(

@@ -69,7 +69,7 @@ def init_model_command(
     """
     import sys
 
-    from codeplan_tools.init_model import init_model, read_corpus
+    from codeplan_tools.tools.init_model import init_model, read_corpus
 
     out = init_model(
         out_dir,

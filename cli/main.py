@@ -1,6 +1,6 @@
 """The ``codeplan`` command: registers the subcommands and is the single error boundary.
 
-Library errors (``codeplan_tools.errors.CodeplanError``) and click usage errors become one line on
+Library errors (``codeplan_tools.core.errors.CodeplanError``) and click usage errors become one line on
 stderr and an exit code; a closed downstream pipe ends quietly with status 0; SIGTERM and Ctrl-C
 end the run after the current output frame is closed. Unexpected exceptions keep their traceback
 under pytest or with ``CODEPLAN_RAISE_ERRORS=1``; otherwise they are one line too (exit 70).
@@ -17,8 +17,8 @@ import click
 import typer
 
 from codeplan_tools import __version__
-from codeplan_tools.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_TERMINATED, CodeplanError
-from codeplan_tools.streams import NoInput, PipeClosed
+from codeplan_tools.core.errors import EX_INTERRUPTED, EX_SOFTWARE, EX_TERMINATED, CodeplanError
+from codeplan_tools.core.streams import NoInput, PipeClosed
 
 # Every subcommand, in help order. A module cli/<name>.py with register(app) provides each one;
 # a command whose module is absent is simply not offered.

@@ -168,7 +168,7 @@ class StreamOptions:
 
     def stage_io(self, stage: str, **settings: Any):
         """The ``StageIO`` of ``stage`` over these streams; ``settings`` adds require, resume_settings..."""
-        from codeplan_tools.stage import StageIO
+        from codeplan_tools.core.stage import StageIO
 
         return StageIO(
             stage=stage,
@@ -194,7 +194,7 @@ class StreamOptions:
 def output_kind_flag(plain: bool, zstd: bool) -> bool | str:
     """``--plain``/``--zstd`` as ``streams.output_kind`` takes them (False: the name decides)."""
     if plain and zstd:
-        from codeplan_tools.errors import UsageError
+        from codeplan_tools.core.errors import UsageError
 
         raise UsageError(
             "--plain (or CODEPLAN_PLAIN=1) and --zstd ask for different outputs; give one of them"

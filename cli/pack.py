@@ -118,8 +118,8 @@ def pack_command(
 
     Example: codeplan pack --model mistral-7b -i mined.jsonl.zst --max-len 4096 --stats pack.json > packs.jsonl.zst
     """
-    from codeplan_tools.packing import PackConfig, derived_stats, pack_records, required_fields
-    from codeplan_tools.stage import run_stage
+    from codeplan_tools.core.stage import run_stage
+    from codeplan_tools.stages.pack import PackConfig, derived_stats, pack_records, required_fields
 
     config = PackConfig(
         model=model,

@@ -119,12 +119,12 @@ def score_command(
     """
     import sys
 
-    from codeplan_tools import report as reporting
-    from codeplan_tools.errors import UsageError
-    from codeplan_tools.outputs import check_writable
-    from codeplan_tools.score import ScoreConfig, load_run, run_names, score_records
-    from codeplan_tools.stage import run_stage
-    from codeplan_tools.streams import read_records
+    from codeplan_tools.core.errors import UsageError
+    from codeplan_tools.core.outputs import check_writable
+    from codeplan_tools.core.stage import run_stage
+    from codeplan_tools.core.streams import read_records
+    from codeplan_tools.eval import report as reporting
+    from codeplan_tools.stages.score import ScoreConfig, load_run, run_names, score_records
 
     for path in report or []:
         if not path.endswith((".json", ".md")):
@@ -183,7 +183,7 @@ def score_command(
 
 
 def _write(report_files, plot, runs, comparison, average_over) -> None:
-    from codeplan_tools import report as reporting
+    from codeplan_tools.eval import report as reporting
 
     for path in report_files or []:
         if path.endswith(".json"):

@@ -1,4 +1,4 @@
-"""``codeplan show``: read records in a terminal (the library part is ``codeplan_tools.show``)."""
+"""``codeplan show``: read records in a terminal (the library part is ``codeplan_tools.tools.show``)."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def show_command(
     prompt_field: o.PromptField = None,
     response_field: o.ResponseField = None,
 ) -> None:
-    from codeplan_tools import show
-    from codeplan_tools.outputs import check_inputs
+    from codeplan_tools.core.outputs import check_inputs
+    from codeplan_tools.tools import show
 
     paths = inputs or ["-"]
     wheres = [show.parse_where(spec) for spec in where or []]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from codeplan_cli import options as o
-from codeplan_tools.synth import TASKS
+from codeplan_tools.stages.synth import TASKS
 
 SYNTH_PANEL = "What to make"
 
@@ -73,10 +73,10 @@ def synth_command(
     stats: o.StatsFile = None,
     quiet: o.Quiet = False,
 ) -> None:
-    from codeplan_tools.errors import UsageError
-    from codeplan_tools.outputs import OutputLock, OutputWriter, check_paths
-    from codeplan_tools.stats import Stats
-    from codeplan_tools.synth import SynthConfig, generate, load_prompts, parse_k, parse_tasks
+    from codeplan_tools.core.errors import UsageError
+    from codeplan_tools.core.outputs import OutputLock, OutputWriter, check_paths
+    from codeplan_tools.core.stats import Stats
+    from codeplan_tools.stages.synth import SynthConfig, generate, load_prompts, parse_k, parse_tasks
 
     if list_tasks:
         for name, t in TASKS.items():

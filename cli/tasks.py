@@ -34,7 +34,7 @@ def list_command(
     """
     import orjson
 
-    from codeplan_tools.tasks import list_tasks
+    from codeplan_tools.eval.tasks import list_tasks
 
     tasks = [t for t in list_tasks() if group is None or t.group == group]
     if as_json:
@@ -130,10 +130,10 @@ def prepare_command(
     """
     import sys
 
-    from codeplan_tools.errors import UsageError
-    from codeplan_tools.outputs import OutputLock, OutputWriter, check_paths
-    from codeplan_tools.stats import Stats
-    from codeplan_tools.tasks import expand_task_names, prepare_records
+    from codeplan_tools.core.errors import UsageError
+    from codeplan_tools.core.outputs import OutputLock, OutputWriter, check_paths
+    from codeplan_tools.core.stats import Stats
+    from codeplan_tools.eval.tasks import expand_task_names, prepare_records
 
     tasks = expand_task_names(names)
     if inputs and len(tasks) != 1:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from codeplan_tools.extract import fill_template, load_template
-from codeplan_tools.records import normalize
-from codeplan_tools.streams import RecordWriter, read_records
+from codeplan_tools.core.records import normalize
+from codeplan_tools.core.streams import RecordWriter, read_records
+from codeplan_tools.stages.extract import fill_template, load_template
 
 
 def main() -> None:

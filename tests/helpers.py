@@ -15,7 +15,7 @@ import zstandard
 from codeplan_cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
-CODEPLAN = [sys.executable, "-m", "codeplan_tools"]
+CODEPLAN = [sys.executable, "-m", "codeplan_cli"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ def invoke(args: list[str], input: bytes | None = b"", env: dict | None = None) 
 
 
 def run_codeplan(args: list[str], input: bytes | None = None, env: dict | None = None, **kw):
-    """Run ``codeplan ARGS`` as a subprocess (``python -m codeplan_tools``)."""
+    """Run ``codeplan ARGS`` as a subprocess (``python -m codeplan_cli``)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*CODEPLAN, *args], input=input, capture_output=True, env=full_env, **kw)
 

@@ -2,7 +2,7 @@
 
 Built-in engines register through the same :func:`register` decorator as any other. Their modules
 are imported only when asked for, and each imports its heavy library (vllm, torch, transformers)
-inside its constructor, raising :class:`~codeplan_tools.errors.MissingDependency` naming the extra.
+inside its constructor, raising :class:`~codeplan_tools.core.errors.MissingDependency` naming the extra.
 
 ``get_engine("auto", model)`` picks ``vllm`` when it is importable and a GPU is present, else ``hf``.
 Finding a ``--model`` (local folder or hub id), refusing remote code, and the model's content
@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
+from codeplan_tools.core.errors import UsageError
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -24,7 +25,6 @@ from codeplan_tools.engines.base import (
     Result,
     sample_seed,
 )
-from codeplan_tools.errors import UsageError
 
 __all__ = [
     "FINISH_LENGTH",

@@ -12,11 +12,11 @@ Every engine (``vllm``, ``hf``, ``openai``) takes a list of :class:`Request` and
   Reaching ``max_tokens`` (or the end of the model's context) gives ``"length"``.
 - A request the engine cannot take (a prompt longer than the context) gets ``Result.error`` and no
   completions; it never makes the whole batch fail. Errors the engine cannot recover from (server
-  down after retries) raise :class:`codeplan_tools.errors.EngineError`.
+  down after retries) raise :class:`codeplan_tools.core.errors.EngineError`.
 - Prompt tokens (local engines, hf and vllm, through :class:`PromptTokenizer`): a request's
   ``prompt_token_ids`` when the caller made them (``generate`` does for the prompts of a format whose
   record text holds a special-token string, and for plan-conditioned prompts, with
-  :class:`~codeplan_tools.packing.RecordTokenizer`, exactly as ``pack`` trains on them); otherwise the
+  :class:`~codeplan_tools.stages.pack.RecordTokenizer`, exactly as ``pack`` trains on them); otherwise the
   ``prompt`` text, or the chat template's rendering of ``messages``, tokenized in batches. A message's
   content stays text: a special-token string inside it (``<|user|>``, ``</s>``) is tokenized as plain
   text, not as that control token, by the same rule as ``pack`` (the rendering is cut only at the
@@ -161,7 +161,7 @@ class PromptTokenizer:
     BOS is never doubled; other text gets the tokenizer's special tokens. Texts are tokenized in
     batched calls (fast tokenizers encode a batch in parallel in Rust; one call per prompt costs more
     than the tiny models' decoding); only a conversation whose content holds a special-token string
-    is tokenized alone, by :class:`~codeplan_tools.packing.RecordTokenizer` (the content stays text),
+    is tokenized alone, by :class:`~codeplan_tools.stages.pack.RecordTokenizer` (the content stays text),
     and gives None when its content cannot be located in the rendering.
     """
 
@@ -195,7 +195,7 @@ class PromptTokenizer:
         return ids
 
     def _chat_text(self, messages: list[dict]) -> str:
-        from codeplan_tools.errors import UsageError
+        from codeplan_tools.core.errors import UsageError
 
         if not getattr(self.tokenizer, "chat_template", None):
             raise UsageError(
@@ -213,7 +213,7 @@ class PromptTokenizer:
     def _turn(self, role: str):
         turn = self._turns.get(role)
         if turn is None:
-            from codeplan_tools.packing import RecordTokenizer
+            from codeplan_tools.stages.pack import RecordTokenizer
 
             turn = self._turns[role] = RecordTokenizer(self.tokenizer, _OneMessage(role))
         return turn

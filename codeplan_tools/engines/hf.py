@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from codeplan_tools.core.errors import MissingDependency, UsageError
 from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
@@ -29,7 +30,6 @@ from codeplan_tools.engines.base import (
     too_long_error,
     truncate_at_stop,
 )
-from codeplan_tools.errors import MissingDependency, UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -5,7 +5,7 @@ line, and the model's content identity (what the resume key holds).
 
 - An existing local folder (or a ``.gguf`` file) is used as it is. It must hold a ``config.json`` and
   a tokenizer (``tokenizer.json``, ``tokenizer_config.json``, ...); otherwise
-  :class:`~codeplan_tools.errors.InputMissing` (exit 66) names what is missing.
+  :class:`~codeplan_tools.core.errors.InputMissing` (exit 66) names what is missing.
 - A name that is not a valid hub id (``./ckpt``, ``/abs/path``, ``tiny/``, ``a/b/c``) and does not
   exist is a missing folder (66), at once.
 - A hub id (``meta-llama/Meta-Llama-3-8B-Instruct``) is looked up in the local Hugging Face cache
@@ -16,7 +16,7 @@ line, and the model's content identity (what the resume key holds).
   instead of the libraries' retry loops (~50 s); an existing one is downloaded by the engine as usual.
 - A model whose ``config.json`` (or tokenizer config) needs its own Python code that transformers
   does not ship (``auto_map`` with an unknown ``model_type``) is refused without
-  ``--trust-remote-code`` (:class:`~codeplan_tools.errors.NotPermitted`, exit 77).
+  ``--trust-remote-code`` (:class:`~codeplan_tools.core.errors.NotPermitted`, exit 77).
   :func:`loading` maps what the loaders still raise (missing files, the remote-code refusal) to the
   same one-line errors.
 
@@ -47,7 +47,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeplan_tools.errors import EngineError, InputMissing, NotPermitted
+from codeplan_tools.core.errors import EngineError, InputMissing, NotPermitted
 
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 WHOLE_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")

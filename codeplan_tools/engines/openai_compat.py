@@ -42,9 +42,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from codeplan_tools.core.errors import EngineError, UsageError
 from codeplan_tools.engines import register
 from codeplan_tools.engines.base import FINISH_LENGTH, FINISH_STOP, Completion, Request, Result, sample_seed
-from codeplan_tools.errors import EngineError, UsageError
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 REDACTED = "[redacted]"

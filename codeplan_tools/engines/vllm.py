@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from codeplan_tools.core.errors import UsageError, require
 from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
@@ -36,7 +37,6 @@ from codeplan_tools.engines.base import (
     sample_seed,
     too_long_error,
 )
-from codeplan_tools.errors import UsageError, require
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from codeplan_tools.errors import CodeplanError
+from codeplan_tools.core.errors import CodeplanError
 from codeplan_tools.trainer.loop import STOP, FinetuneConfig, run_worker
 
 

@@ -19,7 +19,7 @@ the SDPA mask is exact.
 
 from __future__ import annotations
 
-from ..errors import MissingDependency, UsageError
+from codeplan_tools.core.errors import MissingDependency, UsageError
 
 #: Implementations that can keep attention inside each packed example, and how.
 CONFINED = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from ..errors import BadRecord, SettingsMismatch, UsageError
+from codeplan_tools.core.errors import BadRecord, SettingsMismatch, UsageError
 
 IGNORE = -100
 
@@ -80,7 +80,7 @@ def _pack_from(rec: dict, where: tuple[str, int]) -> Pack:
 
 def read_packs(paths: list[str], tokenizer_hash: str | None = None) -> PackSet:
     """Read and check every pack; refuse mixed fingerprints or a tokenizer that is not the packs' one."""
-    from ..streams import iter_lines
+    from codeplan_tools.core.streams import iter_lines
 
     packs: list[Pack] = []
     fingerprint: dict | None = None

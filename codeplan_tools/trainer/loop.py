@@ -41,7 +41,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import SettingsMismatch, UsageError
+from codeplan_tools.core.errors import SettingsMismatch, UsageError
+
 from . import attention, distributed
 from .checkpoint import CheckpointConfig, Checkpointer
 from .data import LoaderConfig, PackLoader, read_packs
@@ -164,8 +165,8 @@ class Trainer:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from ..formats import get_format
-        from ..packing import load_tokenizer, tokenizer_fingerprint
+        from codeplan_tools.formats import get_format
+        from codeplan_tools.stages.pack import load_tokenizer, tokenizer_fingerprint
 
         config.validate()
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per rank only clutters job logs
@@ -448,7 +449,7 @@ def _config_dtype(config):
 
 def preflight(config: FinetuneConfig) -> None:
     """Cheap checks before any worker starts: settings, files, the packs' tokenizer fingerprint."""
-    from ..packing import read_fingerprint, tokenizer_fingerprint
+    from codeplan_tools.stages.pack import read_fingerprint, tokenizer_fingerprint
 
     config.validate()
     fp = read_fingerprint(config.data[0])
@@ -467,7 +468,7 @@ def run(config: FinetuneConfig, nproc: int = 1) -> int:
     """Fine-tune in this process (one process, torchrun or srun) or on ``nproc`` local workers."""
     from contextlib import nullcontext
 
-    from ..outputs import OutputLock
+    from codeplan_tools.core.outputs import OutputLock
 
     previous = STOP.install()
     try:

@@ -90,7 +90,7 @@ class MetricsConfig:
 
 def tensorboard_writer(folder: str):
     """A ``SummaryWriter`` on ``folder``; ``MissingDependency`` naming the extra without tensorboard."""
-    from ..errors import require
+    from codeplan_tools.core.errors import require
 
     require("tensorboard", "tensorboard")  # torch's writer needs it; name the extra, not torch's message
     from torch.utils.tensorboard import SummaryWriter

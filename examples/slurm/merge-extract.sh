@@ -44,7 +44,7 @@ if ((${#rejects[@]})); then
     mv "$OUT/extract-rejects.jsonl.zst.tmp" "$OUT/extract-rejects.jsonl.zst"
 fi
 if ((${#stats[@]})); then
-    "${PYTHON:-python}" -c 'import sys; from codeplan_tools.stats import merge_files
+    "${PYTHON:-python}" -c 'import sys; from codeplan_tools.core.stats import merge_files
 merge_files(sys.argv[2:]).write_json(sys.argv[1])' "$OUT/extract-stats.json" "${stats[@]}"
 fi
 echo "merge-extract.sh: merged $count shards into $OUT/extract.jsonl.zst" >&2

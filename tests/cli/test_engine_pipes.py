@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from codeplan_tools.errors import EX_NOINPUT
+from codeplan_tools.core.errors import EX_NOINPUT
 from tests.fixtures.models import free_port, vllm_or_fail
 from tests.helpers import CODEPLAN, decode_records, invoke, read_records
 from tests.lib.test_engine_safety import STALL, FakeServer, completion

@@ -215,8 +215,8 @@ def test_extract_array_shards_union_is_exactly_the_unsharded_set(slurm, tiny_mod
 def test_finetune_job_trains_under_srun_requeues_on_its_time_limit_signal_and_exports(
     slurm, tiny_model, pairs, tmp_path
 ):
-    from codeplan_tools.packing import PackConfig, pack_records
-    from codeplan_tools.streams import RecordWriter
+    from codeplan_tools.core.streams import RecordWriter
+    from codeplan_tools.stages.pack import PackConfig, pack_records
 
     packs = tmp_path / "packs.jsonl.zst"
     with RecordWriter(packs) as w:

@@ -11,7 +11,7 @@ import time
 import orjson
 import zstandard
 
-from codeplan_tools.errors import EX_CONFIG
+from codeplan_tools.core.errors import EX_CONFIG
 from tests.helpers import CODEPLAN, invoke, read_records
 
 
@@ -107,10 +107,10 @@ def test_shards_together_equal_the_unsharded_run(tiny_model, tmp_path):
 def test_gsm8k_rows_get_plans_and_overlong_rows_are_rejected(tiny_model, shared_data, tmp_path):
     from transformers import AutoTokenizer
 
+    from codeplan_tools.core.records import normalize
+    from codeplan_tools.core.streams import read_records as read_input
     from codeplan_tools.engines.base import Request, prompt_token_ids
-    from codeplan_tools.extract import fill_template, load_template
-    from codeplan_tools.records import normalize
-    from codeplan_tools.streams import read_records as read_input
+    from codeplan_tools.stages.extract import fill_template, load_template
 
     rows = list(itertools.islice(read_input([str(shared_data / "gsm8k/train.jsonl.zst")]), 50))
     src = _write(tmp_path / "gsm8k50.jsonl", rows)
@@ -172,7 +172,7 @@ def test_extract_through_an_openai_compatible_server(tiny_model, vllm_server, tm
 
 
 def test_a_template_that_is_not_utf8_is_one_line_naming_its_line(tiny_model, tmp_path):
-    from codeplan_tools.errors import EX_DATAERR
+    from codeplan_tools.core.errors import EX_DATAERR
 
     template = tmp_path / "t.txt"
     template.write_bytes(b"Prompt: {prompt}\nResponse: {response}\nPlan caf\xe9 \xff\n")

@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from codeplan_tools.filters import RULES
+from codeplan_tools.stages.filter import RULES
 from tests.helpers import CODEPLAN, decode_records, invoke, read_records, write_jsonl
 
 PLAN = "def solve(items):\n    total = 0\n    for x in items:\n        total += x\n    return total"
@@ -207,7 +207,7 @@ def test_sigterm_leaves_output_that_zstd_reads_to_the_end(tmp_path):
 def test_a_terminal_with_nothing_piped_in_prints_usage():
     pid, fd = pty.fork()
     if pid == 0:  # child: stdin, stdout and stderr are the terminal
-        os.execv(sys.executable, [sys.executable, "-m", "codeplan_tools", "filter"])
+        os.execv(sys.executable, [sys.executable, "-m", "codeplan_cli", "filter"])
     output = b""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from codeplan_tools.packing import PackConfig, pack_records, tokenizer_fingerprint
-from codeplan_tools.records import normalize
-from codeplan_tools.streams import RecordWriter, read_records
+from codeplan_tools.core.records import normalize
+from codeplan_tools.core.streams import RecordWriter, read_records
+from codeplan_tools.stages.pack import PackConfig, pack_records, tokenizer_fingerprint
 from tests.helpers import CODEPLAN, invoke
 
 METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib"}

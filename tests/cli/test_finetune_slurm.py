@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from codeplan_tools.records import normalize
-from codeplan_tools.streams import read_records
+from codeplan_tools.core.records import normalize
+from codeplan_tools.core.streams import read_records
 from tests.cli.test_finetune import write_packs
 
 pytestmark = pytest.mark.slurm

@@ -7,9 +7,9 @@ import sys
 import orjson
 import pytest
 
-from codeplan_tools.errors import MissingDependency
-from codeplan_tools.packing import PackConfig, pack_records
-from codeplan_tools.streams import RecordWriter
+from codeplan_tools.core.errors import MissingDependency
+from codeplan_tools.core.streams import RecordWriter
+from codeplan_tools.stages.pack import PackConfig, pack_records
 from tests.helpers import invoke
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gib", "elapsed_s")

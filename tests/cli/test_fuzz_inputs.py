@@ -1,6 +1,6 @@
 """Fuzzing the readers: valid 200-record inputs, damaged at the text or the container level, through
 ``filter``, ``score`` and ``pack`` in every bad-record mode, must keep the reader's contract
-(``codeplan_tools.streams``, issue #25):
+(``codeplan_tools.core.streams``, issue #25):
 
 - skip mode: exit 0, and every intact record (its line complete, inside an intact frame, member or
   file) reaches the output or the rejects file;
@@ -28,7 +28,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools import parallel
+from codeplan_tools.core import parallel
 from tests.helpers import decode_records, invoke
 
 N = 200

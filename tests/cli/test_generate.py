@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from codeplan_tools.errors import EX_CONFIG, EX_DATAERR
+from codeplan_tools.core.errors import EX_CONFIG, EX_DATAERR
 from tests.helpers import invoke, read_records
 
 QUESTIONS = [
@@ -117,7 +117,7 @@ def test_a_model_that_cannot_be_used_is_one_line_with_its_exit_code(tiny_model, 
     import json
     import shutil
 
-    from codeplan_tools.errors import EX_NOINPUT, EX_NOPERM
+    from codeplan_tools.core.errors import EX_NOINPUT, EX_NOPERM
 
     src = _write(tmp_path / "q.jsonl", QUESTIONS[:1])
     no_tokenizer = tmp_path / "no-tokenizer"

@@ -7,8 +7,8 @@ import sys
 
 import orjson
 
-from codeplan_tools.outputs import OutputWriter, existing_encoding
-from codeplan_tools.streams import ZSTD_MAGIC, RecordWriter, read_records
+from codeplan_tools.core.outputs import OutputWriter, existing_encoding
+from codeplan_tools.core.streams import ZSTD_MAGIC, RecordWriter, read_records
 from tests.helpers import REPO, invoke, write_jsonl
 
 PLAN = "def solve(items):\n    total = 0\n    for x in items:\n        total += x\n    return total"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import zstandard
 
-from codeplan_tools.errors import (
+from codeplan_tools.core.errors import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_IOERR,
@@ -21,7 +21,7 @@ from codeplan_tools.errors import (
     EX_TEMPFAIL,
     EX_USAGE,
 )
-from codeplan_tools.outputs import lock_path
+from codeplan_tools.core.outputs import lock_path
 from tests.helpers import invoke, read_records, write_jsonl
 
 ZSTD = b"\x28\xb5\x2f\xfd"
@@ -80,7 +80,7 @@ def test_stdout_appended_to_the_input_is_refused(tmp_path):
     before = data.read_bytes()
     with open(data, "ab") as stdout:
         proc = subprocess.run(
-            [sys.executable, "-m", "codeplan_tools", "filter", "-i", str(data)],
+            [sys.executable, "-m", "codeplan_cli", "filter", "-i", str(data)],
             stdout=stdout,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -121,7 +121,7 @@ def test_a_second_run_on_a_held_output_stops_with_75_naming_the_pid(tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", _gsm(3))
     out = tmp_path / "out.zst"
     code = (
-        "import sys; from codeplan_tools.outputs import OutputLock\n"
+        "import sys; from codeplan_tools.core.outputs import OutputLock\n"
         f"OutputLock({str(out)!r}).acquire(); print('held', flush=True); sys.stdin.read()\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)

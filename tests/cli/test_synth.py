@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from codeplan_tools.synth import TASKS
+from codeplan_tools.stages.synth import TASKS
 from tests.helpers import invoke, read_records, write_jsonl
 from tests.lib.test_synth import check
 

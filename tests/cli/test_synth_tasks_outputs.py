@@ -3,7 +3,7 @@ refused, an unwritable one is 73 before anything runs, and a second writer on on
 
 from __future__ import annotations
 
-from codeplan_tools.outputs import OutputLock
+from codeplan_tools.core.outputs import OutputLock
 from tests.helpers import invoke
 
 

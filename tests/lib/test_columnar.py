@@ -1,4 +1,4 @@
-"""Parquet and Arrow input (codeplan_tools.columnar through streams.iter_lines / open_input)."""
+"""Parquet and Arrow input (codeplan_tools.core.columnar through streams.iter_lines / open_input)."""
 
 import datetime
 import decimal
@@ -12,10 +12,10 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from codeplan_tools.errors import BadRecord, InputMissing  # noqa: E402
-from codeplan_tools.outputs import check_inputs  # noqa: E402
-from codeplan_tools.records import normalize, parse_record  # noqa: E402
-from codeplan_tools.streams import iter_lines, open_input, read_records  # noqa: E402
+from codeplan_tools.core.errors import BadRecord, InputMissing  # noqa: E402
+from codeplan_tools.core.outputs import check_inputs  # noqa: E402
+from codeplan_tools.core.records import normalize, parse_record  # noqa: E402
+from codeplan_tools.core.streams import iter_lines, open_input, read_records  # noqa: E402
 
 
 def webinstruct_rows(n, start=0):
@@ -177,7 +177,7 @@ def test_a_damaged_parquet_file_is_damage_not_a_crash(tmp_path):
 MEMORY_PROBE = textwrap.dedent(
     """
     import resource, sys
-    from codeplan_tools.streams import iter_lines
+    from codeplan_tools.core.streams import iter_lines
     import pyarrow.parquet  # imported before the baseline: only the reading is measured
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rows = 0
@@ -211,7 +211,7 @@ def test_a_million_row_parquet_file_is_read_with_flat_memory(tmp_path):
 
 
 def test_row_count_reads_footers_only_for_progress(tmp_path):
-    from codeplan_tools.columnar import row_count
+    from codeplan_tools.core.columnar import row_count
 
     write_parquet(tmp_path / "a.parquet", webinstruct_rows(7), row_group_size=3)
     table = pa.Table.from_pylist(webinstruct_rows(4))
@@ -228,7 +228,7 @@ def test_a_slow_json_lines_pipe_is_not_waited_on_to_sniff_it():
     import os
     import threading
 
-    from codeplan_tools.streams import _sniff
+    from codeplan_tools.core.streams import _sniff
 
     read_end, write_end = os.pipe()
     os.write(write_end, b"{")

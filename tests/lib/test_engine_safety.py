@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from codeplan_tools.core.errors import EngineError, InputMissing, NotPermitted, UsageError
 from codeplan_tools.engines import get_engine
 from codeplan_tools.engines.base import Request, stdout_to_stderr
 from codeplan_tools.engines.model_files import fingerprint, refuse_remote_code, resolve_model
 from codeplan_tools.engines.openai_compat import redact
-from codeplan_tools.errors import EngineError, InputMissing, NotPermitted, UsageError
-from codeplan_tools.extract import ExtractConfig
-from codeplan_tools.generate import EngineSpec, GenerateConfig
+from codeplan_tools.stages.extract import ExtractConfig
+from codeplan_tools.stages.generate import EngineSpec, GenerateConfig
 
 STALL = object()  # FakeServer: hold the request without answering
 
@@ -335,8 +335,8 @@ def test_non_finite_sampling_settings_are_refused(field, value):
 
 
 def test_init_model_into_a_path_that_cannot_be_a_folder_is_cannot_create(tmp_path):
-    from codeplan_tools.errors import CannotCreate
-    from codeplan_tools.init_model import init_model
+    from codeplan_tools.core.errors import CannotCreate
+    from codeplan_tools.tools.init_model import init_model
 
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(CannotCreate, match="cannot create the model folder"):

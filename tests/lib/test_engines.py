@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
+from codeplan_tools.core.errors import EngineError, MissingDependency, UsageError
 from codeplan_tools.engines import available_engines, default_engine_name, get_engine, register
 from codeplan_tools.engines.base import Request, Result, prompt_token_ids, sample_seed
-from codeplan_tools.errors import EngineError, MissingDependency, UsageError
 from tests.fixtures.models import free_port
 
 PROMPTS = [

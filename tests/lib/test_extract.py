@@ -1,12 +1,18 @@
-"""codeplan_tools.extract: templates, reply cleaning, settings, and the stage on the tiny model (hf)."""
+"""codeplan_tools.stages.extract: templates, reply cleaning, settings, and the stage on the tiny model (hf)."""
 
 from __future__ import annotations
 
 import pytest
 
-from codeplan_tools.errors import UsageError
-from codeplan_tools.extract import ExtractConfig, clean_plan, extract_records, fill_template, load_template
-from codeplan_tools.generate import EngineSpec
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.stages.extract import (
+    ExtractConfig,
+    clean_plan,
+    extract_records,
+    fill_template,
+    load_template,
+)
+from codeplan_tools.stages.generate import EngineSpec
 
 PAPER = (
     "Prompt: {prompt}\n"
@@ -100,7 +106,7 @@ def test_extract_records_on_the_tiny_model(tiny_model):
         {"id": "long", "prompt": "word " * 600, "response": "ok"},
     ]
     spec = EngineSpec(model=str(tiny_model), engine="hf", max_model_len=512)
-    from codeplan_tools.generate import LibraryContext
+    from codeplan_tools.stages.generate import LibraryContext
 
     ctx = LibraryContext("extract")
     out = list(extract_records(records, ExtractConfig(max_tokens=8, seed=3), spec, ctx=ctx))
@@ -113,7 +119,7 @@ def test_extract_records_on_the_tiny_model(tiny_model):
         assert meta["finish_reason"] in ("stop", "length") and 0 < meta["tokens_out"] <= 8
         assert meta["tokens_in"] > 0 and meta["global_seed"] == 3
         assert meta["temperature"] == 0.0 and meta["top_p"] == 1.0 and meta["max_tokens"] == 8
-    from codeplan_tools.records import derive_seed
+    from codeplan_tools.core.records import derive_seed
 
     assert out[0]["meta"]["extract"]["seed"] == derive_seed(3, "a")
     assert [r["id"] for r in ctx.rejected] == ["long"]

@@ -6,14 +6,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from codeplan_tools.errors import BadRecord
-from codeplan_tools.filters import RULES, FilterConfig, check_record, filter_records
+from codeplan_tools.core.errors import BadRecord
+from codeplan_tools.core.records import WrongType
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.eval.report import score_type_error
 from codeplan_tools.formats import get_format
-from codeplan_tools.packing import Encoder, PackConfig, RecordTokenizer, pack_records
-from codeplan_tools.records import WrongType
-from codeplan_tools.report import score_type_error
-from codeplan_tools.score import ScoreConfig, sample_texts, score_records
-from codeplan_tools.stats import Stats
+from codeplan_tools.stages.filter import RULES, FilterConfig, check_record, filter_records
+from codeplan_tools.stages.pack import Encoder, PackConfig, RecordTokenizer, pack_records
+from codeplan_tools.stages.score import ScoreConfig, sample_texts, score_records
 from tests.helpers import invoke, read_records, write_jsonl
 
 PLAN = "total = 0\nfor x in numbers:\n    total += x\nprint(total)"

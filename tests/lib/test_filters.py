@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools import filters as F
-from codeplan_tools import parallel
-from codeplan_tools.errors import BadRecord
-from codeplan_tools.filters import RULES, FilterConfig, filter_records, required_fields
-from codeplan_tools.stage import StageIO, run_stage
-from codeplan_tools.stats import Stats
+from codeplan_tools.core import parallel
+from codeplan_tools.core.errors import BadRecord
+from codeplan_tools.core.stage import StageIO, run_stage
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.stages import filter as F
+from codeplan_tools.stages.filter import RULES, FilterConfig, filter_records, required_fields
 
 GOOD_PLAN = "def solve(n):\n    total = 0\n    for x in range(n):\n        if x % 2:\n            total += x\n    return total"
 RESPONSE = "We add up the odd numbers below n one by one and report the total we get at the very end of it."

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.errors import UsageError
+from codeplan_tools.core.errors import UsageError
 from codeplan_tools.formats import FORMATS, TEXT_END_MARKER, end_marker_for, get_format
 
 

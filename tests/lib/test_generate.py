@@ -1,11 +1,14 @@
-"""codeplan_tools.generate: prompting modes, reply parsing, seeds and samples on the tiny model (hf)."""
+"""codeplan_tools.stages.generate: prompting modes, reply parsing, seeds and samples on the tiny model (hf)."""
 
 from __future__ import annotations
 
 import pytest
 
-from codeplan_tools.errors import UsageError
-from codeplan_tools.generate import (
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.progress import EngineProgress
+from codeplan_tools.core.records import derive_seed
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.stages.generate import (
     EngineSpec,
     GenerateConfig,
     LibraryContext,
@@ -14,9 +17,6 @@ from codeplan_tools.generate import (
     mode_prompt,
     parse_code_plan_reply,
 )
-from codeplan_tools.progress import EngineProgress
-from codeplan_tools.records import derive_seed
-from codeplan_tools.stats import Stats
 
 QUESTIONS = [
     {
@@ -150,7 +150,7 @@ def test_prompting_mode_and_rejects(hf_engine, tiny_model):
 
 
 def test_task_answer_instruction_is_added_once():
-    from codeplan_tools.generate import task_answer_instruction
+    from codeplan_tools.stages.generate import task_answer_instruction
 
     text = task_answer_instruction({"task": "gsm8k", "prompt": "How many?"})
     assert text and "The answer is" in text
@@ -162,7 +162,7 @@ def test_task_answer_instruction_is_added_once():
 
 def test_requests_stop_on_the_format_end_and_carry_the_given_plan(hf_engine, tiny_model):
     from codeplan_tools.formats import get_format
-    from codeplan_tools.generate import GenerateTask
+    from codeplan_tools.stages.generate import GenerateTask
 
     spec = EngineSpec(model=str(tiny_model), engine="hf")
     fmt = get_format("codeplan", hf_engine.tokenizer)

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from codeplan_tools.errors import UsageError
-from codeplan_tools.init_model import CHAT_TEMPLATE, builtin_corpus, init_model, read_corpus, train_tokenizer
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.tools.init_model import (
+    CHAT_TEMPLATE,
+    builtin_corpus,
+    init_model,
+    read_corpus,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Output safety (codeplan_tools.outputs), resume that never damages a file, shard and stats errors."""
+"""Output safety (codeplan_tools.core.outputs), resume that never damages a file, shard and stats errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 import pytest
 import zstandard
 
-from codeplan_tools.errors import (
+from codeplan_tools.core.errors import (
     CannotCreate,
     InputMissing,
     OutputBusy,
@@ -18,7 +18,7 @@ from codeplan_tools.errors import (
     SettingsMismatch,
     UsageError,
 )
-from codeplan_tools.outputs import (
+from codeplan_tools.core.outputs import (
     OutputLock,
     OutputWriter,
     check_distinct,
@@ -26,9 +26,9 @@ from codeplan_tools.outputs import (
     check_writable,
     lock_path,
 )
-from codeplan_tools.resume import completed_ids, run_key
-from codeplan_tools.shard import parse_shard
-from codeplan_tools.stats import Stats
+from codeplan_tools.core.resume import completed_ids, run_key
+from codeplan_tools.core.shard import parse_shard
+from codeplan_tools.core.stats import Stats
 
 SETTINGS = {"t": 0}
 KEY = run_key(SETTINGS)
@@ -135,7 +135,7 @@ def test_a_folder_output_is_locked_beside_it_and_a_stale_lock_file_is_taken_over
 def test_the_lock_holds_across_processes_and_dies_with_its_process(tmp_path):
     out = tmp_path / "out.zst"
     code = (
-        "import sys, time; from codeplan_tools.outputs import OutputLock\n"
+        "import sys, time; from codeplan_tools.core.outputs import OutputLock\n"
         f"lock = OutputLock({str(out)!r}).acquire(); print('held', flush=True); sys.stdin.read()\n"
     )
     child = subprocess.Popen(
@@ -225,9 +225,9 @@ def test_bad_slurm_array_variables_are_usage_errors(env, message):
 
 # -- rejects without a rejects file ---------------------------------------------------------------
 def test_every_reject_without_a_rejects_file_is_named_by_line_or_id(tmp_path, capsys):
-    from codeplan_tools.stage import StageContext, StageIO
+    from codeplan_tools.core.stage import StageIO, StreamContext
 
-    ctx = StageContext(StageIO("generate", output=str(tmp_path / "out.zst")), Stats("generate"))
+    ctx = StreamContext(StageIO("generate", output=str(tmp_path / "out.zst")), Stats("generate"))
     ctx.reject({"id": "q7"}, "engine-error: timeout")
     ctx.reject({"id": "q8"}, "no-gold", detail="no answer field")
     ctx.reject({"line": "{"}, "bad-record: invalid JSON", file="in.jsonl", line=3)
@@ -239,7 +239,7 @@ def test_every_reject_without_a_rejects_file_is_named_by_line_or_id(tmp_path, ca
         "codeplan generate: warning: in.jsonl:3: bad-record: invalid JSON (skipped)",
     ]
     # filter's rule rejects are its selection: counted per rule, not listed.
-    ctx = StageContext(StageIO("filter", output=str(tmp_path / "kept.zst")), Stats("filter"))
+    ctx = StreamContext(StageIO("filter", output=str(tmp_path / "kept.zst")), Stats("filter"))
     ctx.reject({"id": "q9"}, "length")
     ctx.close()
     assert capsys.readouterr().err == "" and ctx.stats["rejected.length"] == 1

@@ -8,8 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
+from codeplan_tools.core.records import normalize
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.streams import read_records
 from codeplan_tools.formats import get_format
-from codeplan_tools.packing import (
+from codeplan_tools.stages.pack import (
     IGNORE,
     PackConfig,
     best_fit_decreasing,
@@ -17,9 +20,6 @@ from codeplan_tools.packing import (
     pack_records,
     tokenizer_fingerprint,
 )
-from codeplan_tools.records import normalize
-from codeplan_tools.stats import Stats
-from codeplan_tools.streams import read_records
 
 PLAN = "total = 0\nfor x in numbers:\n    total += x\nprint(total)"
 TOKENIZERS = ["llama-3-8b-instruct", "qwen2.5-instruct", "mistral-7b-v0.1"]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from codeplan_tools.core.records import normalize
 from codeplan_tools.engines.base import Request, prompt_token_ids
-from codeplan_tools.extract import ExtractConfig, extract_records
-from codeplan_tools.generate import EngineSpec, GenerateConfig, LibraryContext, generate_records
-from codeplan_tools.packing import IGNORE, PackConfig, pack_records
-from codeplan_tools.records import normalize
+from codeplan_tools.stages.extract import ExtractConfig, extract_records
+from codeplan_tools.stages.generate import EngineSpec, GenerateConfig, LibraryContext, generate_records
+from codeplan_tools.stages.pack import IGNORE, PackConfig, pack_records
 
 SPECIALS = ("<s>", "</s>", "<|user|>", "<|assistant|>")
 RECORDS = [

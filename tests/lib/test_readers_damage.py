@@ -1,6 +1,6 @@
 """Readers never lose a good record (issue #25, and the input items of #11): one test per class of damage.
 
-The contract (codeplan_tools.streams): every complete line of an intact frame/member/file reaches the
+The contract (codeplan_tools.core.streams): every complete line of an intact frame/member/file reaches the
 output or the rejects in skip mode; in fail mode everything read before the damage is written, then
 exit 65 names the file and the first line that could not be read (never an earlier one); no input
 gives exit 70 (under pytest an unexpected exception is raised, so these tests would see it).
@@ -26,10 +26,10 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools import parallel, streams
-from codeplan_tools.errors import BadRecord
-from codeplan_tools.records import MAX_DEPTH, InvalidRecord, derive_id, dumps, parse_record
-from codeplan_tools.streams import RecordWriter, iter_lines, open_input, read_records
+from codeplan_tools.core import parallel, streams
+from codeplan_tools.core.errors import BadRecord
+from codeplan_tools.core.records import MAX_DEPTH, InvalidRecord, derive_id, dumps, parse_record
+from codeplan_tools.core.streams import RecordWriter, iter_lines, open_input, read_records
 from tests.helpers import decode_records, invoke
 from tests.helpers import read_records as read_file
 

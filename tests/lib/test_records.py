@@ -1,6 +1,6 @@
 import pytest
 
-from codeplan_tools.records import MissingField, derive_id, derive_seed, normalize
+from codeplan_tools.core.records import MissingField, derive_id, derive_seed, normalize
 
 
 def test_benchmark_rows_keep_answer_and_gain_prompt():

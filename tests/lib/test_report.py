@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from codeplan_tools.report import (
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.eval.report import (
     build_report,
     compare,
     default_ks,
@@ -20,8 +21,7 @@ from codeplan_tools.report import (
     write_json,
     write_markdown,
 )
-from codeplan_tools.score import ScoreConfig, score_records
-from codeplan_tools.stats import Stats
+from codeplan_tools.stages.score import ScoreConfig, score_records
 
 
 def test_wilson_interval_known_values():
@@ -199,7 +199,7 @@ def test_meta_score_with_several_samples_has_pass_and_maj():
 
 
 def test_hedged_and_invalid_columns_beside_unextracted_and_timed_out(tmp_path):
-    from codeplan_tools.report import score_type_error
+    from codeplan_tools.eval.report import score_type_error
 
     def rec(rid, task, hedged, invalid, unextracted):
         s = {"task": task, "group": "bbh", "n": 2, "accuracy": 0.0, "accuracy_strict": 0.0}

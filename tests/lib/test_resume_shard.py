@@ -2,10 +2,10 @@ import orjson
 import pytest
 import zstandard
 
-from codeplan_tools.errors import SettingsMismatch, UsageError
-from codeplan_tools.resume import completed_ids, repair_and_read, run_key
-from codeplan_tools.shard import in_shard, parse_shard
-from codeplan_tools.streams import RecordWriter
+from codeplan_tools.core.errors import SettingsMismatch, UsageError
+from codeplan_tools.core.resume import completed_ids, repair_and_read, run_key
+from codeplan_tools.core.shard import in_shard, parse_shard
+from codeplan_tools.core.streams import RecordWriter
 
 
 def _stamped(i, key):

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from codeplan_tools.scorers import get_scorer
-from codeplan_tools.tasks import get_task, prepare_records
+from codeplan_tools.eval.scorers import get_scorer
+from codeplan_tools.eval.tasks import get_task, prepare_records
 from tests.helpers import invoke, write_jsonl
 
 FIVE = {

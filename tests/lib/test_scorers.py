@@ -5,11 +5,11 @@ from fractions import Fraction
 
 import pytest
 
-from codeplan_tools.score import ScoreConfig, score_records
-from codeplan_tools.scorers import answer_span, get_scorer, last_boxed, list_scorers
-from codeplan_tools.scorers.choice import options_of
-from codeplan_tools.stats import Stats
-from codeplan_tools.tasks import get_task, list_tasks, prepare_records
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.eval.scorers import answer_span, get_scorer, last_boxed, list_scorers
+from codeplan_tools.eval.scorers.choice import options_of
+from codeplan_tools.eval.tasks import get_task, list_tasks, prepare_records
+from codeplan_tools.stages.score import ScoreConfig, score_records
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.errors import BadRecord
-from codeplan_tools.streams import RecordWriter, iter_lines, read_records
+from codeplan_tools.core.errors import BadRecord
+from codeplan_tools.core.streams import RecordWriter, iter_lines, read_records
 from tests.helpers import decode_records, write_jsonl
 
 RECORDS = [{"id": str(i), "prompt": f"p{i}", "text": "é ✓ 数学"} for i in range(50)]

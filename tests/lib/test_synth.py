@@ -16,9 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.errors import UsageError
-from codeplan_tools.filters import RULES, FilterConfig, check_record
-from codeplan_tools.synth import TASKS, SynthConfig, final_line, generate, make_record, parse_k, parse_tasks
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.stages.filter import RULES, FilterConfig, check_record
+from codeplan_tools.stages.synth import (
+    TASKS,
+    SynthConfig,
+    final_line,
+    generate,
+    make_record,
+    parse_k,
+    parse_tasks,
+)
 
 STEP = re.compile(r"^(\d+)\. (.+)$")
 
@@ -277,8 +285,8 @@ def _wrong(answer: str) -> str:
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_registered_scorer_accepts_gold_and_rejects_a_wrong_answer(task):
     """Each synth task is in the task registry with a scorer family that grades the gold exactly."""
-    from codeplan_tools.scorers import get_scorer
-    from codeplan_tools.tasks import resolve_task
+    from codeplan_tools.eval.scorers import get_scorer
+    from codeplan_tools.eval.tasks import resolve_task
 
     records = list(generate(SynthConfig(tasks=(task,), n=12, ks=(1, 2, 5), seed=4)))
     spec = resolve_task(records[0])

@@ -7,11 +7,10 @@ import json
 import orjson
 import pytest
 
-from codeplan_tools.errors import UsageError
-from codeplan_tools.score import ScoreConfig, score_records
-from codeplan_tools.stats import Stats
-from codeplan_tools.streams import read_records
-from codeplan_tools.tasks import (
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.streams import read_records
+from codeplan_tools.eval.tasks import (
     Task,
     expand_task_names,
     field_subtasks,
@@ -22,7 +21,8 @@ from codeplan_tools.tasks import (
     register_task,
     resolve_task,
 )
-from codeplan_tools.tasks.benchmarks import BBH_TASKS
+from codeplan_tools.eval.tasks.benchmarks import BBH_TASKS
+from codeplan_tools.stages.score import ScoreConfig, score_records
 
 BENCHMARKS = (
     "gsm8k math math500 svamp multiarith addsub singleeq aqua commonsenseqa strategyqa date_understanding "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codeplan_tools.errors import UsageError
+from codeplan_tools.core.errors import UsageError
 from codeplan_tools.trainer import attention
 
 

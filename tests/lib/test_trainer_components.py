@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from codeplan_tools.errors import SettingsMismatch
+from codeplan_tools.core.errors import SettingsMismatch
 from codeplan_tools.trainer import distributed
 from codeplan_tools.trainer.checkpoint import CheckpointConfig, Checkpointer
 from codeplan_tools.trainer.data import IGNORE, LoaderConfig, Pack, PackLoader, PackSet, shifted_targets

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from codeplan_tools.packing import PackConfig, pack_records
-from codeplan_tools.streams import RecordWriter
+from codeplan_tools.core.streams import RecordWriter
+from codeplan_tools.stages.pack import PackConfig, pack_records
 from codeplan_tools.trainer.data import IGNORE, LoaderConfig, PackLoader, read_packs
 from codeplan_tools.trainer.loop import FinetuneConfig, run_worker
 from codeplan_tools.trainer.lr_schedule import LRConfig

@@ -34,8 +34,8 @@ import stat
 import sys
 from pathlib import Path
 
-from .errors import CannotCreate, InputMissing, OutputBusy, OutputIOError, UsageError
-from .streams import GZIP_MAGIC, ZSTD_MAGIC, RecordWriter
+from codeplan_tools.core.errors import CannotCreate, InputMissing, OutputBusy, OutputIOError, UsageError
+from codeplan_tools.core.streams import GZIP_MAGIC, ZSTD_MAGIC, RecordWriter
 
 LOCK_SUFFIX = ".codeplan-lock"
 # flock is not offered everywhere (some FUSE and old NFS mounts); there the run goes on unlocked.
@@ -58,7 +58,7 @@ def check_inputs(paths: list[str], flag: str = "-i") -> None:
         if stat.S_ISDIR(mode):
             # A datasets folder or a folder of Parquet/Arrow shards is read as one input; any other
             # folder is refused here, naming what to give.
-            from .columnar import folder_files
+            from codeplan_tools.core.columnar import folder_files
 
             try:
                 folder_files(path)

@@ -43,9 +43,9 @@ from rich.rule import Rule
 from rich.syntax import Syntax
 from rich.text import Text
 
-from .errors import BadRecord, UsageError
-from .records import InvalidRecord, dumps, get_path, normalize, parse_record
-from .streams import PipeClosed, iter_lines
+from codeplan_tools.core.errors import BadRecord, UsageError
+from codeplan_tools.core.records import InvalidRecord, dumps, get_path, normalize, parse_record
+from codeplan_tools.core.streams import PipeClosed, iter_lines
 
 # Reading order of the fields a record may have; any other field follows them, meta last.
 FIELD_ORDER = ("prompt", "plan", "response", "answer", "samples")

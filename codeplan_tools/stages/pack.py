@@ -65,8 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .stats import Stats
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.stats import Stats
 
 IGNORE = -100
 FINGERPRINT_VERSION = 1
@@ -153,7 +153,7 @@ def check_model_path(model: str) -> None:
     """``--model`` must be a local folder with a tokenizer, or a hub id that is cached or exists on a
     reachable hub: otherwise one line and exit 66 at once, instead of transformers' hub retries
     (see :mod:`codeplan_tools.engines.model_files`)."""
-    from .engines.model_files import resolve_model
+    from codeplan_tools.engines.model_files import resolve_model
 
     resolve_model(str(model), need="tokenizer")
 
@@ -162,7 +162,7 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
     """The tokenizer of ``--model``: a missing folder or tokenizer -> 66, remote code refused -> 77."""
     from transformers import AutoTokenizer
 
-    from .engines.model_files import loading, refuse_remote_code, resolve_model
+    from codeplan_tools.engines.model_files import loading, refuse_remote_code, resolve_model
 
     found = resolve_model(str(model), need="tokenizer")
     refuse_remote_code(found, trust_remote_code)
@@ -188,7 +188,7 @@ def read_fingerprint(path: str) -> dict | None:
     """The fingerprint of the first pack in ``path`` (None for an empty file)."""
     import orjson
 
-    from .streams import iter_lines
+    from codeplan_tools.core.streams import iter_lines
 
     for _name, _lineno, line in iter_lines([path]):
         rec = orjson.loads(line)
@@ -386,7 +386,7 @@ class Encoder:
     """Renders records through the format and tokenizes prompt and target."""
 
     def __init__(self, config: PackConfig, tokenizer=None):
-        from .formats import get_format
+        from codeplan_tools.formats import get_format
 
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.model, config.trust_remote_code)
@@ -678,7 +678,7 @@ class Packer:
     def run(self, records: Iterable[dict]) -> Iterator[dict]:
         """Packs of ``records``, window by window. When reading ``records`` fails, the window read so far
         is packed and yielded before the error is raised (``take_batches``), so nothing read is lost."""
-        from .stage import take_batches
+        from codeplan_tools.core.stage import take_batches
 
         try:
             for window in take_batches(records, self.config.buffer):
@@ -712,7 +712,7 @@ def derived_stats(stats: Stats) -> dict:
 
 def required_fields(config: PackConfig) -> tuple[str, ...]:
     """Canonical fields every input record must have for this format."""
-    from .formats import FORMATS
+    from codeplan_tools.formats import FORMATS
 
     cls = FORMATS.get(config.format)
     if cls is None:

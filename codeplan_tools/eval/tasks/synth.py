@@ -1,4 +1,4 @@
-"""Register the synthetic tasks of ``codeplan synth`` (``codeplan_tools.synth``) with the task registry.
+"""Register the synthetic tasks of ``codeplan synth`` (``codeplan_tools.stages.synth``) with the task registry.
 
 Each maps to an existing scorer family; accuracy is reported per ``difficulty`` (the records' k).
 Synth prompts carry no answer-format instruction: the worked responses (and a model trained on them)
@@ -7,7 +7,8 @@ end with "The answer is X.", which every family's strict extraction reads.
 
 from __future__ import annotations
 
-from ..synth import TASKS
+from codeplan_tools.stages.synth import TASKS
+
 from . import Task, field_subtasks, register_task
 
 # Free-form exact answers need a normalisation that forgives spacing the way the gold allows it.

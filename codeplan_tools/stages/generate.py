@@ -18,7 +18,7 @@ prompting the plan is put in the user turn. Each sample's ``plan`` is then the g
 
 Prompt tokens. With an engine that tokenizes locally (``hf``, ``vllm``) a format prompt gets exactly the
 ids of the prompt of the training example ``pack`` makes of the record
-(:class:`~codeplan_tools.packing.RecordTokenizer`): a special-token string in the record's text
+(:class:`~codeplan_tools.stages.pack.RecordTokenizer`): a special-token string in the record's text
 (``<|user|>``, ``</s>``) stays text, not a control token. Only such a record is tokenized here, one
 by one; an ordinary prompt goes to the engine as text, tokenized there in batches with the same ids.
 A plan-conditioned prompt (``given_plan``) is the prompt's ids followed by the plan section's,
@@ -61,9 +61,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputMissing, UsageError
-from .progress import EngineProgress, LineCounter
-from .records import derive_seed, normalize
+from codeplan_tools.core.errors import InputMissing, UsageError
+from codeplan_tools.core.progress import EngineProgress, LineCounter
+from codeplan_tools.core.records import derive_seed, normalize
 
 # -- engines ------------------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class EngineSpec:
 
     def resolved_engine(self) -> str:
         if self.engine == "auto":
-            from .engines import default_engine_name
+            from codeplan_tools.engines import default_engine_name
 
             return default_engine_name()
         return self.engine
@@ -134,7 +134,7 @@ class EngineSpec:
         """Where the model (``role="model"``) or ``--tokenizer`` (``"tokenizer"``) is loaded from, and
         its content identity (:mod:`codeplan_tools.engines.model_files`); ``strict`` raises the
         one-line error of a model that cannot be found."""
-        from .engines.model_files import resolve_model
+        from codeplan_tools.engines.model_files import resolve_model
 
         cached = self._sources.get(role)
         if cached is not None and (cached[1] or not strict):
@@ -151,7 +151,7 @@ class EngineSpec:
         """Fail now, with one line, on a model (or tokenizer) that cannot be found or is refused,
         before any input is read. ``local_tokenizer``: prompts are rendered here (formats), so an
         HTTP engine needs a tokenizer on this machine too."""
-        from .engines.model_files import refuse_remote_code
+        from codeplan_tools.engines.model_files import refuse_remote_code
 
         if self.resolved_engine() in LOCAL_ENGINES:
             refuse_remote_code(self.source("model"), self.trust_remote_code)
@@ -162,7 +162,7 @@ class EngineSpec:
 
     def tokenizer_source(self):
         """The source of the tokenizer that renders prompts here: ``--tokenizer``, else the model."""
-        from .engines.model_files import refuse_remote_code, resolve_model
+        from codeplan_tools.engines.model_files import refuse_remote_code, resolve_model
 
         if self.tokenizer:
             found, option = self.source("tokenizer"), "--tokenizer"
@@ -200,8 +200,8 @@ class EngineSpec:
 
     def build(self):
         """The engine, loaded; what the loaders raise about the model becomes one line."""
-        from .engines import get_engine
-        from .engines.model_files import loading
+        from codeplan_tools.engines import get_engine
+        from codeplan_tools.engines.model_files import loading
 
         name = self.resolved_engine()
         wanted = ENGINE_OPTIONS.get(name)
@@ -229,7 +229,7 @@ def engine_tokenizer(engine, spec: EngineSpec):
         return tok
     from transformers import AutoTokenizer
 
-    from .engines.model_files import loading
+    from codeplan_tools.engines.model_files import loading
 
     found = spec.tokenizer_source()
     with loading(found, "--tokenizer" if spec.tokenizer else "--model"):
@@ -281,7 +281,7 @@ def run_engine_task(
     Building, binding, generating and closing run under ``stdout_to_stderr``: whatever the engine
     library prints goes to stderr, and the records yielded in between reach the real stdout.
     """
-    from .engines.base import stdout_to_stderr
+    from codeplan_tools.engines.base import stdout_to_stderr
 
     size = chunk_size or DEFAULT_CHUNK.get(spec.resolved_engine(), 256)
     if size < 1:
@@ -352,14 +352,14 @@ class LibraryContext:
     """A stand-in for ``run_stage``'s context when the library is called directly from Python."""
 
     def __init__(self, stage: str):
-        from .stats import Stats
+        from codeplan_tools.core.stats import Stats
 
         self.stage = stage
         self.stats = Stats(stage)
         self.rejected: list[dict] = []
 
     def stamp(self, record: dict, values: dict) -> dict:
-        from .records import set_meta
+        from codeplan_tools.core.records import set_meta
 
         return set_meta(record, self.stage, values)
 
@@ -470,8 +470,8 @@ def task_answer_instruction(record: dict) -> str | None:
     """
     if not isinstance(record.get("task"), str) or not record["task"]:
         return None
-    from .errors import CodeplanError
-    from .tasks import resolve_task
+    from codeplan_tools.core.errors import CodeplanError
+    from codeplan_tools.eval.tasks import resolve_task
 
     try:
         text = (resolve_task(record).instruction or "").strip()
@@ -506,7 +506,7 @@ def parse_code_plan_reply(text: str) -> tuple[str | None, str]:
     The requested layout parses exactly as the ``codeplan`` format; otherwise the first fenced block is
     the plan and what follows it (without an "Answer:" heading) is the response.
     """
-    from .formats import get_format
+    from codeplan_tools.formats import get_format
 
     plan, response = get_format("codeplan", chat=False, end_marker="\x00").parse(text)
     if plan is not None:
@@ -533,7 +533,7 @@ class GenerateTask(EngineTask):
 
     def bind(self, engine, spec: EngineSpec) -> None:
         cfg = self.config
-        from .formats import end_marker_for, get_format
+        from codeplan_tools.formats import end_marker_for, get_format
 
         if cfg.format:
             tok = engine_tokenizer(engine, spec)
@@ -541,7 +541,7 @@ class GenerateTask(EngineTask):
             self.format = get_format(cfg.format, tok)
             self.stop = list(self.format.stop_strings())
             if getattr(engine, "uses_prompt_token_ids", False):
-                from .packing import RecordTokenizer
+                from codeplan_tools.stages.pack import RecordTokenizer
 
                 self.records = RecordTokenizer(tok, self.format)
         else:
@@ -569,7 +569,7 @@ class GenerateTask(EngineTask):
             self.meta_base.update(self.format.describe())
 
     def request(self, record: dict):
-        from .engines.base import SPECIAL_TOKEN_TEXT, Request
+        from codeplan_tools.engines.base import SPECIAL_TOKEN_TEXT, Request
 
         cfg = self.config
         prompt = record.get("prompt")
@@ -608,7 +608,7 @@ class GenerateTask(EngineTask):
         """Ids of a plan-conditioned prompt as ``pack`` tokenizes the training example: the prompt,
         then the target up to the response (the plan section), each on its own, the record's text as
         text. None when the engine tokenizes the text itself (HTTP)."""
-        from .engines.base import SPECIAL_TOKEN_TEXT
+        from codeplan_tools.engines.base import SPECIAL_TOKEN_TEXT
 
         if self.records is None:
             return None

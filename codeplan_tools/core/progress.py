@@ -19,8 +19,8 @@ import threading
 import time
 from typing import TextIO
 
-from .columnar import row_count
-from .streams import open_input
+from codeplan_tools.core.columnar import row_count
+from codeplan_tools.core.streams import open_input
 
 _COUNT_BLOCK = 1 << 20
 

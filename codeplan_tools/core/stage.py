@@ -14,7 +14,7 @@ record, an over-long example) with its record id, at most 20 lines per run, so n
 silently; filter's rule rejects are only counted per rule (``SELECTING_STAGES``).
 
 ``StageContext`` (used by ``run_stage`` and the parallel filter) opens a run's outputs, and before it
-opens, reads or cuts anything it checks the paths and takes the locks (``codeplan_tools.outputs``):
+opens, reads or cuts anything it checks the paths and takes the locks (``codeplan_tools.core.outputs``):
 inputs exist (66), ``-o``/``--rejects``/``--stats`` are not an input nor each other (2) and can be
 written (73), no other run holds ``-o`` or ``--rejects`` (75); then a resuming stage reads the ids
 already done (``resume.completed_ids``, 78 for a file it did not write) and appends in the
@@ -28,17 +28,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from .errors import BadRecord, UsageError
-from .outputs import OutputLock, OutputWriter, check_paths, existing_encoding
-from .records import InvalidRecord, dumps, normalize, parse_record, set_meta
-from .resume import completed_ids, run_key
-from .shard import in_shard, parse_shard
-from .stats import Stats
-from .streams import InputDamage, iter_lines, output_kind
+from codeplan_tools.core.errors import BadRecord, UsageError
+from codeplan_tools.core.outputs import OutputLock, OutputWriter, check_paths, existing_encoding
+from codeplan_tools.core.records import InvalidRecord, dumps, normalize, parse_record, set_meta
+from codeplan_tools.core.resume import completed_ids, run_key
+from codeplan_tools.core.shard import in_shard, parse_shard
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.streams import InputDamage, iter_lines, output_kind
 
 # Stages whose rejects are their result (filter's rules), counted per rule: without --rejects they
 # are not named one by one on stderr. Other stages' rejects are failures, each named (capped).
@@ -65,11 +65,14 @@ class StageIO:
     resume_settings: dict[str, Any] | None = None
     progress: bool = True
     quiet: bool = False
+    # A source (synth, tasks prepare) makes its records: no input is read, ``inputs`` only names
+    # files it reads itself (checked against the outputs like any input).
+    source: bool = False
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in ("fail", "skip"):
             raise UsageError(f"--on-bad-record must be fail or skip, not {self.on_bad_record!r}")
-        if not self.inputs:
+        if not self.inputs and not self.source:
             self.inputs = ["-"]
         if self.resume_settings is not None and self.output in (None, "-"):
             # Nothing to resume from on a pipe; the run still works.
@@ -77,18 +80,79 @@ class StageIO:
 
 
 class StageContext:
-    """One run's outputs (records, rejects, progress bar on stderr) and what a transform may use:
-    the counters, rejection, flushing. Opened at construction, closed by :meth:`close`."""
+    """What a stage sees of its run, whoever runs it: the counters (``stats``), rejection with a
+    reason (:meth:`reject`, :meth:`bad_record`), stamping ``meta.<stage>`` (:meth:`stamp`), progress
+    (``progress``, a tqdm bar or a disabled one) and flushing after each chunk (:meth:`flush`).
+
+    This base class is the in-memory context of library use and tests: rejects are kept on
+    ``rejected`` (each stamped with its reason), nothing is written, a bad record raises
+    ``BadRecord`` unless ``on_bad_record="skip"``. :class:`StreamContext` is the one ``run_stage``
+    opens on files and pipes; stages never need to know which one they were given.
+    """
+
+    def __init__(self, stage: str, stats: Stats | None = None, *, on_bad_record: str = "fail"):
+        if on_bad_record not in ("fail", "skip"):
+            raise UsageError(f"--on-bad-record must be fail or skip, not {on_bad_record!r}")
+        self.stage = stage
+        self.stats = stats if stats is not None else Stats(stage)
+        self.fail_on_bad_record = on_bad_record == "fail"
+        self.rejected: list[dict] = []
+        # (file, line, line bytes) of the record the reader handed out last: a stage that finds the
+        # record bad after reading (a wrong-typed field) names it and rejects the line as read.
+        self.where: tuple[str, int, bytes] | None = None
+        # The input files (for progress by bytes) and whether progress is shown at all.
+        self.inputs: list[str] = []
+        self.show_progress = False
+        self.progress = tqdm(disable=True)
+
+    def reject(self, record: dict, reason: str, **details: Any) -> None:
+        """Count ``rejected`` and ``rejected.<rule>`` and keep the record with ``meta.<stage>.reason``."""
+        self.stats.inc("rejected")
+        self.stats.inc(f"rejected.{reason.split(':')[0]}")
+        self._keep_reject(record, reason, details)
+
+    def _keep_reject(self, record: dict, reason: str, details: dict) -> None:
+        meta = dict(((record.get("meta") or {}).get(self.stage)) or {})
+        meta.update(details, reason=reason)
+        self.rejected.append(self.stamp(record, meta))
+
+    def bad_record(self, record: dict, reason: str, index: int = 0) -> None:
+        """A parsed record the stage cannot use (a field of the wrong type), handled as the reader
+        handles a malformed line: ``BadRecord`` naming its file and line in fail mode, else counted in
+        ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``. The
+        position is the reader's (``where``) or, for records handed over from Python, ``<records>:index``."""
+        bad_record(
+            record,
+            reason,
+            self.where or ("<records>", index),
+            fail=self.fail_on_bad_record,
+            stats=self.stats,
+            reject=self.reject,
+        )
+
+    def stamp(self, record: dict, values: dict) -> dict:
+        """Set ``meta.<stage>`` to ``values``."""
+        return set_meta(record, self.stage, values)
+
+    def flush(self) -> None:
+        """Write out what is pending (stages call it after each engine chunk); nothing in memory."""
+
+
+MemoryContext = StageContext  # the name library users look for
+
+
+class StreamContext(StageContext):
+    """One run's outputs (records, rejects, progress bar on stderr) opened on files or pipes: what
+    ``run_stage`` hands its stage. Opened at construction, closed by :meth:`close`."""
 
     def __init__(self, io: StageIO, stats: Stats, key: str | None = None):
+        super().__init__(io.stage, stats, on_bad_record=io.on_bad_record)
         self.io = io
-        self.stats = stats
         self._key = key
         self._reported = 0
-        # (file, line, line bytes) of the record the reader handed out last: a transform that finds
-        # the record bad after reading (a wrong-typed field) names it and rejects the line as read.
-        self.where: tuple[str, int, bytes] | None = None
         self._name_rejects = io.stage not in SELECTING_STAGES
+        self.inputs = list(io.inputs)
+        self.show_progress = io.progress and not io.quiet
         # Nothing is opened, read or cut before the paths are checked and the outputs locked.
         outputs = [("-o", io.output or "-")]
         outputs += [
@@ -158,10 +222,8 @@ class StageContext:
         if self._rejects is not None:
             self._rejects.flush()
 
-    def reject(self, record: dict, reason: str, **details: Any) -> None:
-        """Send a record to the rejects file with ``meta.<stage>.reason``; counts ``rejected``."""
-        self.stats.inc("rejected")
-        self.stats.inc(f"rejected.{reason.split(':')[0]}")
+    def _keep_reject(self, record: dict, reason: str, details: dict) -> None:
+        """To the rejects file; without one, named on stderr (capped), except filter's rule rejects."""
         if self._rejects is not None:
             meta = dict(((record.get("meta") or {}).get(self.io.stage)) or {})
             meta.update(details, reason=reason)
@@ -184,19 +246,32 @@ class StageContext:
             )
 
 
+class Stage(Protocol):
+    """The one shape of a step: records in, records out. Everything else a stage does to its run
+    (count, reject with a reason, stamp ``meta.<stage>``, show progress, flush after a chunk) goes
+    through ``ctx``. A source (``synth``, ``tasks prepare``) ignores ``records``; ``pack`` yields packs."""
+
+    name: str
+
+    def run(self, records: Iterator[dict], ctx: StageContext) -> Iterator[dict]: ...
+
+
 Transform = Callable[[Iterator[dict], StageContext], Iterable[dict]]
 
 
-def run_stage(io: StageIO, transform: Transform, stats: Stats | None = None) -> Stats:
-    """Stream records from ``io.inputs`` through ``transform`` to ``io.output``; return the counters."""
+def run_stage(io: StageIO, transform: Stage | Transform, stats: Stats | None = None) -> Stats:
+    """Stream records from ``io.inputs`` through a stage (or a bare ``transform(records, ctx)``) to
+    ``io.output``; return the counters."""
+    if hasattr(transform, "run"):
+        transform = transform.run
     stats = stats or Stats(io.stage)
     shard = parse_shard(io.shard)
     key = run_key(io.resume_settings) if io.resume_settings is not None else None
-    ctx = StageContext(io, stats, key)
+    ctx = StreamContext(io, stats, key)
     written = 0
     write, update = ctx.writer.write, ctx.progress.update
     try:
-        records = _read(io, ctx, shard, ctx.done)
+        records = iter(()) if io.source else _read(io, ctx, shard, ctx.done)
         for record in transform(records, ctx):
             write(record)
             written += 1

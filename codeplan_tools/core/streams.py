@@ -48,7 +48,7 @@ file stdout is redirected to (``> FILE``, found on Linux through ``/proc/self/fd
 terminal gets plain. Compressed output is a sequence of complete zstd frames (with checksums) or
 gzip members, one per flush; a flush happens when about 1 MiB is pending, when 2 s have passed since
 the last one, and at the end. A reader downstream therefore sees progress, and a killed process
-leaves a readable prefix (at most a torn last frame, which ``codeplan_tools.resume`` cuts off). A
+leaves a readable prefix (at most a torn last frame, which ``codeplan_tools.core.resume`` cuts off). A
 compressed output with no records is one empty frame/member, which ``zstd -d``/``gzip -d`` read as
 empty (a 0-byte file they reject). SIGTERM and SIGINT are held back while a frame is being written,
 so a frame is never half-written by our own shutdown.
@@ -74,8 +74,8 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from .errors import BadRecord, InputMissing, OutputIOError
-from .records import InvalidRecord, dumps, parse_record
+from codeplan_tools.core.errors import BadRecord, InputMissing, OutputIOError
+from codeplan_tools.core.records import InvalidRecord, dumps, parse_record
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -461,7 +461,7 @@ def iter_lines(
     for path in paths:
         name = display_name(path)
         if path != "-" and os.path.isdir(path):
-            from . import columnar
+            from codeplan_tools.core import columnar
 
             yield from columnar.folder_lines(path, on_damage)
             continue
@@ -470,7 +470,7 @@ def iter_lines(
         with _Opened(path) as opened:
             head, fh = _sniff(opened)
             if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
-                from . import columnar
+                from codeplan_tools.core import columnar
 
                 yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
                 continue
@@ -521,7 +521,7 @@ _COLUMNAR_FIRST = (b"P", b"A", b"\xff")
 
 
 def _columnar_kind(head: bytes) -> str | None:
-    from . import columnar
+    from codeplan_tools.core import columnar
 
     return columnar.kind_of(head)
 
@@ -543,7 +543,7 @@ def _sniff(fh: BinaryIO) -> tuple[bytes, BinaryIO]:
             return head, fh
     except (OSError, ValueError):
         pass
-    from .columnar import may_start
+    from codeplan_tools.core.columnar import may_start
 
     read = getattr(fh, "read1", None) or fh.read
     head = b""
@@ -613,14 +613,14 @@ class _DecodedRaw(io.RawIOBase):
         self._lines = 0
         if path != "-" and os.path.isdir(path):  # a Parquet/Arrow folder: its rows as JSON lines
             self._opened = None
-            from . import columnar
+            from codeplan_tools.core import columnar
 
             self._chunks = _columnar_chunks(columnar.folder_lines(path))
             return
         self._opened = _Opened(path)
         head, fh = _sniff(self._opened.fh)
         if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
-            from . import columnar
+            from codeplan_tools.core import columnar
 
             self._chunks = _columnar_chunks(columnar.file_lines(_columnar_source(path, fh), self._name, kind))
         else:

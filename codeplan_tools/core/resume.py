@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 import zstandard
 
-from .errors import SettingsMismatch
-from .streams import GZIP_MAGIC, ZSTD_MAGIC
+from codeplan_tools.core.errors import SettingsMismatch
+from codeplan_tools.core.streams import GZIP_MAGIC, ZSTD_MAGIC
 
 
 def run_key(settings: dict[str, Any]) -> str:

@@ -1,14 +1,14 @@
 """The task registry: benchmarks (and synthetic tasks) with their scorer, files and prompt format.
 
-A ``Task`` names a scorer family (``codeplan_tools.scorers``), the files it reads under the data folder,
+A ``Task`` names a scorer family (``codeplan_tools.eval.scorers``), the files it reads under the data folder,
 the answer-format instruction appended to prompts, an adapter from the public file format to records,
 and how to split results into subtasks (MATH subject/level, MuSiQue hop count, a synthetic task's
-difficulty). Built-in benchmarks live in ``codeplan_tools.tasks.benchmarks``; every module registers
+difficulty). Built-in benchmarks live in ``codeplan_tools.eval.tasks.benchmarks``; every module registers
 its tasks the same way, by calling ``register_task`` when imported.
 
-Registering a task from another module (e.g. ``codeplan_tools.tasks.synth``)::
+Registering a task from another module (e.g. ``codeplan_tools.eval.tasks.synth``)::
 
-    from codeplan_tools.tasks import Task, field_subtasks, register_task
+    from codeplan_tools.eval.tasks import Task, field_subtasks, register_task
 
     register_task(Task(
         name="synth/last_letter",            # records carry task="synth/last_letter"
@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import UsageError
+from codeplan_tools.core.errors import UsageError
 
 Adapter = Callable[[Iterable[dict], str], Iterator[dict]]
 """``adapter(rows, path)`` turns the rows of one source file into records with ``id``, ``question``,
@@ -54,7 +54,7 @@ class Task:
     name: str
     """Registry name, also the records' ``task`` field: ``gsm8k``, ``bbh/boolean_expressions``, ``synth/x``."""
     scorer: str
-    """Scorer family name in ``codeplan_tools.scorers``."""
+    """Scorer family name in ``codeplan_tools.eval.scorers``."""
     files: tuple[str, ...] = ()
     """Source files relative to the data folder (``gsm8k/test.jsonl.zst``)."""
     instruction: str = ""
@@ -98,9 +98,9 @@ _ALIASES: dict[str, str] = {}
 _LOADED = False
 # Modules that register tasks; a missing optional module (synth) is skipped.
 TASK_MODULES = (
-    "codeplan_tools.tasks.benchmarks",
-    "codeplan_tools.tasks.synth",
-    "codeplan_tools.tasks.corpora",
+    "codeplan_tools.eval.tasks.benchmarks",
+    "codeplan_tools.eval.tasks.synth",
+    "codeplan_tools.eval.tasks.corpora",
 )
 
 
@@ -250,8 +250,8 @@ def read_rows(path: str | Path) -> Iterator[dict]:
     """Rows of a source file in any of the public layouts: JSON Lines, a JSON array, a JSON object with
     ``examples`` (BIG-bench / BBH / Kojima) or ``data``, or CSV; compressed with zstd or gzip or not.
     Parquet and Arrow files, folders of them and ``datasets`` folders are streamed row by row."""
-    from ..columnar import is_columnar, iter_rows
-    from ..streams import open_input
+    from codeplan_tools.core.columnar import is_columnar, iter_rows
+    from codeplan_tools.core.streams import open_input
 
     if is_columnar(str(path)):
         yield from iter_rows(str(path))
@@ -342,7 +342,7 @@ def to_record(task: Task, row: Mapping, instruction: bool = True, gold_response:
     if task.corpus:  # the adapter made the record (prompt, response, provenance)
         record = dict(row)
         if not record.get("id"):
-            from ..records import derive_id
+            from codeplan_tools.core.records import derive_id
 
             record["id"] = derive_id(record)
         return record
@@ -359,7 +359,7 @@ def to_record(task: Task, row: Mapping, instruction: bool = True, gold_response:
         if key not in ("id", "task", "prompt"):
             record[key] = value
     if not record["id"]:
-        from ..records import derive_id
+        from codeplan_tools.core.records import derive_id
 
         record["id"] = derive_id(record)
     if gold_response:

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import BadRecord, InputMissing, UsageError
-from .generate import (
+from codeplan_tools.core.errors import BadRecord, InputMissing, UsageError
+from codeplan_tools.core.records import derive_seed, normalize
+from codeplan_tools.stages.generate import (
     EngineSpec,
     EngineTask,
     LibraryContext,
@@ -37,7 +38,6 @@ from .generate import (
     run_engine_task,
     text_hash,
 )
-from .records import derive_seed, normalize
 
 BUILTIN_TEMPLATES = ("paper", "nlplan")
 
@@ -46,7 +46,9 @@ def load_template(spec: str) -> tuple[str, str]:
     """``paper`` | ``nlplan`` | a file path -> (name, text). The text must contain both placeholders."""
     if spec in BUILTIN_TEMPLATES:
         text = (
-            resources.files("codeplan_tools").joinpath("templates", f"{spec}.txt").read_text(encoding="utf-8")
+            resources.files("codeplan_tools.stages")
+            .joinpath("templates", f"{spec}.txt")
+            .read_text(encoding="utf-8")
         )
         name = spec
     else:
@@ -229,7 +231,7 @@ class ExtractTask(EngineTask):
         }
 
     def request(self, record: dict):
-        from .engines.base import Request
+        from codeplan_tools.engines.base import Request
 
         prompt, response = record.get("prompt"), record.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ..columnar import RowNumber
-from ..errors import BadRecord
+from codeplan_tools.core.columnar import RowNumber
+from codeplan_tools.core.errors import BadRecord
+
 from . import Task, register_task
 
 WEBINSTRUCT_COLUMNS = ("question", "answer", "source", "index")

@@ -56,7 +56,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .errors import BadRecord, InputMissing, MissingDependency, require
+from codeplan_tools.core.errors import BadRecord, InputMissing, MissingDependency, require
 
 PARQUET_MAGIC = b"PAR1"
 ARROW_FILE_MAGIC = b"ARROW1"
@@ -302,7 +302,7 @@ def file_lines(
 ) -> Iterator[tuple[str, int, bytes]]:
     """``(name, row number, JSON line)`` for each row of one columnar input (``kind`` from
     :func:`kind_of`); ``source`` is a path or a binary handle positioned at the input's start."""
-    from .streams import InputDamage
+    from codeplan_tools.core.streams import InputDamage
 
     spool = None
     if not isinstance(source, str) and kind != "Arrow stream" and not _seekable(source):

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from codeplan_tools.errors import UsageError
+from codeplan_tools.core.errors import UsageError
 
 TEXT_END_MARKER = "<|end|>"
 QUESTION_HEADER = "### Question:\n"

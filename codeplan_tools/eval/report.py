@@ -1,6 +1,6 @@
 """Reports of scored runs: accuracy with intervals, pass@k, maj@k, and run comparisons.
 
-A report is built from ``meta.score`` alone (``codeplan_tools.score``), so it can be made again from
+A report is built from ``meta.score`` alone (``codeplan_tools.stages.score``), so it can be made again from
 any scored file without the task registry.
 
 - **Accuracy** per task is the mean over records of the per-record accuracy (the share of its samples
@@ -246,7 +246,7 @@ _SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 def score_type_error(score: Mapping) -> str | None:
     """Why ``meta.score`` (a scored record read back, e.g. a run given to ``--compare``) cannot be
     reported: the first field of the wrong type, named with its type; None when it can."""
-    from .records import json_type
+    from codeplan_tools.core.records import json_type
 
     for key, (types, expected) in _SCORE_FIELDS.items():
         value = score.get(key)

@@ -27,8 +27,12 @@ import signal
 import threading
 from dataclasses import dataclass, replace
 
-from .errors import BadRecord
-from .filters import (
+from codeplan_tools.core.errors import BadRecord
+from codeplan_tools.core.records import InvalidRecord, normalize, parse_record
+from codeplan_tools.core.stage import StageIO, StreamContext, damage_reporter
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.streams import InputDamage, dumps, iter_lines
+from codeplan_tools.stages.filter import (
     DUPLICATE,
     RULES,
     FilterConfig,
@@ -38,10 +42,6 @@ from .filters import (
     measure,
     prompt_digest,
 )
-from .records import InvalidRecord, normalize, parse_record
-from .stage import StageContext, StageIO, damage_reporter
-from .stats import Stats
-from .streams import InputDamage, dumps, iter_lines
 
 BATCH_LINES = 1000
 BATCH_BYTES = 1 << 20
@@ -199,7 +199,7 @@ def run_filter_parallel(io: StageIO, config: FilterConfig, workers: int, stats: 
     if unknown:
         raise ValueError(f"unknown filter rules: {sorted(unknown)}")
     job = Job(replace(config, seen=set()), io.prompt_field, io.response_field, io.require)
-    ctx = StageContext(io, stats)
+    ctx = StreamContext(io, stats)
     merge = _Merge(io, config, ctx)
     report_damage = damage_reporter(ctx)
     pool = feeder = None
@@ -294,7 +294,7 @@ def _feed(pool: _Pool, batches, pending: queue.Queue, stop: threading.Event) -> 
 class _Merge:
     """The order-dependent half: dedup, writing, rejects, counters, bad lines (main process)."""
 
-    def __init__(self, io: StageIO, config: FilterConfig, ctx: StageContext):
+    def __init__(self, io: StageIO, config: FilterConfig, ctx: StreamContext):
         self.io, self.config, self.ctx = io, config, ctx
         self.profile = LengthProfile()
         self.read = self.written = self.kept = 0

@@ -78,7 +78,7 @@ def _key(parsed: list) -> str | None:
 
 
 def _worker_main() -> None:
-    """Worker loop (``python -m codeplan_tools.scorers.math``): JSON lines in, JSON lines out."""
+    """Worker loop (``python -m codeplan_tools.eval.scorers.math``): JSON lines in, JSON lines out."""
     import orjson
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -115,15 +115,15 @@ def _worker_main() -> None:
 
 
 class _Worker:
-    """One ``python -m codeplan_tools.scorers.math`` process (a subprocess, not multiprocessing:
+    """One ``python -m codeplan_tools.eval.scorers.math`` process (a subprocess, not multiprocessing:
     nothing of the caller's ``__main__`` is re-imported, and killing it is always safe)."""
 
     def __init__(self):
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codeplan_tools.scorers.math"],
+            [sys.executable, "-m", "codeplan_tools.eval.scorers.math"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

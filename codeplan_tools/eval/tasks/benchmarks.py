@@ -36,7 +36,7 @@ in turn match the ``Q:`` lines of Kojima et al.'s published zero-shot-CoT logs.
 Unusable golds (gold fed back as the answer cannot score, or cannot be fed back at all):
 IFEval has no gold answer (its checks are instructions, not answers); 2 MATH *train* rows have an
 empty ``\\boxed{}`` (the ``math`` task reads the test split, where every gold is usable); 3 BBH golds are
-option texts split apart in the source (see ``codeplan_tools.scorers.choice``), scored as text.
+option texts split apart in the source (see ``codeplan_tools.eval.scorers.choice``), scored as text.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..scorers import last_boxed
+from codeplan_tools.eval.scorers import last_boxed
+
 from . import Task, field_subtasks, register_task
 
 # Answer-format instructions appended to prepared prompts; each matches what its scorer extracts strictly.

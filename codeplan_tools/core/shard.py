@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import UsageError
-from .records import id_hash
+from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.records import id_hash
 
 
 def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int] | None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .errors import UsageError
+from codeplan_tools.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Example:
 class SynthTask:
     name: str
     make: Callable[[random.Random, int], Example]
-    # The score family that judges it (see codeplan_tools.scorers): numeric, exact or yesno.
+    # The score family that judges it (see codeplan_tools.eval.scorers): numeric, exact or yesno.
     scorer: str
     # What one unit of difficulty k is for this task.
     k_means: str
@@ -355,8 +355,8 @@ def generate(config: SynthConfig, stats=None) -> Iterator[dict]:
 
 def load_prompts(paths: Iterable[str]) -> frozenset[str]:
     """The prompts of the records in ``paths`` (any input shape ``normalize`` reads)."""
-    from .records import find_prompt
-    from .streams import read_records
+    from codeplan_tools.core.records import find_prompt
+    from codeplan_tools.core.streams import read_records
 
     paths = list(paths)
     if not paths:

@@ -2,7 +2,7 @@
 
 ``score_records(records, config, stats)`` is an iterator of records in, records out. For each record:
 
-1. the task comes from ``config.task`` or the record's ``task`` (``codeplan_tools.tasks.resolve_task``);
+1. the task comes from ``config.task`` or the record's ``task`` (``codeplan_tools.eval.tasks.resolve_task``);
 2. the texts to check are the record's ``samples`` (what ``generate`` wrote; each sample's ``response``,
    or its ``text`` when the response is empty or missing, e.g. when the format could not be parsed).
    A record **without** ``samples`` is scored on its ``response`` as one sample; this is how gold
@@ -33,7 +33,7 @@ reason``), after the records before it in its chunk are scored and yielded.
 Positions come from ``where()``, the file and line of the record the stage's reader handed out last;
 without it a record is named by its place in ``records`` (``<records>:N``). When reading ``records``
 fails, the records already taken are scored and yielded before the error is raised
-(:func:`codeplan_tools.filters.take_batches`), so nothing read is lost.
+(:func:`codeplan_tools.stages.filter.take_batches`), so nothing read is lost.
 
 ``load_run`` (the runs of ``--compare``) reads the same way: a malformed line, or a scored record
 whose ``meta.score`` has a field of the wrong type, stops with exit 65 and ``file:line`` (with
@@ -49,13 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRecord, UsageError
-from .records import InvalidRecord, WrongType, normalize, parse_record, set_meta
-from .report import RunReport, default_ks, maj_at_k, pass_at_k, score_type_error
-from .scorers import NoGold, Scorer, Verdict, get_scorer
-from .stage import bad_record, take_batches
-from .stats import Stats
-from .tasks import Task, resolve_task
+from codeplan_tools.core.errors import BadRecord, UsageError
+from codeplan_tools.core.records import InvalidRecord, WrongType, normalize, parse_record, set_meta
+from codeplan_tools.core.stage import bad_record, take_batches
+from codeplan_tools.core.stats import Stats
+from codeplan_tools.eval.report import RunReport, default_ks, maj_at_k, pass_at_k, score_type_error
+from codeplan_tools.eval.scorers import NoGold, Scorer, Verdict, get_scorer
+from codeplan_tools.eval.tasks import Task, resolve_task
 
 # (file, line) of a record, and the line itself when the reader gives it (see filters.bad_record).
 Where = tuple
@@ -339,7 +339,7 @@ def load_run(path: str, name: str, config: ScoreConfig, on_bad_record: str = "fa
     scored now. A malformed line stops with ``BadRecord`` (exit 65, ``file:line``) unless
     ``on_bad_record`` is ``skip``; skipped lines and unscorable records are counted as
     ``unscored_records`` and each is named on stderr (file, line and reason; the first 20)."""
-    from .streams import iter_lines
+    from codeplan_tools.core.streams import iter_lines
 
     if not os.path.exists(path):
         raise UsageError(f"run file not found: {path}")

@@ -31,9 +31,9 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .records import WrongType
-from .stage import bad_record
-from .stats import Stats
+from codeplan_tools.core.records import WrongType
+from codeplan_tools.core.stage import bad_record
+from codeplan_tools.core.stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
 _COMMENT = re.compile(r"^\s*#")  # (with _FENCE, the definition; `code` tests the same with str methods)

@@ -11,8 +11,8 @@
   numbers), so nothing outside the package is needed; pass ``corpus_texts`` to train on other text.
 
 The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM. A folder that
-cannot be created is :class:`~codeplan_tools.errors.CannotCreate` (exit 73); a write failing part-way
-is :class:`~codeplan_tools.errors.OutputIOError` (exit 74).
+cannot be created is :class:`~codeplan_tools.core.errors.CannotCreate` (exit 73); a write failing part-way
+is :class:`~codeplan_tools.core.errors.OutputIOError` (exit 74).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from codeplan_tools.errors import CannotCreate, OutputIOError, UsageError
+from codeplan_tools.core.errors import CannotCreate, OutputIOError, UsageError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -78,9 +78,9 @@ def read_corpus(paths: Iterable[str]) -> list[str]:
     Records are rendered with the plain ``codeplan`` / ``vanilla`` template (prompt, plan, response), so
     the template's phrases get their own tokens; other files are used as text, 64 lines per chunk.
     """
+    from codeplan_tools.core.records import find_prompt, find_response
+    from codeplan_tools.core.streams import open_input
     from codeplan_tools.formats import get_format
-    from codeplan_tools.records import find_prompt, find_response
-    from codeplan_tools.streams import open_input
 
     with_plan = get_format("codeplan", chat=False, end_marker="\n")
     without = get_format("vanilla", chat=False, end_marker="\n")

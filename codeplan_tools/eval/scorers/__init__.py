@@ -36,7 +36,7 @@ dropped, and numbers lose thousands commas, ``$``, ``%`` and trailing units (``1
 The lenient verdict is the headline accuracy (what most published CoT evaluations use); the strict one
 is reported beside it so a format failure is visible rather than hidden.
 
-Families (``codeplan_tools.scorers.<family>``): ``numeric``, ``math``, ``choice``, ``exact``,
+Families (``codeplan_tools.eval.scorers.<family>``): ``numeric``, ``math``, ``choice``, ``exact``,
 ``yesno``, ``qa``, ``ifeval``. Each registers itself with ``register_scorer``; built-ins are imported on
 first use, so adding a family is one module plus one entry in ``BUILTIN``.
 """
@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import UsageError
+from codeplan_tools.core.errors import UsageError
 
 
 @dataclass
@@ -117,7 +117,7 @@ class NoGold(ValueError):
 def gold_answer(record: Mapping, hint: str = "") -> str:
     """The record's gold ``answer``, a non-blank string; else ``NoGold`` saying what is wrong (absent or
     blank, or its JSON type: an ``answer`` that is a list is never read as its text)."""
-    from ..records import json_type
+    from codeplan_tools.core.records import json_type
 
     answer = record.get("answer")
     if type(answer) is str and answer.strip():

@@ -2,7 +2,7 @@
 
 Keys are flat, stable, lower-case and carry their unit (``tokens_out``, ``engine_seconds``).
 ``Stats`` add up with ``+`` so that ``--stats`` files of shards merge by summing
-(``codeplan_tools.stats.merge_files`` / ``Stats.from_json``). Values that are not sums
+(``codeplan_tools.core.stats.merge_files`` / ``Stats.from_json``). Values that are not sums
 (distributions, summaries) live under ``derived`` and are recomputed, not added.
 ``--stats FILE`` is checked before a run starts (``outputs.check_writable``); its folder is created
 when it is written, at the end of the run.
@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .errors import OutputIOError
+from codeplan_tools.core.errors import OutputIOError
 
 
 class Stats:
