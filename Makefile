@@ -1,14 +1,18 @@
 # The two set-up commands of the README:
 #   make quickstart   the whole CodePlan pipeline on a tiny model, on a CPU
-#   make test         lint, format check and the test suite
-# Both create (or reuse) the virtual environment at .venv.
+#   make test         lint (ruff, ruff format, mypy) and the whole test suite: the CI command
+# and the daily loop:
+#   make test-fast    the tests but the SLURM, vLLM and slow ones, on two workers (< 3 min)
+# All create (or reuse) the virtual environment at .venv.
+# The same checks before each commit: `.venv/bin/pip install pre-commit && .venv/bin/pre-commit install`
+# (hooks in .pre-commit-config.yaml: ruff, ruff format, the man pages/completions staleness test).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv test lint quickstart docs bench clean-venv
+.PHONY: venv test test-fast lint quickstart docs bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +30,16 @@ venv: $(VENV)/.installed
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy codeplan_tools
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# Markers are applied in tests/conftest.py. CODEPLAN_SKIP_VLLM=1 keeps the session from starting a
+# `vllm serve` for tests that are deselected anyway.
+FAST_WORKERS ?= 2
+test-fast: venv
+	CODEPLAN_SKIP_VLLM=1 $(VENV)/bin/pytest -q -n $(FAST_WORKERS) -m "not slurm and not vllm and not slow"
 
 quickstart: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh

@@ -83,19 +83,17 @@ def breakdown(src: Path, out: Path, n: int) -> None:
     """Microseconds per record of the single-process path, piece by piece (same file, same process)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from codeplan_tools.core.stage import StageIO, run_stage
-    from codeplan_tools.stages.filter import RULES, FilterConfig, filter_records
+    from codeplan_tools.stages.filter import RULES, FilterConfig, FilterStage
 
-    def timed(transform) -> float:
+    def timed(stage) -> float:
         io = StageIO(stage="filter", inputs=[str(src)], output=str(out), require=("prompt", "plan"))
         io.progress = False
         t = time.perf_counter()
-        run_stage(io, transform)
+        run_stage(io, stage)
         return (time.perf_counter() - t) / n * 1e6
 
     def rules(enabled):
-        return lambda records, ctx: filter_records(
-            records, FilterConfig(enabled=enabled), ctx.stats, ctx.reject
-        )
+        return FilterStage(FilterConfig(enabled=enabled))
 
     t = time.perf_counter()
     bare_loop(src, out)
@@ -144,7 +142,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "codeplan_tools",
+                    "codeplan_cli",
                     "filter",
                     "-q",
                     "--no-progress",

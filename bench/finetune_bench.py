@@ -114,7 +114,7 @@ def main() -> None:
             heads = max(1, args.hidden // 32)
             model = str(
                 init_model(tmp / "model", hidden_size=args.hidden, layers=args.layers, heads=heads,
-                           kv_heads=max(1, heads // 2), head_dim=32, max_position_embeddings=max(1024, args.max_len))
+                           kv_heads=max(1, heads // 2), head_dim=32, max_len=max(1024, args.max_len))
             )  # fmt: skip
         packs = tmp / "packs.jsonl.zst"
         make_packs(model, packs, args.max_len, args.rows)

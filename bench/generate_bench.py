@@ -67,11 +67,11 @@ def write_input(records: list[dict], path: Path) -> None:
 def run_codeplan(engine, spec, cfg, src: Path, dst: Path) -> tuple[int, float]:
     from codeplan_tools.core.stage import StageIO, run_stage
     from codeplan_tools.core.streams import read_records
-    from codeplan_tools.stages.generate import generate_records
+    from codeplan_tools.stages.generate import GenerateStage
 
     io = StageIO(stage="generate", inputs=[str(src)], output=str(dst), require=("prompt",), progress=False)
     t0 = time.perf_counter()
-    run_stage(io, lambda records, ctx: generate_records(records, cfg, spec, ctx=ctx, engine=engine))
+    run_stage(io, GenerateStage(cfg, spec, engine))
     seconds = time.perf_counter() - t0
     tokens = sum(s["tokens_out"] for r in read_records([str(dst)]) for s in r["samples"])
     return tokens, seconds
@@ -202,7 +202,7 @@ def main() -> None:
 
 
 def bench_engine(name: str, model: str, cfg, records: list[dict], src: Path, tmp: Path, args) -> float:
-    from codeplan_tools.stages.generate import EngineSpec
+    from codeplan_tools.engines.spec import EngineSpec
 
     spec = EngineSpec(model=model, engine=name, dtype=args.dtype, batch_size=args.batch_size)
     t0 = time.perf_counter()

@@ -49,16 +49,16 @@ def load(path: Path) -> list[dict]:
 
 
 def time_pack(records, config, out_path) -> tuple[float, object]:
-    from codeplan_tools.core.stats import Stats
+    from codeplan_tools.core.stage import StageContext
     from codeplan_tools.core.streams import RecordWriter
     from codeplan_tools.stages.pack import pack_records
 
-    stats = Stats("pack")
+    ctx = StageContext("pack")
     t = time.perf_counter()
     with RecordWriter(out_path) as w:
-        for p in pack_records(records, config, stats):
+        for p in pack_records(records, config, ctx):
             w.write(p)
-    return time.perf_counter() - t, stats
+    return time.perf_counter() - t, ctx.stats
 
 
 def main() -> None:

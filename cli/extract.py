@@ -42,15 +42,13 @@ def extract_command(
     Example: codeplan extract -m Meta-Llama-3-8B-Instruct -i pairs.jsonl.zst -o mined.jsonl.zst --rejects rejected.jsonl.zst
     """
     from codeplan_tools.core.stage import run_stage
-    from codeplan_tools.stages.extract import ExtractConfig, extract_records
+    from codeplan_tools.stages.extract import ExtractConfig, ExtractStage
 
     spec = engine_options.spec(model)
     config = ExtractConfig(template=template, keep_raw=keep_raw, **engine_options.sampling())
-    # A model that cannot be found or is refused fails now, with one line, before any input is read.
-    spec.check()
-    stage_io = io.stage_io("extract", require=("prompt", "response"), resume_settings=config.settings(spec))
-    result = run_stage(stage_io, lambda records, ctx: extract_records(records, config, spec, ctx=ctx))
-    o.print_summary(result, io.quiet)
+    stage = ExtractStage(config, spec)  # checks the model now, before any input is read
+    stage_io = io.stage_io("extract", require=stage.require, resume_settings=config.settings(spec))
+    o.print_summary(run_stage(stage_io, stage), io.quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -96,8 +96,7 @@ def filter_command(
 
     Example: codeplan filter -i mined.jsonl.zst --rejects rejected.jsonl.zst --stats filter.json > kept.jsonl.zst
     """
-    from codeplan_tools.core.stage import run_stage
-    from codeplan_tools.stages.filter import FilterConfig, filter_records, required_fields
+    from codeplan_tools.stages.filter import FilterConfig, filter_stream
 
     switches = {
         "terminated": terminated,
@@ -116,28 +115,11 @@ def filter_command(
         code_strict=code_strict,
         leak_ngram=leak_ngram,
         leak_max_overlap=leak_max_overlap,
+        workers=workers,
         annotate=annotate,
         profile=io.stats is not None,
     )
-    stage_io = io.stage_io("filter", require=required_fields(config))
-    from codeplan_tools.core import parallel
-
-    workers = parallel.default_workers() if workers is None else workers
-    if workers > 1 and parallel.can_run(stage_io, config):
-        result = parallel.run_filter_parallel(stage_io, config, workers)
-    else:
-        result = run_stage(
-            stage_io,
-            lambda records, ctx: filter_records(
-                records,
-                config,
-                ctx.stats,
-                ctx.reject,
-                on_bad_record=stage_io.on_bad_record,
-                where=lambda: ctx.where,  # the file and line of the record the reader handed out last
-            ),
-        )
-    o.print_summary(result, io.quiet)
+    o.print_summary(filter_stream(io.stage_io("filter"), config), io.quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 
 from codeplan_cli import engine_options as e
 from codeplan_cli import options as o
+from codeplan_tools.stages.generate import FormatName, PromptingMode
 
 PROMPT_PANEL = "Prompting"
-
-
-class FormatName(str, Enum):
-    codeplan = "codeplan"
-    vanilla = "vanilla"
-    nlplan = "nlplan"
-
-
-class ModeName(str, Enum):
-    direct = "direct"
-    cot = "cot"
-    plan_and_solve = "plan-and-solve"
-    code_plan = "code-plan"
 
 
 @o.with_options(io=("response_field",))
@@ -42,7 +29,7 @@ def generate_command(
         ),
     ] = None,
     mode: Annotated[
-        ModeName | None,
+        PromptingMode | None,
         typer.Option(
             "--mode",
             case_sensitive=False,
@@ -85,26 +72,20 @@ def generate_command(
     Example: codeplan generate -m ckpt/ --format codeplan -n 4 -t 0.7 -i gsm8k.jsonl.zst -o samples.jsonl.zst
     """
     from codeplan_tools.core.stage import run_stage
-    from codeplan_tools.stages.generate import GenerateConfig, generate_records
+    from codeplan_tools.stages.generate import GenerateConfig, GenerateStage
 
     spec = engine_options.spec(model)
     config = GenerateConfig(
-        format=format.value if format else None,
-        mode=mode.value if mode else None,
+        format=format,
+        mode=mode,
         n=n,
         given_plan=given_plan,
         answer_instruction=answer_instruction,
         **engine_options.sampling(),
     )
-    # A model that cannot be found or is refused fails now, with one line, before any input is read.
-    spec.check(local_tokenizer=config.format is not None)
-    stage_io = io.stage_io(
-        "generate",
-        require=("prompt", "plan") if given_plan else ("prompt",),
-        resume_settings=config.settings(spec),
-    )
-    result = run_stage(stage_io, lambda records, ctx: generate_records(records, config, spec, ctx=ctx))
-    o.print_summary(result, io.quiet)
+    stage = GenerateStage(config, spec)  # checks the model now, before any input is read
+    stage_io = io.stage_io("generate", require=stage.require, resume_settings=config.settings(spec))
+    o.print_summary(run_stage(stage_io, stage), io.quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,23 +1,42 @@
-"""Options shared by several commands, declared once so help and defaults cannot diverge.
+"""Options declared once: the record-stream options, and options generated from config dataclasses.
 
-A command takes the record-stream options as one parameter, ``io: StreamOptions``; ``with_options``
-expands it into the individual click options (at the parameter's place, so the help keeps its order)
-and hands the command one ``StreamOptions`` value. ``cli/engine_options.py`` does the same for the
-engine and sampling options of ``extract`` and ``generate``.
+A command takes a group of options as one dataclass-typed parameter (``io: StreamOptions``,
+``config: FinetuneConfig``); ``with_options`` expands it into one click option per field, at the
+parameter's place (so ``--help`` keeps its order), and calls the command with one dataclass value.
+
+A library config is the single source of its options. For each field:
+
+- ``--help`` is the field's attribute docstring (the string literal on the line after it, read with
+  ``ast`` and cached; whitespace folded), so the docstring talks in flags;
+- a ``Literal[...]`` type is a choice (any case; the value given is the choice as written);
+- a ``bool`` that defaults to False is a ``--x`` switch, any other bool ``--x/--no-x``;
+- the default is the field's (shown by ``--help``); a field without one is a required option;
+- the flag is ``--field-name``; a nested config dataclass is expanded in place (flat flags, named by
+  the inner field), so field names must be unique across the parts.
+
+``Flag`` overrides what the command line needs beyond that (spellings, metavar, bounds) and keeps a
+renamed flag's old spelling working as a hidden option for one release. ``bundle`` gathers fields
+of several configs into one group (``cli/engine_options.py``). Help panels are not set: the app
+prints plain click help (``rich_markup_mode=None``), which has none. Float options refuse nan/inf
+through ``refuse_non_finite``, applied once to the whole command tree.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
 import math
 import sys
+import textwrap
 from enum import Enum
-from typing import Annotated, Any, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import click
 import typer
+from typer.models import OptionInfo
 
 IO_PANEL = "Input and output"
 
@@ -202,33 +221,224 @@ def output_kind_flag(plain: bool, zstd: bool) -> bool | str:
     return "zstd" if zstd else plain
 
 
-def with_options(**omit: tuple[str, ...]):
-    """Expand each parameter annotated with an options dataclass into that dataclass's options.
+# ---------------------------------------------------------------------------------------------
+# Options generated from config dataclasses.
 
-    ``omit`` names, per parameter, fields the command does not offer (they keep their defaults):
-    ``@with_options(io=("shard",))``. The command is called with one dataclass value per parameter.
+
+class Flag:
+    """How one config field appears on the command line, where the generated option does not fit.
+
+    ``names``: the option's flags (default ``--field-name``; a bool field that defaults to False is a
+    ``--x`` switch, any other bool ``--x/--no-x``). ``old``: the flags it had before a rename; they
+    keep working, hidden from ``--help`` and the man pages, for one release. ``settings``: any other
+    ``typer.Option`` setting (``min``, ``max``, ``metavar``, ``envvar``, ``help``...).
+    """
+
+    def __init__(self, *names: str, old: tuple[str, ...] = (), **settings: Any):
+        self.names, self.old, self.settings = names, old, settings
+
+
+# Per bundle parameter of ``with_options``: the fields it does not offer (they keep their defaults),
+# or field name -> Flag (None: not offered). Nested config fields are named by their own name.
+Flags = tuple[str, ...] | dict[str, Flag | None]
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string literal right after it), whitespace folded.
+
+    Read with ``ast`` from the source of ``cls`` and of its base classes: they are the options' help.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # a builtin or a class without source
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty  # required
+
+
+def _is_option(hint: Any) -> bool:
+    """True for ``Annotated[T, typer.Option(...)]``: a field that declares its own option."""
+    return get_origin(hint) is Annotated and any(isinstance(m, OptionInfo) for m in hint.__metadata__)
+
+
+def _repeated(hint: Any) -> Any:
+    """``T`` for ``tuple[T, ...]`` (or ``tuple[T, ...] | None``): a repeatable option; else None."""
+    for kind in get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,):
+        args = get_args(kind)
+        if get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+def _config_option(cls: type, name: str, hint: Any, default: Any, flag: Flag) -> Any:
+    """``Annotated[hint, typer.Option(...)]`` for field ``name`` of the config ``cls``."""
+    item = _repeated(hint)
+    if item is not None:
+        hint = list[item] | None  # typer repeats list options; the command gets a tuple back
+    settings = dict(flag.settings)
+    if "help" not in settings:
+        try:
+            settings["help"] = field_docs(cls)[name]
+        except KeyError:
+            raise TypeError(f"{cls.__name__}.{name} has no docstring: it is the option's --help") from None
+    kinds = (
+        [k for k in get_args(hint) if k is not type(None)]
+        if get_origin(hint) in (Union, UnionType)
+        else [hint]
+    )
+    if get_origin(kinds[0]) is Literal:
+        settings.setdefault("case_sensitive", False)
+    names = flag.names
+    if not names:
+        names = (f"--{name.replace('_', '-')}",)
+        if kinds[0] is bool and default is not False:
+            names = (f"{names[0]}/--no-{name.replace('_', '-')}",)
+    return Annotated[hint, typer.Option(*names, **settings)]
+
+
+OLD = "__old_name"  # suffix of the parameter that holds a renamed flag's old spelling
+
+
+def _old_names(name: str, hint: Any, flag: Flag) -> inspect.Parameter:
+    """A hidden option for the old flags of a renamed one (None unless given)."""
+    new = next(n for n in (*flag.names, f"--{name.replace('_', '-')}") if n.startswith("--")).split("/")[0]
+    settings = {k: v for k, v in flag.settings.items() if k != "help"}  # same bounds and metavar
+    option = typer.Option(
+        *flag.old, hidden=True, help=f"Old name of {new}, kept for one release.", **settings
+    )
+    return inspect.Parameter(
+        name + OLD, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[hint | None, option], default=None
+    )
+
+
+def option(config: type, name: str, flag: Flag | None = None) -> Any:
+    """The option of field ``name`` of ``config``, as a parameter annotation (its default is the field's)."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    hint = get_type_hints(config, include_extras=True)[name]
+    return _config_option(config, name, hint, _default(field), flag or Flag())
+
+
+def bundle(name: str, *parts: tuple[type, str], flags: dict[str, Flag] | None = None) -> type:
+    """A frozen dataclass of fields picked from configs, in the order given: a group of options.
+
+    ``parts`` pairs a config with the names of its fields (space-separated); each bundle field is that
+    config field (type, default and docstring), so several configs' settings can share one
+    ``with_options`` parameter in the order ``--help`` shows them. ``bundle.of(config)`` is the values
+    that belong to ``config``, as keyword arguments for it.
+    """
+    fields = []
+    for config, names in parts:
+        hints = get_type_hints(config, include_extras=True)
+        by_name = {f.name: f for f in dataclasses.fields(config)}
+        for field_name in names.split():
+            metadata = {"config": config, "flag": (flags or {}).get(field_name)}
+            default = dataclasses.field(default=_default(by_name[field_name]), metadata=metadata)
+            fields.append((field_name, hints[field_name], default))
+
+    def of(self: Any, config: type) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["config"] is config
+        }
+
+    return dataclasses.make_dataclass(name, fields, frozen=True, namespace={"of": of})
+
+
+def _expand(group: type, flags: dict[str, Flag | None], params: list[inspect.Parameter]) -> None:
+    """Append one parameter per (nested) field of the dataclass ``group`` to ``params``."""
+    hints = get_type_hints(group, include_extras=True)
+    for field in dataclasses.fields(group):
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            _expand(hint, flags, params)
+            continue
+        if not field.init or (field.name in flags and flags[field.name] is None):
+            continue
+        flag = flags.get(field.name) or field.metadata.get("flag") or Flag()
+        default = _default(field)
+        if _repeated(hint) is not None and default == ():
+            default = None  # shown as no default, like any repeatable option; () when not given
+        if not _is_option(hint):
+            hint = _config_option(field.metadata.get("config", group), field.name, hint, default, flag)
+        params.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=default)
+        )
+        if flag.old:
+            params.append(_old_names(field.name, hints[field.name], flag))
+
+
+def _build(group: type, values: dict[str, Any]) -> Any:
+    """The ``group`` instance (nested configs included) from the flat option values."""
+    hints = get_type_hints(group)
+    kwargs = {}
+    for field in dataclasses.fields(group):
+        if dataclasses.is_dataclass(hints[field.name]):
+            kwargs[field.name] = _build(hints[field.name], values)
+        elif field.name in values:
+            old = values.pop(field.name + OLD, None)
+            value = values.pop(field.name) if old is None else old
+            if _repeated(hints[field.name]) is not None:
+                if not value:
+                    continue  # not given: the field's default
+                value = tuple(value)
+            kwargs[field.name] = value
+    return group(**kwargs)
+
+
+def with_options(**flags: Flags):
+    """Expand each parameter annotated with a dataclass into one option per field.
+
+    A field annotated ``Annotated[T, typer.Option(...)]`` (``StreamOptions``) is that option; any
+    other field (a library config) becomes one from its docstring (the help), its type (``Literal``:
+    a choice, any case; ``bool``: a switch) and its default. Fields that are dataclasses themselves
+    are expanded in place, so nested configs give flat flags. ``flags`` adjusts, per parameter, the
+    fields: ``@with_options(io=("shard",))`` leaves out ``shard`` (it keeps its default);
+    ``@with_options(config={"model": Flag("-m", "--model"), "betas": None})``. The command is
+    called with one dataclass value per such parameter.
     """
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
         params: list[inspect.Parameter] = []
-        bundles: dict[str, tuple[type, list[str]]] = {}
+        groups: dict[str, tuple[type, list[str]]] = {}
         for param in signature.parameters.values():
-            bundle = param.annotation
-            if not (isinstance(bundle, type) and dataclasses.is_dataclass(bundle)):
+            group = param.annotation
+            if not (isinstance(group, type) and dataclasses.is_dataclass(group)):
                 params.append(param)
                 continue
-            hints = get_type_hints(bundle, include_extras=True)
-            names = [f.name for f in dataclasses.fields(bundle) if f.name not in omit.get(param.name, ())]
-            bundles[param.name] = (bundle, names)
-            for f in dataclasses.fields(bundle):
-                if f.name in names:
-                    params.append(param.replace(name=f.name, annotation=hints[f.name], default=f.default))
+            given = flags.get(param.name, {})
+            start = len(params)
+            _expand(group, dict.fromkeys(given, None) if isinstance(given, tuple) else given, params)
+            groups[param.name] = (group, [p.name for p in params[start:]])
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            raise TypeError(f"{command.__name__}: two options share a name: {sorted(names)}")
+        # Keyword-only: typer passes keywords, and a required field may follow one with a default.
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
 
         @functools.wraps(command)
         def run(**kwargs):
-            for name, (bundle, names) in bundles.items():
-                kwargs[name] = bundle(**{field: kwargs.pop(field) for field in names})
+            for name, (group, fields) in groups.items():
+                kwargs[name] = _build(group, {field: kwargs.pop(field) for field in fields})
             return command(**kwargs)
 
         run.__signature__ = signature.replace(parameters=params)
@@ -237,6 +447,22 @@ def with_options(**omit: tuple[str, ...]):
         return run
 
     return decorate
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan`` and ``inf`` (exit 2), optionally within ``min``/``max``.
+
+    click's FloatRange lets ``nan`` through every bound (comparisons with nan are false).
+    ``refuse_non_finite`` gives every bounded float option this type.
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class _FiniteFloatParam(click.types.FloatParamType):
@@ -254,10 +480,8 @@ def refuse_non_finite(command: click.Command) -> click.Command:
 
     Done once over the whole command tree (``codeplan_cli.main.get_command``), so an option added
     later is covered without remembering to; a bounded option keeps its bounds and its help text
-    (``FiniteFloat`` from ``engine_options``, a ``FloatRange``), an unbounded one stays ``FLOAT``.
+    (``FiniteFloat``, a ``FloatRange``), an unbounded one stays ``FLOAT``.
     """
-    from codeplan_cli.engine_options import FiniteFloat
-
     for param in command.params:
         kind = param.type
         if isinstance(kind, FiniteFloat | _FiniteFloatParam):

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 
 from codeplan_cli import options as o
+from codeplan_tools.stages.pack import LossMode, OverlongMode, TemplateChoice
 
 PACK_PANEL = "Packing"
-
-
-class Loss(str, Enum):
-    assistant = "assistant"
-    all = "all"
-
-
-class Overlong(str, Enum):
-    drop = "drop"
-    truncate = "truncate"
-    split = "split"
-
-
-class Template(str, Enum):
-    auto = "auto"
-    chat = "chat"
-    plain = "plain"
 
 
 @o.with_options(io=("shard",))
@@ -56,16 +39,16 @@ def pack_command(
         int, typer.Option("--max-len", min=2, help="Tokens per pack.", rich_help_panel=PACK_PANEL)
     ] = 2048,
     loss: Annotated[
-        Loss,
+        LossMode,
         typer.Option(
             "--loss",
             case_sensitive=False,
             help="assistant: loss on the plan + response (the assistant turn), not on the prompt; all: every token.",
             rich_help_panel=PACK_PANEL,
         ),
-    ] = Loss.assistant,
+    ] = "assistant",
     overlong: Annotated[
-        Overlong,
+        OverlongMode,
         typer.Option(
             "--overlong",
             case_sensitive=False,
@@ -74,9 +57,9 @@ def pack_command(
             "--max-len pieces (pieces without loss tokens are dropped).",
             rich_help_panel=PACK_PANEL,
         ),
-    ] = Overlong.drop,
+    ] = "drop",
     template: Annotated[
-        Template,
+        TemplateChoice,
         typer.Option(
             "--template",
             case_sensitive=False,
@@ -84,7 +67,7 @@ def pack_command(
             "plain to force one.",
             rich_help_panel=PACK_PANEL,
         ),
-    ] = Template.auto,
+    ] = "auto",
     workers: Annotated[
         int,
         typer.Option(
@@ -119,24 +102,24 @@ def pack_command(
     Example: codeplan pack --model mistral-7b -i mined.jsonl.zst --max-len 4096 --stats pack.json > packs.jsonl.zst
     """
     from codeplan_tools.core.stage import run_stage
-    from codeplan_tools.stages.pack import PackConfig, derived_stats, pack_records, required_fields
+    from codeplan_tools.stages.pack import PackConfig, PackStage
 
     config = PackConfig(
         model=model,
         format=format,
         max_len=max_len,
-        loss=loss.value,
-        overlong=overlong.value,
-        chat={"auto": None, "chat": True, "plain": False}[template.value],
+        loss=loss,
+        overlong=overlong,
+        template=template,
         workers=workers,
         buffer=buffer,
         trust_remote_code=trust_remote_code,
     )
-    stage_io = io.stage_io("pack", require=required_fields(config))
-    result = run_stage(stage_io, lambda records, ctx: pack_records(records, config, ctx.stats, ctx.reject))
+    stage = PackStage(config)
+    result = run_stage(io.stage_io("pack", require=stage.require), stage)
     if not io.quiet:
-        d = derived_stats(result)
-        eff = "-" if d["packing_efficiency"] is None else f"{d['packing_efficiency']:.4f}"
+        efficiency = result.derived.get("packing_efficiency")
+        eff = "-" if efficiency is None else f"{efficiency:.4f}"
         typer.echo(f"codeplan pack: packing efficiency {eff}", err=True)
     o.print_summary(result, io.quiet)
 

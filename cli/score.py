@@ -117,81 +117,28 @@ def score_command(
 
     Example: codeplan score --compare vanilla=vanilla.jsonl.zst codeplan=codeplan.jsonl.zst --report cmp.md --plot cmp.png
     """
-    import sys
-
     from codeplan_tools.core.errors import UsageError
-    from codeplan_tools.core.outputs import check_writable
-    from codeplan_tools.core.stage import run_stage
-    from codeplan_tools.core.streams import read_records
-    from codeplan_tools.eval import report as reporting
-    from codeplan_tools.stages.score import ScoreConfig, load_run, run_names, score_records
+    from codeplan_tools.stages.score import ScoreConfig, compare_runs, report_comparison, score_stream
 
-    for path in report or []:
-        if not path.endswith((".json", ".md")):
-            raise UsageError(f"--report {path}: use a name ending in .json or .md")
-        check_writable(path, "--report")  # before the run, not after it
-    check_writable(plot, "--plot")
-    config = ScoreConfig(task=task, timeout=timeout, workers=workers)
-
+    config = ScoreConfig(
+        task=task,
+        timeout=timeout,
+        workers=workers,
+        report=tuple(report or ()),
+        plot=plot,
+        average_over=average_over.value,
+    )
     if compare:
         if io.inputs:
             raise UsageError("--compare takes the runs as arguments (RUN...), not -i")
-        if not runs or len(runs) < 2:
-            raise UsageError(
-                "--compare needs at least two runs: codeplan score --compare A.jsonl.zst B.jsonl.zst"
-            )
-        reports = [load_run(path, name, config, io.on_bad_record.value) for name, path in run_names(runs)]
-        comparison = reporting.compare(reports, average_over.value)
-        if not io.quiet:
-            print(reporting.format_comparison(comparison), file=sys.stderr)
-        _write(report, plot, reports, comparison, average_over.value)
+        comparison = compare_runs(runs or [], config, on_bad_record=io.on_bad_record.value)
+        report_comparison(comparison, config, quiet=io.quiet)
         return
     if runs:
         raise UsageError(
             f"unexpected argument {runs[0]!r}: give input files with -i, or compare runs with --compare"
         )
-
-    stage_io = io.stage_io("score", resume_settings=config.settings())
-    name = "run"
-    collected = reporting.build_report([], name)
-
-    def transform(records, ctx):
-        # Unscorable records (unknown task, no gold, wrong types) stop the run (exit 65, file:line)
-        # unless --on-bad-record skip; where() is the file and line of the record the reader handed out.
-        reject = ctx.reject if io.on_bad_record.value == "skip" else None
-        scored = score_records(
-            records, config, ctx.stats, reject=reject, stamp=ctx.stamp, where=lambda: ctx.where
-        )
-        for record in scored:
-            collected.add(record)
-            yield record
-
-    result = run_stage(stage_io, transform)
-    if io.output not in (None, "-") and result["skipped_done"]:
-        # A resumed run: report on everything in the output file, not just this invocation's part.
-        collected = reporting.build_report(read_records([io.output]), name)
-    if not io.quiet:
-        print(reporting.format_table(collected), file=sys.stderr)
-        if result["records_without_samples"]:
-            print(
-                f"codeplan score: note: {int(result['records_without_samples'])} records had no 'samples'; "
-                "their 'response' (or 'solution') was scored instead",
-                file=sys.stderr,
-            )
-    o.print_summary(result, io.quiet)
-    _write(report, plot, [collected], None, average_over.value)
-
-
-def _write(report_files, plot, runs, comparison, average_over) -> None:
-    from codeplan_tools.eval import report as reporting
-
-    for path in report_files or []:
-        if path.endswith(".json"):
-            reporting.write_json(path, runs, comparison)
-        else:
-            reporting.write_markdown(path, runs, comparison)
-    if plot:
-        reporting.plot_runs(runs, plot, average_over)
+    o.print_summary(score_stream(io.stage_io("score"), config), io.quiet)
 
 
 def register(app: typer.Typer) -> None:

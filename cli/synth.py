@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -74,9 +73,8 @@ def synth_command(
     quiet: o.Quiet = False,
 ) -> None:
     from codeplan_tools.core.errors import UsageError
-    from codeplan_tools.core.outputs import OutputLock, OutputWriter, check_paths
-    from codeplan_tools.core.stats import Stats
-    from codeplan_tools.stages.synth import SynthConfig, generate, load_prompts, parse_k, parse_tasks
+    from codeplan_tools.core.stage import StageIO, run_stage
+    from codeplan_tools.stages.synth import SynthConfig, SynthStage, parse_k, parse_tasks
 
     if list_tasks:
         for name, t in TASKS.items():
@@ -84,24 +82,18 @@ def synth_command(
         return
     if tasks is None:
         raise UsageError("name the tasks (e.g. last_letter,coin_flip or all); --list shows them")
-    config = SynthConfig(
-        tasks=parse_tasks(tasks),
-        n=n,
-        ks=parse_k(k),
-        seed=seed,
-        exclude_prompts=load_prompts(exclude or []),
+    config = SynthConfig(tasks=parse_tasks(tasks), n=n, k=parse_k(k), seed=seed, exclude=tuple(exclude or ()))
+    stage_io = StageIO(
+        stage="synth",
+        inputs=list(config.exclude),
+        output=output,
+        plain=o.output_kind_flag(plain, zstd),
+        stats_path=stats,
+        progress=False,
+        quiet=quiet,
+        source=True,
     )
-    counters = Stats("synth")
-    check_paths([], [("-o", output or "-"), ("--stats", stats)] if stats else [("-o", output or "-")])
-    with (
-        OutputLock(output) if output else nullcontext(),
-        OutputWriter(output, plain=o.output_kind_flag(plain, zstd)) as writer,
-    ):
-        for record in generate(config, counters):
-            writer.write(record)
-    if stats:
-        counters.write_json(stats)
-    o.print_summary(counters, quiet)
+    o.print_summary(run_stage(stage_io, SynthStage(config)), quiet)
 
 
 def register(app: typer.Typer) -> None:

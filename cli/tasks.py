@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -128,31 +127,24 @@ def prepare_command(
 
     Example: codeplan tasks prepare webinstructsub -i WebInstructSub/data > webinstruct.jsonl.zst
     """
-    import sys
+    from codeplan_tools.core.stage import StageIO, run_stage
+    from codeplan_tools.eval.tasks import PrepareStage, expand_task_names
 
-    from codeplan_tools.core.errors import UsageError
-    from codeplan_tools.core.outputs import OutputLock, OutputWriter, check_paths
-    from codeplan_tools.core.stats import Stats
-    from codeplan_tools.eval.tasks import expand_task_names, prepare_records
-
-    tasks = expand_task_names(names)
-    if inputs and len(tasks) != 1:
-        raise UsageError("-i FILE reads one task's public file: name exactly one task")
-    counters = Stats("tasks")
-    check_paths(list(inputs or []), [("-o", output or "-")])
-    with (
-        OutputLock(output) if output else nullcontext(),
-        OutputWriter(output, plain=o.output_kind_flag(plain, zstd)) as writer,
-    ):
-        for task in tasks:
-            for record in prepare_records(task, data_dir, inputs, limit, instruction, gold_response):
-                writer.write(record)
-                counters.inc("written")
-                counters.inc(f"written.{task.name}")
+    stage = PrepareStage(expand_task_names(names), data_dir, inputs, limit, instruction, gold_response)
+    stage_io = StageIO(
+        stage="tasks",
+        inputs=stage.files,
+        output=output,
+        plain=o.output_kind_flag(plain, zstd),
+        progress=False,
+        quiet=quiet,
+        source=True,
+    )
+    result = run_stage(stage_io, stage)
     if not quiet:
-        print(
-            f"codeplan tasks prepare: {int(counters['written'])} records from {len(tasks)} task(s)",
-            file=sys.stderr,
+        typer.echo(
+            f"codeplan tasks prepare: {int(result['written'])} records from {len(stage.tasks)} task(s)",
+            err=True,
         )
 
 

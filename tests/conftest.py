@@ -37,3 +37,44 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.md").exists():
         pytest.skip(f"shared data not found at {SHARED_DATA} (it exists in CI beside the checkout)")
     return SHARED_DATA
+
+
+# Markers that `make test-fast` leaves out (-m "not slurm and not vllm and not slow"), applied here
+# by the fixtures a test uses or by its name, so that test files need no marker of their own.
+FIXTURE_MARKERS = {
+    "slurm_cluster": ("slurm",),
+    "vllm_engine": ("vllm",),
+    "vllm_llm": ("vllm",),
+    "vllm_server": ("vllm", "slow"),  # starts `vllm serve` (~40 s)
+}
+# Test ids (without parameters) -> why they carry the marker.
+VLLM_TESTS = {
+    "tests/cli/test_generate.py::test_vllm_cpu_generate_matches_hf_greedy": "builds a vLLM engine",
+}
+SLOW_TESTS = {
+    "tests/cli/test_generate.py::test_vllm_cpu_generate_matches_hf_greedy": "builds a vLLM engine (~14 s)",
+    "tests/cli/test_finetune.py::test_two_processes_train_and_resume_exactly_after_kill_and_sigterm": (
+        "trains in two processes, three times (~55 s)"
+    ),
+    "tests/cli/test_finetune.py::test_a_second_finetune_on_the_same_out_stops_with_75_while_the_first_runs": (
+        "trains a model (~7 s)"
+    ),
+    "tests/cli/test_extract.py::test_sigkill_then_rerun_gives_every_id_once_and_other_settings_are_refused": (
+        "generates with hf in three processes (~15 s)"
+    ),
+    "tests/lib/test_scorer_cases.py::test_math_parity_with_math_verify": "math-verify on every case (~15 s)",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Add ``slurm``/``vllm``/``slow`` before ``-m`` deselects by them."""
+    by_name = {"vllm": VLLM_TESTS, "slow": SLOW_TESTS}
+    for item in items:
+        name = item.nodeid.split("[")[0]
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in FIXTURE_MARKERS.get(fixture, ()):
+                item.add_marker(marker)
+        for marker, names in by_name.items():
+            if name in names:
+                item.add_marker(marker)

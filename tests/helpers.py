@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import struct
 import subprocess
 import sys
+import termios
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +72,26 @@ def write_jsonl(path: str | Path, records: list[dict], compress: str = "plain") 
         data = gzip.compress(data)
     Path(path).write_bytes(data)
     return Path(path)
+
+
+# read(2)'s number per machine, for /proc/PID/syscall.
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63, "riscv64": 63, "i686": 3, "armv7l": 3}
+
+
+def wait_until_waiting_for_input(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Return once the child has taken every byte written to its stdin pipe and is blocked in
+    read(2) on fd 0 for more: a record-at-a-time stage has then handled every line sent so far.
+    (Linux: the pipe's FIONREAD and /proc/PID/syscall.)"""
+    read_call = _READ_SYSCALL[os.uname().machine]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the child exited with {proc.returncode} while it was fed")
+        unread = struct.unpack("i", fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if unread == 0:
+            # "running" while it works; "NR FD ..." while it is blocked in a system call.
+            call = Path(f"/proc/{proc.pid}/syscall").read_text().split()
+            if call[:2] == [str(read_call), "0x0"]:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"the child did not wait for more input within {timeout} s")

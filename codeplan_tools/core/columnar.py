@@ -338,7 +338,7 @@ def file_lines(
                 continue
             for line in _batch_lines(batch):
                 row += 1
-                if line.__class__ is str:
+                if isinstance(line, str):
                     if on_damage is None:
                         raise BadRecord(name, RowNumber(row), line)
                     on_damage(InputDamage(name, RowNumber(row), 0, 0, 1, line, True, "row"))

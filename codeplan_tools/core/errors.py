@@ -7,6 +7,9 @@ Unexpected exceptions keep their traceback under pytest or with ``CODEPLAN_RAISE
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 # Exit statuses (sysexits.h where one fits). README's exit-status table lists the same codes.
 EX_USAGE = 2  # click's own code for a bad flag
 EX_DATAERR = 65  # the input data was incorrect
@@ -23,76 +26,62 @@ EX_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class CodeplanError(Exception):
-    """Base of every error meant to be shown to the user as one line."""
+    """Base of every error meant to be shown to the user as one line. A subclass names the exit
+    status it ends the run with: ``class UsageError(CodeplanError, exit_code=EX_USAGE)``."""
 
-    exit_code = 1
+    exit_code: int = 1
+
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
 
-class UsageError(CodeplanError):
+class UsageError(CodeplanError, exit_code=EX_USAGE):
     """A flag or combination of flags that cannot work."""
 
-    exit_code = EX_USAGE
 
-
-class BadRecord(CodeplanError):
+class BadRecord(CodeplanError, exit_code=EX_DATAERR):
     """A malformed input line or a record missing a required field."""
 
-    exit_code = EX_DATAERR
-
-    def __init__(self, path: str, line: int, reason: str):
+    def __init__(self, path: str, line: int, reason: str) -> None:
         self.path, self.line, self.reason = path, line, reason
         super().__init__(f"{path}:{line}: {reason}")
 
 
-class SettingsMismatch(CodeplanError):
+class SettingsMismatch(CodeplanError, exit_code=EX_CONFIG):
     """Existing output (resume) or packs (fingerprint) were made with other settings."""
 
-    exit_code = EX_CONFIG
 
-
-class MissingDependency(CodeplanError):
+class MissingDependency(CodeplanError, exit_code=EX_UNAVAILABLE):
     """An optional dependency is not installed; the message names the extra to install."""
 
-    exit_code = EX_UNAVAILABLE
 
-
-class InputMissing(CodeplanError):
+class InputMissing(CodeplanError, exit_code=EX_NOINPUT):
     """An input file, folder or model path does not exist or cannot be read."""
 
-    exit_code = EX_NOINPUT
 
-
-class CannotCreate(CodeplanError):
+class CannotCreate(CodeplanError, exit_code=EX_CANTCREAT):
     """An output path cannot be created or written (checked before the run starts)."""
 
-    exit_code = EX_CANTCREAT
 
-
-class OutputIOError(CodeplanError):
+class OutputIOError(CodeplanError, exit_code=EX_IOERR):
     """Reading or writing failed part-way (disk full, I/O error)."""
 
-    exit_code = EX_IOERR
 
-
-class OutputBusy(CodeplanError):
+class OutputBusy(CodeplanError, exit_code=EX_TEMPFAIL):
     """Another process holds the lock on this output (``FILE is being written by pid N``)."""
 
-    exit_code = EX_TEMPFAIL
 
-
-class NotPermitted(CodeplanError):
+class NotPermitted(CodeplanError, exit_code=EX_NOPERM):
     """Refused for safety: e.g. a model that needs remote code without ``--trust-remote-code``."""
 
-    exit_code = EX_NOPERM
 
-
-class EngineError(CodeplanError):
+class EngineError(CodeplanError, exit_code=EX_UNAVAILABLE):
     """An engine or server failed in a way that retries did not fix."""
 
-    exit_code = EX_UNAVAILABLE
 
-
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Import ``module`` or raise MissingDependency naming ``pip install 'codeplan[extra]'``."""
     import importlib
 

@@ -33,6 +33,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 from codeplan_tools.core.errors import CannotCreate, InputMissing, OutputBusy, OutputIOError, UsageError
 from codeplan_tools.core.streams import GZIP_MAGIC, ZSTD_MAGIC, RecordWriter
@@ -79,7 +80,7 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _stream_file_id(stream) -> tuple[int, int] | None:
+def _stream_file_id(stream: IO[Any]) -> tuple[int, int] | None:
     """(device, inode) of stdin/stdout when it is a regular file (not a pipe, terminal or /dev/null)."""
     try:
         st = os.fstat(stream.fileno())
@@ -88,7 +89,12 @@ def _stream_file_id(stream) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
-def check_distinct(inputs: list[str], outputs: list[tuple[str, str]], stdin=None, stdout=None) -> None:
+def check_distinct(
+    inputs: list[str],
+    outputs: list[tuple[str, str]],
+    stdin: IO[Any] | None = None,
+    stdout: IO[Any] | None = None,
+) -> None:
     """Refuse (exit 2) an output that is an input or another output.
 
     ``outputs`` holds ``(flag, path)`` for each output the run writes, ``-`` for stdout.
@@ -101,7 +107,7 @@ def check_distinct(inputs: list[str], outputs: list[tuple[str, str]], stdin=None
         file_id = _stream_file_id(stdin) if path == "-" else _file_id(path)
         if file_id is not None:
             sources.setdefault(file_id, "stdin" if path == "-" else f"input {path}")
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple[int, int] | str, str] = {}
     for flag, path in outputs:
         if path == "-":
             name = "stdout" if flag == "-o" else f"{flag} - (stdout)"
@@ -189,7 +195,7 @@ class OutputLock:
     or another, gets ``OutputBusy``: ``PATH is being written by pid N``.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         self.lock_file = lock_path(path)
         self._fd: int | None = None
@@ -279,7 +285,13 @@ class OutputWriter(RecordWriter):
     ``append``, the encoding of the existing file overrides all of them (see the module docstring).
     """
 
-    def __init__(self, path, plain: bool | str = False, append: bool = False, compressed: bool | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        plain: bool | str = False,
+        append: bool = False,
+        compressed: bool | None = None,
+    ) -> None:
         kind = plain if compressed is None else ("zstd" if compressed else "plain")
         if append:
             kind = existing_encoding(None if path is None else str(path)) or kind

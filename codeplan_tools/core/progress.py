@@ -17,10 +17,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from codeplan_tools.core.columnar import row_count
+from codeplan_tools.core.stats import Stats
 from codeplan_tools.core.streams import open_input
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 _COUNT_BLOCK = 1 << 20
 
@@ -28,7 +32,7 @@ _COUNT_BLOCK = 1 << 20
 class LineCounter:
     """Count the lines of ``inputs`` in a daemon thread; ``total`` is None until done (or for stdin)."""
 
-    def __init__(self, inputs: list[str]):
+    def __init__(self, inputs: list[str]) -> None:
         self.total: int | None = None
         self._inputs = [str(p) for p in inputs]
         if "-" in self._inputs or not self._inputs:
@@ -69,13 +73,13 @@ class EngineProgress:
     def __init__(
         self,
         stage: str,
-        stats,
-        bar=None,
+        stats: Stats,
+        bar: tqdm | None = None,
         enabled: bool = True,
         counter: LineCounter | None = None,
         interval: float = 10.0,
         stream: TextIO | None = None,
-    ):
+    ) -> None:
         self.stage = stage
         self.stats = stats
         self.bar = bar

@@ -42,7 +42,8 @@ from typing import Any
 import orjson
 
 PROMPT_SOURCES = ("prompt", "question", "problem", "instruction", "messages")
-RESPONSE_SOURCES = ("response", "output", "solution", "messages")
+# ``answer`` is a response only in WebInstructSub rows (which have ``orig_answer``).
+RESPONSE_SOURCES = ("response", "output", "solution", "messages", "answer")
 # Fields that identify a record's content when no id is given.
 ID_FIELDS = ("prompt", "response", "plan", "answer", "task")
 
@@ -182,38 +183,36 @@ def _text(content: Any) -> str | None:
 
 
 def find_prompt(record: dict, field: str | None = None) -> str | None:
-    if field:
-        v = get_path(record, field)
-        return v if isinstance(v, str) else None
-    for name in PROMPT_SOURCES:
-        v = record.get(name)
-        if v is None:
-            continue
-        if name == "messages":
-            return _from_messages(v)[0]
-        if name == "instruction" and isinstance(v, str):
-            extra = record.get("input")
-            return f"{v}\n\n{extra}" if isinstance(extra, str) and extra.strip() else v
-        if isinstance(v, str):
-            return v
-    return None
+    """The prompt: ``field`` (a dotted path) when given, else read from the first of
+    ``PROMPT_SOURCES`` the record has (module docstring); None when there is none."""
+    return _find_text(record, field, PROMPT_SOURCES, turn=0)
 
 
 def find_response(record: dict, field: str | None = None) -> str | None:
+    """The response, like ``find_prompt`` from ``RESPONSE_SOURCES``."""
+    return _find_text(record, field, RESPONSE_SOURCES, turn=1)
+
+
+def _find_text(record: dict, field: str | None, sources: tuple[str, ...], turn: int) -> str | None:
+    """The string at ``field``, or from the first source that holds a string (``messages``: the
+    user turn for ``turn`` 0, the assistant's answer to it for 1, even when that is None)."""
     if field:
         v = get_path(record, field)
         return v if isinstance(v, str) else None
-    for name in RESPONSE_SOURCES:
+    for name in sources:
         v = record.get(name)
         if v is None:
             continue
         if name == "messages":
-            return _from_messages(v)[1]
-        if isinstance(v, str):
-            return v
-    if "orig_answer" in record:  # WebInstructSub: ``answer`` is the refined response
-        v = record.get("answer")
-        return v if isinstance(v, str) else None
+            return _from_messages(v)[turn]
+        if not isinstance(v, str):
+            continue
+        if name == "instruction":  # Alpaca
+            extra = record.get("input")
+            return f"{v}\n\n{extra}" if isinstance(extra, str) and extra.strip() else v
+        if name == "answer" and "orig_answer" not in record:
+            continue  # a gold answer, not a response (WebInstructSub rows have orig_answer)
+        return v
     return None
 
 
@@ -287,7 +286,7 @@ class WrongType(InvalidRecord):
     """A field has a JSON type its reader cannot use. An ``InvalidRecord``, so every reader of records
     (the stage's and the parallel filter's workers) sends it down the bad-record path with its line."""
 
-    def __init__(self, field: str, value: object, expected: str):
+    def __init__(self, field: str, value: object, expected: str) -> None:
         super().__init__(f"{field} is {json_type(value)}, not {expected}")
 
 

@@ -187,7 +187,8 @@ def _mismatch_message(path: str, lineno: int, stage: str, old: dict, new: dict) 
             f"{path}:{lineno}: the record has no meta.{stage}.run_key, so no codeplan {stage} run wrote "
             "this file; nothing was changed: use another -o file"
         )
-    old_settings = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    settings = old.get("settings")
+    old_settings = settings if isinstance(settings, dict) else {}
     diffs = [
         f"{k}: {_short(old_settings.get(k))} -> {_short(new.get(k))}"
         for k in sorted(set(old_settings) | set(new))

@@ -9,12 +9,13 @@ a variable that is not a whole number, or a task outside the array, is a usage e
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from codeplan_tools.core.errors import UsageError
 from codeplan_tools.core.records import id_hash
 
 
-def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int] | None:
+def parse_shard(spec: str | None, environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
     """``"2/8"`` -> (2, 8); ``"auto"`` -> from SLURM_ARRAY_TASK_ID/COUNT; None -> no sharding."""
     if spec is None or spec == "":
         return None
@@ -43,8 +44,9 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> tuple[int, int
     return index, count
 
 
-def _env_int(env, name: str, default: int | None = None) -> int:
-    """An integer SLURM variable; anything else is a usage error naming it (exit 2)."""
+def _env_int(env: Mapping[str, str], name: str, default: int = 0) -> int:
+    """An integer SLURM variable (``default`` when unset); anything else is a usage error naming it
+    (exit 2)."""
     value = env.get(name)
     if value is None:
         return default

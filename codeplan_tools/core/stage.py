@@ -1,7 +1,15 @@
-"""Run a record-to-record stage over streams: the one loop every subcommand shares.
+"""The stage contract, and ``run_stage``: the one loop every subcommand shares.
 
-``run_stage(io, transform)`` reads the inputs line by line, parses and normalises each record,
-applies ``--shard`` and resume, hands the records to ``transform(records, ctx)`` and writes what it
+A stage is an object with a ``name`` and ``run(records, ctx) -> records`` (:class:`Stage`). Everything
+it does to its run besides yielding records goes through ``ctx`` (:class:`StageContext`): counters,
+rejects with a reason, bad records, stamping ``meta.<stage>``, progress, flushing. The base class is
+the in-memory context of library use and tests; :class:`StreamContext` is the one ``run_stage`` opens
+on files and pipes. A stage whose work is per record plus, at most, an ordered part derives from
+:class:`PerRecordStage`; ``run_stage(io, stage, workers=N)`` may then run its per-record part in N
+worker processes (``codeplan_tools.core.pool``) with the same output, rejects and counters.
+
+``run_stage(io, stage)`` reads the inputs line by line, parses and normalises each record
+(:class:`Reader`), applies ``--shard`` and resume, hands the records to the stage and writes what it
 yields. Accounting (SPEC §2): every input line is written, rejected (to ``--rejects`` with
 ``meta.<stage>.reason``), skipped as another shard's or as already done, or reported in an error::
 
@@ -11,21 +19,23 @@ A malformed line or a missing required field raises ``BadRecord`` (exit 65, ``fi
 unless ``on_bad_record="skip"``, which rejects it instead. Without ``--rejects`` a skipped line is
 reported on stderr with its file and line, and any other reject (an engine error, an unscorable
 record, an over-long example) with its record id, at most 20 lines per run, so nothing disappears
-silently; filter's rule rejects are only counted per rule (``SELECTING_STAGES``).
+silently; filter's rule rejects are only counted per rule (``SELECTING_STAGES``). The counters are
+complete when ``--stats`` is written, also when the run stops with an error (the reader, the stage
+and the worker pool are closed first).
 
-``StageContext`` (used by ``run_stage`` and the parallel filter) opens a run's outputs, and before it
-opens, reads or cuts anything it checks the paths and takes the locks (``codeplan_tools.core.outputs``):
-inputs exist (66), ``-o``/``--rejects``/``--stats`` are not an input nor each other (2) and can be
-written (73), no other run holds ``-o`` or ``--rejects`` (75); then a resuming stage reads the ids
-already done (``resume.completed_ids``, 78 for a file it did not write) and appends in the
-encoding the file has. A write failing part-way is exit 74.
+``StreamContext`` opens a run's outputs, and before it opens, reads or cuts anything it checks the
+paths and takes the locks (``codeplan_tools.core.outputs``): inputs exist (66),
+``-o``/``--rejects``/``--stats`` are not an input nor each other (2) and can be written (73), no other
+run holds ``-o`` or ``--rejects`` (75); then a resuming stage reads the ids already done
+(``resume.completed_ids``, 78 for a file it did not write) and appends in the encoding the file has.
+A write failing part-way is exit 74.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,7 +62,7 @@ class StageIO:
     stage: str
     inputs: list[str] = field(default_factory=lambda: ["-"])
     output: str | None = None
-    plain: bool = False
+    plain: bool | str = False
     rejects: str | None = None
     on_bad_record: str = "fail"
     stats_path: str | None = None
@@ -79,6 +89,10 @@ class StageIO:
             self.resume_settings = None
 
 
+# A record's position: (file, line) and, from a reader, the line as read (bytes).
+Where = tuple
+
+
 class StageContext:
     """What a stage sees of its run, whoever runs it: the counters (``stats``), rejection with a
     reason (:meth:`reject`, :meth:`bad_record`), stamping ``meta.<stage>`` (:meth:`stamp`), progress
@@ -99,11 +113,13 @@ class StageContext:
         self.rejected: list[dict] = []
         # (file, line, line bytes) of the record the reader handed out last: a stage that finds the
         # record bad after reading (a wrong-typed field) names it and rejects the line as read.
-        self.where: tuple[str, int, bytes] | None = None
+        self.where: Where | None = None
         # The input files (for progress by bytes) and whether progress is shown at all.
         self.inputs: list[str] = []
         self.show_progress = False
         self.progress = tqdm(disable=True)
+        # Added to every stamp of meta.<stage> (the run key and settings when resuming).
+        self.run_stamp: dict[str, Any] | None = None
 
     def reject(self, record: dict, reason: str, **details: Any) -> None:
         """Count ``rejected`` and ``rejected.<rule>`` and keep the record with ``meta.<stage>.reason``."""
@@ -112,26 +128,31 @@ class StageContext:
         self._keep_reject(record, reason, details)
 
     def _keep_reject(self, record: dict, reason: str, details: dict) -> None:
+        self.rejected.append(self._stamp_reason(record, reason, details))
+
+    def _stamp_reason(self, record: dict, reason: str, details: dict) -> dict:
+        """``meta.<stage>`` of a rejected record: what it held, the details and the reason."""
         meta = dict(((record.get("meta") or {}).get(self.stage)) or {})
         meta.update(details, reason=reason)
-        self.rejected.append(self.stamp(record, meta))
+        return self.stamp(record, meta)
 
     def bad_record(self, record: dict, reason: str, index: int = 0) -> None:
         """A parsed record the stage cannot use (a field of the wrong type), handled as the reader
         handles a malformed line: ``BadRecord`` naming its file and line in fail mode, else counted in
         ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``. The
-        position is the reader's (``where``) or, for records handed over from Python, ``<records>:index``."""
-        bad_record(
-            record,
-            reason,
-            self.where or ("<records>", index),
-            fail=self.fail_on_bad_record,
-            stats=self.stats,
-            reject=self.reject,
-        )
+        position is the reader's (``where``: call it before reading the next record) or, for records
+        handed over from Python, ``<records>:index``; the line is the line as read, or the record."""
+        name, lineno, *raw = self.where or ("<records>", index)
+        if self.fail_on_bad_record:
+            raise BadRecord(name, lineno, reason)
+        self.stats.inc("bad_records")
+        line = raw[0].decode("utf-8", "replace") if raw and raw[0] is not None else dumps(record).decode()
+        self.reject({"line": line}, f"bad-record: {reason}", file=name, line=lineno)
 
     def stamp(self, record: dict, values: dict) -> dict:
-        """Set ``meta.<stage>`` to ``values``."""
+        """Set ``meta.<stage>`` to ``values`` (plus the run key when resuming)."""
+        if self.run_stamp is not None:
+            values = {**values, **self.run_stamp}
         return set_meta(record, self.stage, values)
 
     def flush(self) -> None:
@@ -153,6 +174,8 @@ class StreamContext(StageContext):
         self._name_rejects = io.stage not in SELECTING_STAGES
         self.inputs = list(io.inputs)
         self.show_progress = io.progress and not io.quiet
+        if key is not None:
+            self.run_stamp = {"run_key": key, "settings": io.resume_settings}
         # Nothing is opened, read or cut before the paths are checked and the outputs locked.
         outputs = [("-o", io.output or "-")]
         outputs += [
@@ -166,7 +189,7 @@ class StreamContext(StageContext):
                     self._locks.enter_context(OutputLock(path))
             # Resuming: the ids already done (the output and rejects files are checked, then repaired).
             self.done: set[str] = set()
-            if key is not None:
+            if key is not None and io.resume_settings is not None:
                 self.done = completed_ids([io.output, io.rejects], io.stage, key, io.resume_settings)
             self.writer = self._open(io.output)
             self._rejects = self._open(io.rejects) if io.rejects else None
@@ -198,7 +221,8 @@ class StreamContext(StageContext):
         """End of the run: close the progress bar, count the wall time, close output and rejects
         (each flushed as complete frames), write ``--stats`` and release the output locks."""
         self.progress.close()
-        self.stats.inc("wall_seconds", round(time.monotonic() - self.started, 3))
+        if not self.io.source:  # a source's counters are what it made (synth's --stats stay as they were)
+            self.stats.inc("wall_seconds", round(time.monotonic() - self.started, 3))
         try:
             self.writer.close()
         finally:
@@ -210,12 +234,6 @@ class StreamContext(StageContext):
             finally:
                 self._locks.close()
 
-    def stamp(self, record: dict, values: dict) -> dict:
-        """Set ``meta.<stage>`` to ``values`` plus the run key (when resuming)."""
-        if self._key is not None:
-            values = {**values, "run_key": self._key, "settings": self.io.resume_settings}
-        return set_meta(record, self.io.stage, values)
-
     def flush(self) -> None:
         """Write out what is pending (stages call it after each engine chunk)."""
         self.writer.flush()
@@ -225,10 +243,7 @@ class StreamContext(StageContext):
     def _keep_reject(self, record: dict, reason: str, details: dict) -> None:
         """To the rejects file; without one, named on stderr (capped), except filter's rule rejects."""
         if self._rejects is not None:
-            meta = dict(((record.get("meta") or {}).get(self.io.stage)) or {})
-            meta.update(details, reason=reason)
-            self.stamp(record, meta)
-            self._rejects.write(record)
+            self._rejects.write(self._stamp_reason(record, reason, details))
         elif details.get("line") or self._name_rejects:
             line = details.get("line")
             where = f"{details.get('file')}:{line}" if line else f"record {record.get('id')!r}"
@@ -256,66 +271,150 @@ class Stage(Protocol):
     def run(self, records: Iterator[dict], ctx: StageContext) -> Iterator[dict]: ...
 
 
+class PerRecordStage:
+    """A stage whose work is per record, plus at most an ordered part, so that ``run_stage`` can run
+    the per-record part in worker processes (``workers=N``) with the same result.
+
+    - :meth:`per_record` does the work that needs one record alone (filter's rules, scoring) and
+      yields ``(record, note)`` for each record that goes on; ``note`` (picklable, may be None)
+      tells :meth:`ordered` what it needs. It rejects through ``ctx``. It may run in a worker
+      process, called once per batch of records on a copy of the stage (:meth:`for_worker`); its
+      records then reach :meth:`ordered` as their JSON lines (bytes).
+    - :meth:`ordered` runs in the main process over those pairs, in input order, and yields what is
+      written: the part that depends on the records before (filter's dedup, the length profile).
+      A record given as bytes stays bytes unless the ordered part changes it (:func:`as_record`).
+    - :meth:`close` frees what ``per_record`` keeps between calls (score's math-verify processes).
+
+    ``run`` composes them in one process: what library use and ``workers=1`` run.
+    """
+
+    name: str
+
+    def per_record(self, records: Iterable[dict], ctx: StageContext) -> Iterator[tuple[dict, Any]]:
+        raise NotImplementedError
+
+    def ordered(self, items: Iterable[tuple[dict | bytes, Any]], ctx: StageContext) -> Iterator[dict | bytes]:
+        """By default nothing depends on order: every record goes on as it came."""
+        for record, _note in items:
+            yield record
+
+    def for_worker(self) -> PerRecordStage:
+        """The stage as each worker process runs it (e.g. with its own helper processes scaled down)."""
+        return self
+
+    def close(self) -> None:
+        """Free what :meth:`per_record` keeps between calls; the stage may be used again after."""
+
+    def run(self, records: Iterable[dict], ctx: StageContext) -> Iterator[dict | bytes]:
+        try:
+            yield from self.ordered(self.per_record(records, ctx), ctx)
+        finally:
+            self.close()
+
+
+def as_record(item: dict | bytes) -> dict:
+    """The record of an item of :meth:`PerRecordStage.ordered`: itself, or parsed from a worker's line."""
+    return parse_record(item) if item.__class__ is bytes else item  # type: ignore[return-value]
+
+
 Transform = Callable[[Iterator[dict], StageContext], Iterable[dict]]
 
 
-def run_stage(io: StageIO, transform: Stage | Transform, stats: Stats | None = None) -> Stats:
+@dataclass(frozen=True)
+class Reader:
+    """What turns input lines into a stage's records (picklable: worker processes read with it too):
+    parse (``records.parse_record``) and normalise each line, drop other shards' records and those
+    already done. A bad line raises ``BadRecord`` in fail mode, else it is counted and rejected.
+    Counts ``read``, ``bad_records``, ``skipped_shard`` and ``skipped_done``; sets ``ctx.where`` to the
+    (file, line, line bytes) of the record handed out last."""
+
+    prompt_field: str | None = None
+    response_field: str | None = None
+    require: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None
+    done: frozenset[str] | set[str] = frozenset()
+
+    def records(
+        self, lines: Iterable[tuple[str, int, bytes]], ctx: StageContext
+    ) -> Generator[dict, None, None]:
+        stats, shard, done = ctx.stats, self.shard, self.done
+        prompt_field, response_field, require = self.prompt_field, self.response_field, self.require
+        fail = ctx.fail_on_bad_record
+        read = 0
+        try:
+            for name, lineno, line in lines:
+                read += 1
+                try:
+                    record = parse_record(line)
+                    normalize(record, prompt_field, response_field, require)
+                except InvalidRecord as exc:
+                    if fail:
+                        raise BadRecord(name, lineno, str(exc)) from None
+                    stats.inc("bad_records")
+                    bad = {"line": line.decode("utf-8", "replace")}
+                    ctx.reject(bad, f"bad-record: {exc}", file=name, line=lineno)
+                    continue
+                if shard is not None and not in_shard(record["id"], shard):
+                    stats.inc("skipped_shard")
+                    continue
+                if done and record["id"] in done:
+                    stats.inc("skipped_done")
+                    continue
+                ctx.where = (name, lineno, line)  # a later reject of this record keeps the line as read
+                yield record
+        finally:
+            stats.inc("read", read)
+
+
+def run_stage(
+    io: StageIO, stage: Stage | PerRecordStage | Transform, stats: Stats | None = None, *, workers: int = 1
+) -> Stats:
     """Stream records from ``io.inputs`` through a stage (or a bare ``transform(records, ctx)``) to
-    ``io.output``; return the counters."""
-    if hasattr(transform, "run"):
-        transform = transform.run
+    ``io.output``; return the counters. With ``workers > 1`` a :class:`PerRecordStage` runs its
+    per-record part in that many processes where it pays (``codeplan_tools.core.pool``)."""
     stats = stats or Stats(io.stage)
     shard = parse_shard(io.shard)
     key = run_key(io.resume_settings) if io.resume_settings is not None else None
     ctx = StreamContext(io, stats, key)
+    reader = Reader(io.prompt_field, io.response_field, io.require, shard, ctx.done)
+    run = stage.run if hasattr(stage, "run") else stage
     written = 0
-    write, update = ctx.writer.write, ctx.progress.update
+    write, write_line, update = ctx.writer.write, ctx.writer.write_line, ctx.progress.update
+    # Closed in order before the outputs are: the counters are complete when --stats is written.
+    opened: list[Generator] = []
     try:
-        records = iter(()) if io.source else _read(io, ctx, shard, ctx.done)
-        for record in transform(records, ctx):
-            write(record)
+        if io.source:
+            items = run(iter(()), ctx)
+        elif workers > 1 and isinstance(stage, PerRecordStage):
+            from codeplan_tools.core import pool
+
+            per_record = pool.per_record(io.inputs, stage, ctx, reader, workers)
+            opened.append(per_record)
+            items = stage.ordered(per_record, ctx)
+        else:
+            on_damage = None if ctx.fail_on_bad_record else damage_reporter(ctx)
+            records = reader.records(iter_lines(io.inputs, on_damage), ctx)
+            opened.append(records)
+            items = run(records, ctx)
+        if isinstance(items, Generator):
+            opened.insert(0, items)
+        for item in items:
+            if isinstance(item, bytes):  # serialised in a worker process
+                write_line(item)
+            else:
+                write(item)
             written += 1
             if not written & 255:  # the bar redraws itself; updating it per record costs time
                 update(256)
     finally:
-        stats.inc("written", written)
-        ctx.progress.update(written & 255)
-        ctx.close()
+        try:
+            for generator in opened:
+                generator.close()
+        finally:
+            stats.inc("written", written)
+            ctx.progress.update(written & 255)
+            ctx.close()
     return stats
-
-
-def _read(io: StageIO, ctx: StageContext, shard, done: set[str]) -> Iterator[dict]:
-    """The records of ``io.inputs``, parsed (``records.parse_record``) and normalised, less other
-    shards' and those already done. A bad line raises ``BadRecord`` in fail mode, else it is counted
-    and rejected; so is damaged input (``streams``), counted by :func:`damage_reporter` in skip mode.
-    ``ctx.where`` is the (file, line, line bytes) of the record handed out last."""
-    stats = ctx.stats
-    prompt_field, response_field, require = io.prompt_field, io.response_field, io.require
-    fail = io.on_bad_record == "fail"
-    read = 0
-    try:
-        for name, lineno, line in iter_lines(io.inputs, None if fail else damage_reporter(ctx)):
-            read += 1
-            try:
-                record = parse_record(line)
-                normalize(record, prompt_field, response_field, require)
-            except InvalidRecord as exc:
-                if fail:
-                    raise BadRecord(name, lineno, str(exc)) from None
-                stats.inc("bad_records")
-                bad = {"line": line.decode("utf-8", "replace")}
-                ctx.reject(bad, f"bad-record: {exc}", file=name, line=lineno)
-                continue
-            if shard is not None and not in_shard(record["id"], shard):
-                stats.inc("skipped_shard")
-                continue
-            if done and record["id"] in done:
-                stats.inc("skipped_done")
-                continue
-            ctx.where = (name, lineno, line)  # a later reject of this record keeps the line as read
-            yield record
-    finally:
-        stats.inc("read", read)
 
 
 def damage_reporter(ctx: StageContext) -> Callable[[InputDamage], None]:
@@ -326,13 +425,13 @@ def damage_reporter(ctx: StageContext) -> Callable[[InputDamage], None]:
         ctx.stats.inc("input_damage")
         ctx.stats.inc("input_damage_bytes_skipped", damage.skipped_bytes)
         ctx.stats.inc("input_damage_lines_lost", damage.lost_lines)
-        print(f"codeplan {ctx.io.stage}: warning: {damage.message()}", file=sys.stderr)
+        print(f"codeplan {ctx.stage}: warning: {damage.message()}", file=sys.stderr)
 
     return report
 
 
-# -- helpers for stages that find a record bad after reading it, or work in batches ------------
-def take_batches(records: Iterable[dict], size: int) -> Iterator[list]:
+# -- helpers for stages that work in batches -----------------------------------------------------
+def take_batches(records: Iterable[Any], size: int) -> Iterator[list]:
     """Lists of up to ``size`` items of ``records``, in order. When reading ``records`` raises (a bad
     line in fail mode, a damaged file), the items taken so far come out first and the error is raised
     when the next list is asked for: a stage that works in batches (score's chunks, pack's window)
@@ -354,18 +453,3 @@ def take_batches(records: Iterable[dict], size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def bad_record(
-    record: dict, reason: str, where: tuple, *, fail: bool, stats: Stats, reject: Callable
-) -> None:
-    """A parsed record a stage cannot use (a field of the wrong type), handled as the reader handles a
-    malformed line: ``BadRecord`` naming ``where`` (file, line) when ``fail``; else counted in
-    ``bad_records`` and rejected as ``{"line": ...}`` with reason ``bad-record: <reason>``, its file
-    and line. ``where`` may carry the line as read (bytes) third; else the record is written as read."""
-    name, lineno, *raw = where
-    if fail:
-        raise BadRecord(name, lineno, reason)
-    stats.inc("bad_records")
-    line = raw[0].decode("utf-8", "replace") if raw and raw[0] is not None else dumps(record).decode()
-    reject({"line": line}, f"bad-record: {reason}", file=name, line=lineno)

@@ -20,25 +20,24 @@ from codeplan_tools.core.errors import OutputIOError
 
 
 class Stats:
-    def __init__(self, stage: str, counters: dict[str, float] | None = None):
+    def __init__(self, stage: str, counters: dict[str, float] | None = None) -> None:
         self.stage = stage
-        self.counters: Counter = Counter(counters or {})
+        # A Counter (a missing key reads 0, ``update`` adds) of counts and of seconds (floats).
+        self.counters: Counter[str] = Counter(counters or {})
         # Non-additive extras (e.g. length percentiles); written to JSON under "derived".
         self.derived: dict[str, Any] = {}
 
     def inc(self, key: str, n: float = 1) -> None:
-        self.counters[key] += n
+        self.counters[key] += n  # type: ignore[assignment]  # typeshed's Counter holds ints only
 
     def __getitem__(self, key: str) -> float:
         return self.counters.get(key, 0)
 
     def __add__(self, other: Stats) -> Stats:
         out = Stats(self.stage)
-        out.counters = self.counters + other.counters
-        # Counter "+" drops zeros; keep every key so merged files show them.
-        for k in list(self.counters) + list(other.counters):
-            out.counters.setdefault(k, 0)
-            out.counters[k] = self.counters.get(k, 0) + other.counters.get(k, 0)
+        # Key by key, not Counter "+", which drops zeros: merged files show every key.
+        for k in (*self.counters, *other.counters):
+            out.counters[k] = self.counters[k] + other.counters[k]
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -355,6 +355,7 @@ def _decoded(fh: BinaryIO) -> Iterator[bytes | _Break]:
             return
         src.take(junk)
         fmt = src.unit_here()
+        assert fmt is not None  # _leading_junk stopped where a unit starts
         yield _Break(
             0, junk, True, f"junk before the {fmt.name} data: bytes 0-{junk} are no {fmt.name} {fmt.unit}"
         )
@@ -476,7 +477,7 @@ def iter_lines(
                 continue
             try:
                 for chunk in _decoded(fh):
-                    if chunk.__class__ is _Break:
+                    if isinstance(chunk, _Break):
                         lost = 1 if b"".join(held).strip() else 0
                         damage = _damage(name, lineno + 1, lost, chunk)
                         if on_damage is None:
@@ -549,7 +550,8 @@ def _sniff(fh: BinaryIO) -> tuple[bytes, BinaryIO]:
     head = b""
     while may_start(head) and (piece := read(6 - len(head))):
         head += piece
-    return head, (_Prefixed(head, fh) if head else fh)
+    # _Prefixed is a file object like the pipe it wraps (a RawIOBase, which typeshed tells apart).
+    return head, (cast(BinaryIO, _Prefixed(head, fh)) if head else fh)
 
 
 class _Prefixed(io.RawIOBase):
@@ -611,6 +613,7 @@ class _DecodedRaw(io.RawIOBase):
         self._name = display_name(path)
         self._pending = memoryview(b"")
         self._lines = 0
+        self._chunks: Iterator[bytes | _Break]
         if path != "-" and os.path.isdir(path):  # a Parquet/Arrow folder: its rows as JSON lines
             self._opened = None
             from codeplan_tools.core import columnar
@@ -634,7 +637,7 @@ class _DecodedRaw(io.RawIOBase):
             chunk = next(self._chunks, None)
             if chunk is None:
                 return 0
-            if chunk.__class__ is _Break:
+            if isinstance(chunk, _Break):
                 damage = _damage(self._name, self._lines + 1, 0, chunk)
                 raise BadRecord(self._name, damage.line, _fail_reason(damage))
             self._lines += chunk.count(b"\n")
@@ -749,7 +752,7 @@ class RecordWriter:
         level: int = 3,
         flush_bytes: int = FLUSH_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
-    ):
+    ) -> None:
         self.path = None if path in (None, "-") else str(path)
         self.kind = output_kind(self.path, plain)
         self.plain = self.kind == "plain"

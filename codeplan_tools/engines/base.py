@@ -16,7 +16,7 @@ Every engine (``vllm``, ``hf``, ``openai``) takes a list of :class:`Request` and
 - Prompt tokens (local engines, hf and vllm, through :class:`PromptTokenizer`): a request's
   ``prompt_token_ids`` when the caller made them (``generate`` does for the prompts of a format whose
   record text holds a special-token string, and for plan-conditioned prompts, with
-  :class:`~codeplan_tools.stages.pack.RecordTokenizer`, exactly as ``pack`` trains on them); otherwise the
+  :class:`~codeplan_tools.formats.tokenizer.RecordTokenizer`, exactly as ``pack`` trains on them); otherwise the
   ``prompt`` text, or the chat template's rendering of ``messages``, tokenized in batches. A message's
   content stays text: a special-token string inside it (``<|user|>``, ``</s>``) is tokenized as plain
   text, not as that control token, by the same rule as ``pack`` (the rendering is cut only at the
@@ -39,8 +39,9 @@ import hashlib
 import os
 import signal
 import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -114,6 +115,22 @@ class Engine(Protocol):
         ...
 
 
+class Tokenizer(Protocol):
+    """What the local engines use of a Hugging Face tokenizer (``PreTrainedTokenizerBase``).
+    ``bos_token``, ``chat_template`` and ``get_added_vocab`` are read where present."""
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def __call__(self, text: list[str], *, add_special_tokens: bool = True) -> Mapping[str, Any]:
+        """A batch of texts -> ``{"input_ids": [[int, ...], ...], ...}``."""
+        ...
+
+    def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> Any: ...
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = False) -> str: ...
+
+
 def sample_seed(seed: int, j: int) -> int:
     """The seed of sample ``j`` of a request seeded ``seed`` (31-bit, stable across runs and engines)."""
     digest = hashlib.blake2b(f"{int(seed)}/{int(j)}".encode(), digest_size=8).digest()
@@ -142,12 +159,12 @@ def too_long_error(tokens_in: int, context: int) -> str:
 # -- helpers shared by the local engines (hf, vllm); they take a Hugging Face tokenizer ------------
 
 
-def prompt_token_ids(tokenizer, request: Request) -> list[int] | None:
+def prompt_token_ids(tokenizer: Tokenizer, request: Request) -> list[int] | None:
     """Token ids of a request's prompt, the same for every local engine (:class:`PromptTokenizer`)."""
     return PromptTokenizer(tokenizer)([request])[0]
 
 
-def prompts_token_ids(tokenizer, requests: list[Request]) -> list[list[int] | None]:
+def prompts_token_ids(tokenizer: Tokenizer, requests: list[Request]) -> list[list[int] | None]:
     """:func:`prompt_token_ids` of many requests (engines hold one :class:`PromptTokenizer` instead)."""
     return PromptTokenizer(tokenizer)(requests)
 
@@ -161,11 +178,11 @@ class PromptTokenizer:
     BOS is never doubled; other text gets the tokenizer's special tokens. Texts are tokenized in
     batched calls (fast tokenizers encode a batch in parallel in Rust; one call per prompt costs more
     than the tiny models' decoding); only a conversation whose content holds a special-token string
-    is tokenized alone, by :class:`~codeplan_tools.stages.pack.RecordTokenizer` (the content stays text),
+    is tokenized alone, by :class:`~codeplan_tools.formats.tokenizer.RecordTokenizer` (the content stays text),
     and gives None when its content cannot be located in the rendering.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.bos = getattr(tokenizer, "bos_token", None)
         self._turns: dict = {}  # role -> RecordTokenizer of a one-message conversation, built lazily
@@ -178,7 +195,7 @@ class PromptTokenizer:
             if request.prompt_token_ids is not None:
                 ids[i] = list(request.prompt_token_ids)
             elif request.messages is None:
-                texts[i] = request.prompt
+                texts[i] = request.prompt or ""  # never None: a request has a prompt or messages
             else:
                 text = self._chat_text(request.messages)
                 if self._turn("user").holds_special(*_contents(request.messages)):
@@ -213,7 +230,7 @@ class PromptTokenizer:
     def _turn(self, role: str):
         turn = self._turns.get(role)
         if turn is None:
-            from codeplan_tools.stages.pack import RecordTokenizer
+            from codeplan_tools.formats.tokenizer import RecordTokenizer
 
             turn = self._turns[role] = RecordTokenizer(self.tokenizer, _OneMessage(role))
         return turn
@@ -239,7 +256,7 @@ class StopRules:
     """``stop_token_ids`` and ``text_stops`` per distinct stop list, computed once per engine
     (``get_added_vocab`` builds a new dict on every call)."""
 
-    def __init__(self, tokenizer, extra_eos: int | list[int] | None):
+    def __init__(self, tokenizer: Tokenizer, extra_eos: int | list[int] | None) -> None:
         self.tokenizer, self.extra_eos = tokenizer, extra_eos
         self._cache: dict[tuple, tuple[frozenset[int], tuple[str, ...]]] = {}
 
@@ -254,12 +271,13 @@ class StopRules:
 
 
 def stop_token_ids(
-    tokenizer, extra_eos: int | list[int] | None, stop: list[str], more: list[int] = ()
+    tokenizer: Tokenizer, extra_eos: int | list[int] | None, stop: list[str], more: Iterable[int] = ()
 ) -> set[int]:
     """EOS ids (tokenizer + generation_config), ``more``, and stop strings that are one added token."""
     ids: set[int] = {int(i) for i in more}
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.add(int(eos))
     if extra_eos is not None:
         ids.update(int(i) for i in ([extra_eos] if isinstance(extra_eos, int) else extra_eos))
     added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
@@ -269,7 +287,7 @@ def stop_token_ids(
     return ids
 
 
-def text_stops(tokenizer, stop: list[str]) -> list[str]:
+def text_stops(tokenizer: Tokenizer, stop: list[str]) -> list[str]:
     """The stop strings that are matched in text (those that are not a single added token)."""
     added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
     return [s for s in stop if s and s not in added]
@@ -282,7 +300,7 @@ _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 @contextlib.contextmanager
-def stdout_to_stderr():
+def stdout_to_stderr() -> Iterator[None]:
     """Send everything written to stdout inside the block to stderr, at both levels: Python's
     ``sys.stdout`` (``print``) and file descriptor 1 (loggers holding the old stream, C code, child
     processes started here, which keep it). Both are restored on the way out, exceptions and

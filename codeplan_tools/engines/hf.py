@@ -13,7 +13,7 @@ records where each row ended.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
 from codeplan_tools.core.errors import MissingDependency, UsageError
 from codeplan_tools.engines import register
@@ -30,8 +30,7 @@ from codeplan_tools.engines.base import (
     too_long_error,
     truncate_at_stop,
 )
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from codeplan_tools.engines.spec import Dtype
 
 
 def _require_core(module: str):
@@ -46,12 +45,12 @@ def _require_core(module: str):
         ) from exc
 
 
-def _torch_dtype(torch, dtype: str, device: str):
+def _torch_dtype(torch, dtype: Dtype, device: str):
     if dtype == "auto":
         # fp32 on CPU: exact and, for small models, not slower; bf16 on GPU.
         return torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if dtype not in get_args(Dtype):
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(get_args(Dtype))}")
     return getattr(torch, dtype)
 
 
@@ -64,7 +63,7 @@ class HFEngine:
         self,
         model: str,
         *,
-        dtype: str = "auto",
+        dtype: Dtype = "auto",
         device: str | None = None,
         batch_size: int = 32,
         max_model_len: int | None = None,
@@ -139,7 +138,7 @@ class HFEngine:
             done = sorted(by_request.get(ri, []), key=lambda r: r.sample)
             if results[ri].error is not None:
                 continue
-            comps = [row.completion for row in done]
+            comps = [row.completion for row in done if row.completion is not None]
             if req.greedy and req.n > 1:  # greedy samples are identical: report each with its seed
                 comps = [
                     Completion(c.text, c.finish_reason, c.tokens_out, sample_seed(req.seed, j), c.token_ids)

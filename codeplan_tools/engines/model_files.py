@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def refuse_remote_code(source: ModelSource, trust_remote_code: bool, option: str
 
 
 @contextlib.contextmanager
-def loading(source: ModelSource | str, option: str = "--model"):
+def loading(source: ModelSource | str, option: str = "--model") -> Iterator[None]:
     """Turn what a loader (transformers, vLLM) raises about the model into one line: a refusal of
     remote code -> NotPermitted (77); a missing or unreadable file (OSError) -> InputMissing (66);
     a model the engine cannot use (ValueError: unknown architecture, context larger than the KV

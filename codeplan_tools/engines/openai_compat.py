@@ -102,7 +102,7 @@ class OpenAIEngine:
         per_sample_requests: bool = True,
         extra_body: dict | None = None,
         **_ignored: Any,
-    ):
+    ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         if not base_url.startswith(("http://", "https://")):
             raise UsageError(f"--base-url must start with http:// or https:// (got {redact(base_url)!r})")

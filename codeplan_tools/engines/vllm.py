@@ -21,7 +21,7 @@ caller chose a stream) before importing vllm, and the stages run it under
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, get_args
 
 from codeplan_tools.core.errors import UsageError, require
 from codeplan_tools.engines import register
@@ -37,8 +37,7 @@ from codeplan_tools.engines.base import (
     sample_seed,
     too_long_error,
 )
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from codeplan_tools.engines.spec import Dtype
 
 
 @register("vllm")
@@ -50,7 +49,7 @@ class VLLMEngine:
         self,
         model: str,
         *,
-        dtype: str = "auto",
+        dtype: Dtype = "auto",
         tensor_parallel_size: int = 1,
         max_model_len: int | None = None,
         seed: int = 0,
@@ -63,8 +62,8 @@ class VLLMEngine:
         **_ignored: Any,
     ):
         """``llm``: an already built ``vllm.LLM`` to reuse (tests share one per session)."""
-        if dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if dtype not in get_args(Dtype):
+            raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(get_args(Dtype))}")
         # vLLM configures its logger at import, with a stdout handler unless told otherwise.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         vllm = require("vllm", "vllm")

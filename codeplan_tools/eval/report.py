@@ -20,7 +20,12 @@ any scored file without the task registry.
   by task and id): McNemar's exact binomial test when every record has one sample, else a paired
   bootstrap of the mean difference (2,000 resamples, seed 0).
 
-Writers: ``format_table`` (stderr), ``write_json``, ``write_markdown``, ``plot_runs`` (PNG).
+A comparison is a :class:`Comparison` (rows, averages and paired tests as dataclasses);
+``Comparison.to_dict`` is its JSON form in ``--report FILE.json``.
+
+Writers: ``format_table`` and ``format_comparison`` (stderr), ``write_json``, ``write_markdown``,
+``plot_runs`` (PNG), and ``write_reports``, which routes ``--report`` files by their extension
+(``.json``, ``.md``) and draws ``--plot``.
 
 A scored record read back (a run given to ``--compare``) is checked first: ``score_type_error`` names
 a field of ``meta.score`` whose JSON type the report cannot use, so a hand-edited file gives a bad
@@ -266,7 +271,12 @@ class RunReport:
     unscored: int = 0
 
     def add(self, record: Mapping) -> None:
+        """Add a record by its ``meta.score`` (counted as unscored without one)."""
         s = ((record.get("meta") or {}).get("score")) if isinstance(record.get("meta"), dict) else None
+        self.add_score(record.get("id"), s)
+
+    def add_score(self, record_id: Any, s: Any) -> None:
+        """Add the ``meta.score`` of the record ``record_id``."""
         if not isinstance(s, Mapping) or "task" not in s:
             self.unscored += 1
             return
@@ -276,7 +286,7 @@ class RunReport:
         rows.difficulty = s.get("difficulty") or rows.difficulty
         for dim, value in (s.get("subtasks") or {}).items():
             rows.subtasks.setdefault(dim, {}).setdefault(str(value), Cell()).add(s)
-        rows.per_record[str(record.get("id"))] = (float(s.get("accuracy", 0.0)), int(s.get("n", 1)))
+        rows.per_record[str(record_id)] = (float(s.get("accuracy", 0.0)), int(s.get("n", 1)))
 
     def groups(self) -> dict[str, Cell]:
         out: dict[str, Cell] = {}
@@ -376,57 +386,127 @@ def build_report(records: Iterable[Mapping], name: str = "run") -> RunReport:
 # Comparing runs.
 
 
-def compare(runs: Sequence[RunReport], average_over: str = "benchmarks") -> dict[str, Any]:
+@dataclass
+class PairedTest:
+    """A paired test of one run against the baseline on the records both scored (paired by task and
+    id): McNemar's exact test when every record has one sample, else a paired bootstrap."""
+
+    method: str | None  # "mcnemar", "bootstrap", or None when no record is in both runs
+    n_paired: int
+    p: float | None
+    b: int | None = None  # McNemar: records only the baseline got right
+    c: int | None = None  # McNemar: records only this run got right
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "n_paired": self.n_paired}
+        if self.method == "mcnemar":
+            out.update(b=self.b, c=self.c)
+        out["p"] = self.p
+        return out
+
+
+@dataclass
+class ComparisonRow:
+    """One benchmark (or task) of a comparison; every mapping is keyed by run name."""
+
+    task: str
+    n: dict[str, int] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    ci95: dict[str, list[float]] = field(default_factory=dict)
+    # Against the baseline (other runs only): points, (B - A) / A (None when A is 0), the paired test.
+    absolute: dict[str, float] = field(default_factory=dict)
+    relative: dict[str, float | None] = field(default_factory=dict)
+    test: dict[str, PairedTest] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "ci95": self.ci95,
+            "abs": self.absolute,
+            "rel": self.relative,
+            "test": {name: test.to_dict() for name, test in self.test.items()},
+        }
+
+
+@dataclass
+class Average:
+    """One run's average improvement over the baseline across the rows that have a relative one."""
+
+    relative: float | None
+    absolute: float
+    over: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "average_relative_improvement": self.relative,
+            "average_absolute_improvement": self.absolute,
+            "over": self.over,
+        }
+
+
+@dataclass
+class Comparison:
+    """Runs side by side against the first (the baseline): what ``score --compare`` reports."""
+
+    runs: list[RunReport]
+    average_over: str
+    rows: list[ComparisonRow]
+    averages: dict[str, Average]  # by run name, every run but the baseline
+
+    @property
+    def baseline(self) -> str:
+        return self.runs[0].name
+
+    @property
+    def names(self) -> list[str]:
+        return [run.name for run in self.runs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline,
+            "runs": self.names,
+            "average_over": self.average_over,
+            "rows": [row.to_dict() for row in self.rows],
+            "averages": {name: average.to_dict() for name, average in self.averages.items()},
+        }
+
+
+def compare(runs: Sequence[RunReport], average_over: str = "benchmarks") -> Comparison:
     """Side-by-side rows against ``runs[0]`` (see the module docstring)."""
     if len(runs) < 2:
         raise ValueError("a comparison needs at least two runs")
     base = runs[0]
-    units = _units(runs, average_over)
     rows = []
-    for unit in units:
-        row: dict[str, Any] = {
-            "task": unit,
-            "n": {},
-            "accuracy": {},
-            "ci95": {},
-            "abs": {},
-            "rel": {},
-            "test": {},
-        }
+    for unit in _units(runs, average_over):
+        row = ComparisonRow(unit)
         a_cell = base.accuracy(unit)
         for run in runs:
             cell = run.accuracy(unit)
             if cell is None:
                 continue
-            row["n"][run.name] = cell.records
-            row["accuracy"][run.name] = cell.accuracy
-            row["ci95"][run.name] = list(wilson(cell.acc_sum, cell.records))
+            row.n[run.name] = cell.records
+            row.accuracy[run.name] = cell.accuracy
+            row.ci95[run.name] = list(wilson(cell.acc_sum, cell.records))
             if run is base or a_cell is None:
                 continue
-            row["abs"][run.name] = (cell.accuracy - a_cell.accuracy) * 100
-            row["rel"][run.name] = (
+            row.absolute[run.name] = (cell.accuracy - a_cell.accuracy) * 100
+            row.relative[run.name] = (
                 (cell.accuracy - a_cell.accuracy) / a_cell.accuracy if a_cell.accuracy > 0 else None
             )
-            row["test"][run.name] = paired_test(base.paired(unit), run.paired(unit))
+            row.test[run.name] = paired_test(base.paired(unit), run.paired(unit))
         rows.append(row)
     averages = {}
     for run in runs[1:]:
-        rels = [r["rel"][run.name] for r in rows if r["rel"].get(run.name) is not None]
-        averages[run.name] = {
-            "average_relative_improvement": sum(rels) / len(rels) if rels else None,
-            "average_absolute_improvement": (
-                sum(r["abs"][run.name] for r in rows if run.name in r["abs"])
-                / max(1, sum(run.name in r["abs"] for r in rows))
-            ),
-            "over": [r["task"] for r in rows if r["rel"].get(run.name) is not None],
-        }
-    return {
-        "baseline": base.name,
-        "runs": [r.name for r in runs],
-        "average_over": average_over,
-        "rows": rows,
-        "averages": averages,
-    }
+        rels = [rel for r in rows if (rel := r.relative.get(run.name)) is not None]
+        with_abs = [r.absolute[run.name] for r in rows if run.name in r.absolute]
+        averages[run.name] = Average(
+            relative=sum(rels) / len(rels) if rels else None,
+            absolute=sum(with_abs) / max(1, len(with_abs)),
+            over=[r.task for r in rows if r.relative.get(run.name) is not None],
+        )
+    return Comparison(list(runs), average_over, rows, averages)
 
 
 def _units(runs: Sequence[RunReport], average_over: str) -> list[str]:
@@ -443,25 +523,19 @@ def _units(runs: Sequence[RunReport], average_over: str) -> list[str]:
 
 def paired_test(
     a: Mapping[tuple[str, str], tuple[float, int]], b: Mapping[tuple[str, str], tuple[float, int]]
-) -> dict:
+) -> PairedTest:
     """McNemar (one sample per record) or paired bootstrap over the records both runs scored."""
     common = sorted(set(a) & set(b))
     if not common:
-        return {"method": None, "n_paired": 0, "p": None}
+        return PairedTest(None, 0, None)
     xa = [a[k][0] for k in common]
     xb = [b[k][0] for k in common]
     binary = all(a[k][1] == 1 and b[k][1] == 1 for k in common)
     if binary:
         b_only = sum(1 for x, y in zip(xa, xb, strict=True) if x >= 0.5 > y)
         c_only = sum(1 for x, y in zip(xa, xb, strict=True) if y >= 0.5 > x)
-        return {
-            "method": "mcnemar",
-            "n_paired": len(common),
-            "b": b_only,
-            "c": c_only,
-            "p": mcnemar_exact(b_only, c_only),
-        }
-    return {"method": "bootstrap", "n_paired": len(common), "p": paired_bootstrap(xa, xb)}
+        return PairedTest("mcnemar", len(common), mcnemar_exact(b_only, c_only), b=b_only, c=c_only)
+    return PairedTest("bootstrap", len(common), paired_bootstrap(xa, xb))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,60 +602,80 @@ def format_table(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def format_comparison(cmp: Mapping[str, Any]) -> str:
-    runs = cmp["runs"]
-    base = cmp["baseline"]
+def format_comparison(cmp: Comparison) -> str:
+    """A comparison as a text table (stderr)."""
+    runs, base = cmp.names, cmp.baseline
     others = runs[1:]
     head = f"{'task':<36} {'n':>6}" + "".join(f" {r[:12]:>12}" for r in runs)
     for r in others:
         head += f" {'abs ' + r[:8]:>13} {'rel ' + r[:8]:>13} {'p':>8}"
     lines = [f"codeplan score --compare (baseline: {base})", head]
-    for row in cmp["rows"]:
-        n = row["n"].get(base, max(row["n"].values(), default=0))
-        line = f"{row['task']:<36.36} {n:>6}" + "".join(f" {_pct(row['accuracy'].get(r)):>12}" for r in runs)
+    for row in cmp.rows:
+        n = row.n.get(base, max(row.n.values(), default=0))
+        line = f"{row.task:<36.36} {n:>6}" + "".join(f" {_pct(row.accuracy.get(r)):>12}" for r in runs)
         for r in others:
-            d = row["abs"].get(r)
-            rel = row["rel"].get(r)
-            p = (row["test"].get(r) or {}).get("p")
+            d = row.absolute.get(r)
+            rel = row.relative.get(r)
+            test = row.test.get(r)
+            p = test.p if test is not None else None
             line += (
                 f" {'-' if d is None else f'{d:+.1f}':>13} {'-' if rel is None else f'{100 * rel:+.1f}%':>13}"
             )
             line += f" {'-' if p is None else f'{p:.3g}':>8}"
         lines.append(line)
     for r in others:
-        avg = cmp["averages"][r]
-        value = avg["average_relative_improvement"]
-        shown = "-" if value is None else f"{100 * value:+.1f}%"
+        avg = cmp.averages[r]
+        shown = "-" if avg.relative is None else f"{100 * avg.relative:+.1f}%"
         lines.append(
-            f"average relative improvement of {r} over {base}: {shown} across {len(avg['over'])} {cmp['average_over']}"
+            f"average relative improvement of {r} over {base}: {shown} across {len(avg.over)} {cmp.average_over}"
         )
-    methods = {(row["test"].get(r) or {}).get("method") for row in cmp["rows"] for r in others} - {None}
+    methods = {test.method for row in cmp.rows for r in others if (test := row.test.get(r)) and test.method}
     if methods:
         lines.append("p: paired test on records in both runs (" + ", ".join(sorted(methods)) + ")")
     return "\n".join(lines)
 
 
-def report_dict(runs: Sequence[RunReport], comparison: Mapping | None = None) -> dict[str, Any]:
+def report_dict(runs: Sequence[RunReport], comparison: Comparison | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": [r.to_dict() for r in runs]}
     if comparison is not None:
-        out["comparison"] = comparison
+        out["comparison"] = comparison.to_dict()
     return out
 
 
-def write_json(path: str | Path, runs: Sequence[RunReport], comparison: Mapping | None = None) -> None:
+def write_json(path: str | Path, runs: Sequence[RunReport], comparison: Comparison | None = None) -> None:
     Path(path).write_bytes(orjson.dumps(report_dict(runs, comparison), option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def write_markdown(path: str | Path, runs: Sequence[RunReport], comparison: Mapping | None = None) -> None:
+def write_markdown(path: str | Path, runs: Sequence[RunReport], comparison: Comparison | None = None) -> None:
     Path(path).write_text(markdown(runs, comparison))
 
 
-def markdown(runs: Sequence[RunReport], comparison: Mapping | None = None) -> str:
+REPORT_EXTENSIONS = (".json", ".md")
+
+
+def write_reports(
+    runs: Sequence[RunReport],
+    comparison: Comparison | None,
+    files: Iterable[str | Path] = (),
+    plot: str | Path | None = None,
+    average_over: str = "benchmarks",
+) -> None:
+    """``--report FILE`` (JSON for ``.json``, Markdown for ``.md``) and ``--plot FILE.png``."""
+    for path in files:
+        if str(path).endswith(".json"):
+            write_json(path, runs, comparison)
+        else:
+            write_markdown(path, runs, comparison)
+    if plot:
+        plot_runs(runs, plot, average_over)
+
+
+def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) -> str:
     parts = []
     if comparison is not None:
-        names = comparison["runs"]
+        names = comparison.names
         others = names[1:]
-        parts.append(f"## Comparison (baseline: {comparison['baseline']})\n")
+        parts.append(f"## Comparison (baseline: {comparison.baseline})\n")
         head = (
             "| task | n | "
             + " | ".join(names)
@@ -591,24 +685,23 @@ def markdown(runs: Sequence[RunReport], comparison: Mapping | None = None) -> st
         )
         parts.append(head)
         parts.append("|" + "---|" * (2 + len(names) + 3 * len(others)))
-        for row in comparison["rows"]:
-            n = row["n"].get(comparison["baseline"], "")
-            cells = [row["task"], str(n)] + [_pct(row["accuracy"].get(r)) for r in names]
+        for row in comparison.rows:
+            n = row.n.get(comparison.baseline, "")
+            cells = [row.task, str(n)] + [_pct(row.accuracy.get(r)) for r in names]
             for r in others:
-                d, rel, t = row["abs"].get(r), row["rel"].get(r), row["test"].get(r) or {}
+                d, rel, t = row.absolute.get(r), row.relative.get(r), row.test.get(r)
                 cells += [
                     "-" if d is None else f"{d:+.1f}",
                     "-" if rel is None else f"{100 * rel:+.1f}%",
-                    "-" if t.get("p") is None else f"{t['p']:.3g} ({t['method']})",
+                    "-" if t is None or t.p is None else f"{t.p:.3g} ({t.method})",
                 ]
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")
         for r in others:
-            avg = comparison["averages"][r]
-            v = avg["average_relative_improvement"]
+            v = comparison.averages[r].relative
             parts.append(
-                f"Average relative improvement of **{r}** over {comparison['baseline']}: "
-                f"**{'-' if v is None else f'{100 * v:+.1f}%'}** across {len(avg['over'])} {comparison['average_over']}."
+                f"Average relative improvement of **{r}** over {comparison.baseline}: "
+                f"**{'-' if v is None else f'{100 * v:+.1f}%'}** across {len(comparison.averages[r].over)} {comparison.average_over}."
             )
         parts.append("")
     for run in runs:
@@ -652,7 +745,9 @@ def plot_runs(runs: Sequence[RunReport], path: str | Path, average_over: str = "
     ax = axes[0][0]
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
-        xs, ys, err = [], [], [[], []]
+        xs: list[float] = []
+        ys: list[float] = []
+        err: list[list[float]] = [[], []]
         for j, unit in enumerate(units):
             cell = run.accuracy(unit)
             if cell is None or not cell.records:

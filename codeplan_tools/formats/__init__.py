@@ -109,7 +109,9 @@ class Format:
     # Plain-template text after the question, before the target.
     plain_prompt_suffix: str = ""
 
-    def __init__(self, tokenizer: Any = None, *, chat: bool | None = None, end_marker: str | None = None):
+    def __init__(
+        self, tokenizer: Any = None, *, chat: bool | None = None, end_marker: str | None = None
+    ) -> None:
         self._chat = chat
         self._end_marker = end_marker
         self._bound = False
@@ -202,7 +204,7 @@ class Format:
         """Why ``parse(target_text(plan, response))`` would not give them back, or None."""
         if self.needs_plan and plan is None:
             return "missing-plan"
-        if self.end_marker in response or (self.needs_plan and self.end_marker in plan):
+        if self.end_marker in response or (plan is not None and self.needs_plan and self.end_marker in plan):
             return "contains-end-marker"
         expected = (plan if self.needs_plan else None, response)
         if self.parse(self.target_text(plan, response)) != expected:

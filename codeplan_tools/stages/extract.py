@@ -26,18 +26,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from codeplan_tools.core.errors import BadRecord, InputMissing, UsageError
-from codeplan_tools.core.records import derive_seed, normalize
-from codeplan_tools.stages.generate import (
-    EngineSpec,
-    EngineTask,
-    LibraryContext,
-    Unusable,
-    check_sampling,
-    run_engine_task,
-    text_hash,
-)
+from codeplan_tools.core.records import derive_seed
+from codeplan_tools.core.stage import StageContext
+from codeplan_tools.engines.runner import EngineTask, SamplingConfig, Unusable, text_hash
+from codeplan_tools.engines.spec import EngineSpec
+
+if TYPE_CHECKING:
+    from codeplan_tools.engines.base import Engine, Request, Result
 
 BUILTIN_TEMPLATES = ("paper", "nlplan")
 
@@ -119,7 +117,9 @@ _ENUMERATED = re.compile(r"^\s*(\d+[.)]|[-*•]|step\s+\d+)", re.I)
 
 def _fenced_blocks(lines: list[str]) -> list[str]:
     """Contents of the fenced code blocks; an unclosed last fence runs to the end (a cut-off reply)."""
-    blocks, current, inside, marker = [], [], False, ""
+    blocks: list[str] = []
+    current: list[str] = []
+    inside, marker = False, ""
     for line in lines:
         m = _FENCE_LINE.match(line)
         if not inside and m:
@@ -173,28 +173,24 @@ def clean_plan(reply: str) -> str:
 
 
 @dataclass(kw_only=True)
-class ExtractConfig:
+class ExtractConfig(SamplingConfig):
+    """How ``extract`` asks for a plan (the engine is an :class:`EngineSpec`)."""
+
     template: str = "paper"
-    """paper | nlplan | path of a template file with {prompt} and {response}."""
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    seed: int = 0
-    chunk_size: int | None = None
+    """Extraction instruction: 'paper' (the CodePlan paper's, verbatim), 'nlplan' (a natural-language
+    plan), or a file containing {prompt} and {response}."""
     keep_raw: bool = False
-    """Also keep the model's reply before cleaning in ``meta.extract.raw``."""
+    """Also keep the model's reply before cleaning in meta.extract.raw."""
 
     def __post_init__(self) -> None:
         self.template_name, self.template_text = load_template(self.template)
-        if self.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
-        check_sampling(self.temperature, self.top_p)
+        super().__post_init__()  # max_tokens, temperature, top_p
 
     @property
     def template_sha256(self) -> str:
         return text_hash(self.template_text)
 
-    def settings(self, spec: EngineSpec) -> dict:
+    def settings(self, spec: EngineSpec) -> dict[str, Any]:
         """Everything that determines the output: the resume key of ``extract``."""
         return {
             **spec.identity(),
@@ -207,20 +203,28 @@ class ExtractConfig:
         }
 
 
-class ExtractTask(EngineTask):
-    stage = "extract"
+class ExtractStage(EngineTask):
+    """``extract`` as a stage: prompt/response records in, records with ``plan`` and ``meta.extract``
+    out. ``engine``: an engine already built (reused, not closed). Otherwise the model is checked
+    here (one line, exit 66 or 77, before any input is read) and the engine built from ``spec`` when
+    the first records arrive."""
 
-    def __init__(self, config: ExtractConfig, spec: EngineSpec, ctx):
+    name = "extract"
+    # The fields every input record must have (``StageIO.require``).
+    require = ("prompt", "response")
+
+    def __init__(self, config: ExtractConfig, spec: EngineSpec, engine: Engine | None = None) -> None:
+        super().__init__(spec, config.chunk_size, engine)
         self.config = config
-        self.spec = spec
-        self.ctx = ctx
-        self.meta_base: dict = {}
+        if engine is None:
+            spec.check()
+        self.meta_base: dict[str, Any] = {}
 
-    def bind(self, engine, spec: EngineSpec) -> None:
+    def bind(self, engine: Engine) -> None:
         cfg = self.config
         describe = getattr(engine, "describe", None)
         self.meta_base = {
-            **spec.meta(),
+            **self.spec.meta(),
             **({k: v for k, v in describe().items() if k != "model"} if describe else {}),
             "template": cfg.template_name,
             "template_sha256": cfg.template_sha256,
@@ -230,7 +234,7 @@ class ExtractTask(EngineTask):
             "global_seed": cfg.seed,
         }
 
-    def request(self, record: dict):
+    def request(self, record: dict) -> Request:
         from codeplan_tools.engines.base import Request
 
         prompt, response = record.get("prompt"), record.get("response")
@@ -248,7 +252,7 @@ class ExtractTask(EngineTask):
             seed=derive_seed(cfg.seed, record["id"]),
         )
 
-    def output(self, record: dict, request, result) -> dict:
+    def complete(self, record: dict, request: Request, result: Result) -> dict[str, Any]:
         c = result.completions[0]
         record["plan"] = clean_plan(c.text)
         meta = {
@@ -260,18 +264,20 @@ class ExtractTask(EngineTask):
         }
         if self.config.keep_raw:
             meta["raw"] = c.text
-        return self.ctx.stamp(record, meta)
+        return meta
 
 
 def extract_records(
-    records: Iterable[dict], config: ExtractConfig, spec: EngineSpec, ctx=None, engine=None
+    records: Iterable[dict],
+    config: ExtractConfig,
+    spec: EngineSpec,
+    ctx: StageContext | None = None,
+    engine: Engine | None = None,
 ) -> Iterator[dict]:
     """The library twin of ``codeplan extract``: records in, records with ``plan`` and ``meta.extract`` out.
 
-    Inside ``run_stage`` pass its ``ctx``; from Python leave it out (rejected rows are then kept on
-    ``LibraryContext.rejected``) and pass an already built ``engine`` to reuse it.
+    ``ctx``: the run's context (``run_stage`` passes its own); left out, an in-memory
+    ``StageContext("extract")``, so rejected rows are dropped: pass one to read them from
+    ``ctx.rejected`` and the counters from ``ctx.stats``. ``engine``: an already built engine, reused.
     """
-    ctx = ctx or LibraryContext("extract")
-    records = (normalize(r) for r in records)  # a no-op on records run_stage has normalised
-    task = ExtractTask(config, spec, ctx)
-    return run_engine_task(iter(records), ctx, task, spec, config.chunk_size, engine=engine)
+    return ExtractStage(config, spec, engine).run(records, ctx or StageContext("extract"))

@@ -1,7 +1,8 @@
 """``codeplan filter``: named rules that decide whether a mined plan is kept.
 
 Each rule is a small function ``(record, config) -> reason | None`` listed once in ``RULES`` with
-its default and a one-line description (shown by ``codeplan filter --help``). The runner, not the
+its default and a one-line description (shown by ``codeplan filter --help``); ``dedup``, the one rule
+that depends on the records before, is ``(prompt digest, digests seen) -> reason | None``. The runner, not the
 rule, counts, annotates and routes: a rejected record goes to ``--rejects`` with
 ``meta.filter.reason`` naming the first rule that failed (rules run in ``RULES`` order), and
 ``rejected.<rule>`` is counted; ``--annotate`` keeps every record and lists all failing rules.
@@ -19,6 +20,15 @@ raises :class:`WrongType` naming the field and its type (``meta.extract is a str
 object``), and the stage stops with exit 65 and ``file:line`` or, with ``--on-bad-record skip``,
 rejects it with ``bad-record: <reason>`` and counts ``bad_records``. The checks are a few ``type()``
 tests on lookups the rules make anyway, so they cost nothing measurable.
+
+The stage (:class:`FilterStage`, or :func:`filter_records` in a program) has two parts. Every rule
+but ``dedup`` looks at one record alone (``per_record``: the rules, marking ``meta.filter``,
+measuring the ``--stats`` profile); ``dedup`` and the profile depend on the records before
+(``ordered``: first kept wins). ``codeplan filter --workers N`` (:func:`filter_stream`) runs the
+per-record part in N processes (``codeplan_tools.core.pool``) and the ordered part in the main
+process; the output, rejects and counters are the same for every N. A record the per-record part
+kept and marked and dedup then rejects is unmarked again (``meta.filter`` as it was read) before it
+is rejected, as if dedup had run with the other rules.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ import re
 import statistics
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from codeplan_tools.core.records import WrongType
-from codeplan_tools.core.stage import bad_record
+from codeplan_tools.core.stage import PerRecordStage, StageContext, StageIO, as_record, run_stage
 from codeplan_tools.core.stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
@@ -83,24 +94,37 @@ def _extract_meta(record: dict) -> dict:
     return extract
 
 
+RuleName = Literal["terminated", "nonempty", "length", "code", "no-leak", "dedup"]
+
+
 @dataclass
 class FilterConfig:
     """Settings of every rule; ``enabled`` lists the rules that run."""
 
-    enabled: tuple[str, ...] = ("terminated", "nonempty", "length", "code", "no-leak", "dedup")
+    enabled: tuple[RuleName, ...] = ("terminated", "nonempty", "length", "code", "no-leak", "dedup")
+    """The rules that run (each on by default; --skip-RULE turns one off)."""
     min_plan_words: int = 3
+    """length: fewest words a plan may have."""
     max_plan_words: int = 200
+    """length: most words a plan may have."""
     max_plan_tokens: int | None = None
+    """length: most generated tokens (meta.extract.tokens_out) a plan may have. [default: no limit]"""
     code_min_ratio: float = 0.5
+    """code: least share of plan lines that look like Python."""
     code_strict: bool = False
+    """code: also require the plan to parse with ast.parse."""
     leak_ngram: int = 8
+    """no-leak: word n-gram size compared."""
     leak_max_overlap: float = 0.5
+    """no-leak: reject at this share of the response's n-grams found in the plan."""
+    workers: int | None = None
+    """Processes that parse, check and serialise records read from files (stdin is read in one
+    process); the output is the same for every N. 1 = no worker processes. [default: usable CPUs, at most 4]"""
     annotate: bool = False
-    # Measure the length/structure profile of what passed (stats.derived["passed"]). The command
-    # turns it off when no --stats file will show it: it costs as much as a rule.
+    """Keep every record and mark it: meta.filter.kept, .reason (first failing rule), .reasons (all)."""
     profile: bool = True
-    # Normalised-prompt digests seen so far (dedup's state; one run, one shard).
-    seen: set = field(default_factory=set, repr=False)
+    """Measure the length/structure profile of what passed (``stats.derived["passed"]``). The command
+    turns it off when no --stats file will show it: it costs as much as a rule."""
 
 
 def words(text: str | None) -> int:
@@ -245,21 +269,24 @@ def prompt_digest(record: dict) -> bytes:
 DUPLICATE = "dedup: duplicate prompt"
 
 
-def dedup(record: dict, config: FilterConfig) -> str | None:
+def dedup(digest: bytes, seen: set[bytes]) -> str | None:
     """Reject a record whose prompt equals an earlier one after Unicode (NFKC), case and whitespace normalisation."""
-    digest = prompt_digest(record)
-    if digest in config.seen:
+    if digest in seen:
         return DUPLICATE
-    config.seen.add(digest)
+    seen.add(digest)
     return None
 
 
 @dataclass(frozen=True)
 class Rule:
+    """A rule: ``check(record, config) -> reason | None``, or for the one rule that depends on the
+    records before (``ordered``: dedup), ``check(prompt_digest, seen) -> reason | None``."""
+
     name: str
-    check: Callable[[dict, FilterConfig], str | None]
+    check: Callable[..., str | None]
     default: bool
     needs_plan: bool
+    ordered: bool = False
 
     @property
     def help(self) -> str:
@@ -274,7 +301,7 @@ RULES: dict[str, Rule] = {
         Rule("length", length, True, True),
         Rule("code", code, True, True),
         Rule("no-leak", no_leak, True, True),
-        Rule("dedup", dedup, True, False),
+        Rule("dedup", dedup, True, False, ordered=True),
     )
 }
 
@@ -284,6 +311,14 @@ def required_fields(config: FilterConfig) -> tuple[str, ...]:
     if any(RULES[name].needs_plan for name in config.enabled):
         needed.append("plan")
     return tuple(needed)
+
+
+def rule_checks(config: FilterConfig) -> list[Callable[[dict, FilterConfig], str | None]]:
+    """The functions of the enabled rules that look at one record alone, in ``RULES`` order."""
+    unknown = set(config.enabled) - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown filter rules: {sorted(unknown)}")
+    return [r.check for name, r in RULES.items() if name in config.enabled and not r.ordered]
 
 
 def check_record(record: dict, config: FilterConfig, checks: list[Callable]) -> list[str] | None:
@@ -374,58 +409,113 @@ class LengthProfile:
         return out
 
 
-def filter_records(
-    records: Iterable[dict],
-    config: FilterConfig,
-    stats: Stats,
-    reject,
-    *,
-    on_bad_record: str = "fail",
-    where: Callable[[], tuple | None] | None = None,
-) -> Iterator[dict]:
-    """Yield kept records (all records with ``annotate``); ``reject(record, reason)`` takes the rest.
+class FilterStage(PerRecordStage):
+    """``codeplan filter`` as a stage: the rules of ``config`` (see the module docstring)."""
 
-    A record with a field of the wrong type goes to :func:`bad_record` (``on_bad_record``: fail or
-    skip); ``where()`` gives the file and line (and the line itself) of the record last read (the
-    stage's reader), else the record's position in ``records`` is given as ``<records>:N``.
-    """
-    unknown = set(config.enabled) - set(RULES)
-    if unknown:
-        raise ValueError(f"unknown filter rules: {sorted(unknown)}")
-    checks = [r.check for name, r in RULES.items() if name in config.enabled]
-    annotate, fail = config.annotate, on_bad_record == "fail"
-    profile = LengthProfile()
-    add, profile_on = profile.add_measured, config.profile
-    kept = 0  # counted here and added once: stats.inc per record costs more than a rule
-    try:
+    name = "filter"
+
+    def __init__(self, config: FilterConfig):
+        self.config = config
+        self.checks = rule_checks(config)
+        self.seen: set[bytes] = set()  # dedup's digests of the prompts kept so far (one run, one shard)
+
+    def per_record(self, records: Iterable[dict], ctx: StageContext) -> Iterator[tuple[dict, tuple]]:
+        """Every rule but dedup; yields ``(record, (passed, digest, measured, earlier))``: whether it
+        passed them, what dedup compares (when dedup will look), its ``--stats`` measure (when it
+        passed) and the ``meta.filter`` it was read with (restored if dedup rejects it)."""
+        config, checks, stats = self.config, self.checks, ctx.stats
+        annotate, profile_on = config.annotate, config.profile
+        dedup_on = "dedup" in config.enabled
         for index, record in enumerate(records, 1):
             try:
                 reasons = check_record(record, config, checks)
             except WrongType as exc:
-                position = (where and where()) or ("<records>", index)
-                bad_record(record, str(exc), position, fail=fail, stats=stats, reject=reject)
+                ctx.bad_record(record, str(exc), index)
                 continue
             meta = record.get("meta")
             if not isinstance(meta, dict):
                 record["meta"] = meta = {}
             if reasons is None:
-                kept += 1
-                if profile_on:
-                    add(measure(record))
+                digest = prompt_digest(record) if dedup_on else None
+                earlier = meta.get("filter") if dedup_on and not annotate else None
+                measured = measure(record) if profile_on else None
                 meta["filter"] = {"kept": True}
-                yield record
+                yield record, (True, digest, measured, earlier)
                 continue
             count_failures(stats, reasons, annotate)
             if annotate:
                 meta["filter"] = {"kept": False, "reason": reasons[0], "reasons": reasons}
-                yield record
+                yield record, (False, prompt_digest(record) if dedup_on else None, None, None)
             else:
-                reject(record, reasons[0])
-    finally:
-        if kept:
-            stats.inc("kept", kept)
-    if profile_on:
-        stats.derived["passed"] = profile.summary()
+                ctx.reject(record, reasons[0])
+
+    def ordered(self, items: Iterable[tuple[dict | bytes, Any]], ctx: StageContext) -> Iterator[dict | bytes]:
+        """dedup (first kept wins), ``kept`` and the ``--stats`` profile of what passed."""
+        seen, stats = self.seen, ctx.stats
+        profile = LengthProfile()
+        add = profile.add_measured
+        kept = 0  # counted here and added once: stats.inc per record costs more than a rule
+        try:
+            for item, (passed, digest, measured, earlier) in items:
+                if digest is not None:
+                    if digest in seen:  # (the rule `dedup`, inline: this loop is the main process's)
+                        record = self._duplicate(as_record(item), passed, earlier, ctx)
+                        if record is None:
+                            continue
+                        item, passed = record, False
+                    else:
+                        seen.add(digest)
+                if passed:
+                    kept += 1
+                    if measured is not None:
+                        add(measured)
+                yield item
+        finally:
+            if kept:
+                stats.inc("kept", kept)
+        if self.config.profile:
+            stats.derived["passed"] = profile.summary()
+
+    def _duplicate(self, record: dict, passed: bool, earlier: Any, ctx: StageContext) -> dict | None:
+        """Mark (``--annotate``) or reject a duplicate, as dedup's place last among the rules does."""
+        meta = record["meta"]
+        if not passed:  # --annotate: one more failing rule
+            meta["filter"]["reasons"].append(DUPLICATE)
+            ctx.stats.inc("failed.dedup")  # (count_failures counted the others)
+            return record
+        if self.config.annotate:
+            meta["filter"] = {"kept": False, "reason": DUPLICATE, "reasons": [DUPLICATE]}
+            count_failures(ctx.stats, [DUPLICATE], annotate=True)
+            return record
+        meta["filter"] = earlier
+        ctx.reject(record, DUPLICATE)
+        return None
+
+
+def filter_records(
+    records: Iterable[dict], config: FilterConfig, ctx: StageContext | None = None
+) -> Iterator[dict]:
+    """Yield the kept records (all records with ``annotate``); the others go to ``ctx.reject``.
+
+    A record with a field of the wrong type goes to ``ctx.bad_record``: ``BadRecord`` naming its
+    file and line (``ctx.where``, else ``<records>:N``), or rejected with ``on_bad_record="skip"``.
+    """
+    return FilterStage(config).run(records, ctx or StageContext("filter"))  # type: ignore[return-value]
+
+
+def default_workers() -> int:
+    """Usable CPUs, at most 4: beyond that the main process (decompress, compress, write) is the limit."""
+    from codeplan_tools.core.pool import usable_cpus
+
+    return max(1, min(4, usable_cpus()))
+
+
+def filter_stream(io: StageIO, config: FilterConfig) -> Stats:
+    """``codeplan filter``: the stage over ``io``'s streams, its per-record part in ``config.workers``
+    processes (default :func:`default_workers`; see ``codeplan_tools.core.pool`` for when they start)."""
+    io = replace(io, require=required_fields(config))
+    workers = default_workers() if config.workers is None else config.workers
+    return run_stage(io, FilterStage(config), workers=workers)
 
 
 def count_failures(stats: Stats, reasons: list[str], annotate: bool) -> None:

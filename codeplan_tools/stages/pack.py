@@ -27,8 +27,9 @@ it in pieces of ``max_chars`` characters cut before a space, so the tokenizer's 
 
 Special-token strings in a record's text (a prompt that says ``<|user|>`` or ``<s>``) stay text:
 they become ordinary tokens, not control tokens, while the template's own role and end tokens stay
-special (:class:`RecordTokenizer`, whose ``prompt_ids`` is what ``generate`` must condition on to see
-the same tokens). Records without such strings are tokenized exactly as before (batched, same ids).
+special (:class:`~codeplan_tools.formats.tokenizer.RecordTokenizer`, whose ``prompt_ids`` is what
+``generate`` must condition on to see the same tokens). Records without such strings are tokenized
+exactly as before (batched, same ids).
 
 When reading the input fails part-way (a bad line in fail mode, a damaged file), the records read so
 far are packed and written before the error.
@@ -50,127 +51,105 @@ the number of workers. Note that a fast tokenizer's batch encoding is already mu
 workers mostly parallelise the chat-template rendering and the Python around it.
 
 The tokenizer part of the fingerprint hashes the tokenizer files of the model folder (``finetune``
-copies them byte for byte into its export, so an exported model keeps the fingerprint).
+copies them byte for byte into its export, so an exported model keeps the fingerprint): see
+:mod:`codeplan_tools.formats.tokenizer`. Rejects (``overlong``, ``no-loss-tokens``, the format's
+reasons) and counters go through the stage's context (:class:`PackStage`, :func:`pack_records`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.core.stats import Stats
+
+# The tokenizer helpers live in codeplan_tools.formats.tokenizer; older callers import
+# TOKENIZER_FILES, check_model_path and read_fingerprint from here too.
+from codeplan_tools.formats.tokenizer import (
+    TOKENIZER_FILES,  # noqa: F401
+    RecordTokenizer,
+    chars_per_token_bound,
+    check_model_path,  # noqa: F401
+    load_tokenizer,
+    read_fingerprint,  # noqa: F401
+    tokenizer_fingerprint,
+)
 
 IGNORE = -100
 FINGERPRINT_VERSION = 1
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-LOSS_MODES = ("assistant", "all")
-OVERLONG_MODES = ("drop", "truncate", "split")
+FormatName = Literal["codeplan", "nlplan", "vanilla"]
+LossMode = Literal["assistant", "all"]
+OverlongMode = Literal["drop", "truncate", "split"]
+TemplateChoice = Literal["auto", "chat", "plain"]
+LOSS_MODES: tuple[str, ...] = get_args(LossMode)
+OVERLONG_MODES: tuple[str, ...] = get_args(OverlongMode)
+TEMPLATES: tuple[str, ...] = get_args(TemplateChoice)
 # Below this many records per window, worker processes cost more than they save (auto mode).
 AUTO_WORKERS_MIN_RECORDS = 5_000
 
 
 @dataclass(kw_only=True)
 class PackConfig:
+    """How ``pack`` tokenizes and packs."""
+
     model: str
-    """Folder (or name) of the tokenizer to pack for: the model that will be fine-tuned."""
-    format: str = "codeplan"
-    """codeplan, nlplan or vanilla (see codeplan_tools.formats)."""
+    """The model to be fine-tuned: its tokenizer (and chat template) tokenizes the records."""
+    format: FormatName = "codeplan"
+    """How ⟨prompt, plan, response⟩ becomes model text: codeplan (plan as a Python block, then the
+    response), nlplan (natural-language plan), vanilla (response only). generate must use the same."""
     max_len: int = 2048
     """Tokens per pack."""
-    loss: str = "assistant"
-    """assistant: loss on plan + response only; all: on every token."""
-    overlong: str = "drop"
-    """What to do with an example longer than max_len: drop, truncate or split."""
-    chat: bool | None = None
-    """Use the chat template (True), the plain template (False), or the chat template when the tokenizer has one."""
+    loss: LossMode = "assistant"
+    """assistant: loss on the plan + response (the assistant turn), not on the prompt; all: every token."""
+    overlong: OverlongMode = "drop"
+    """An example longer than --max-len: drop it (to --rejects, reason overlong; one far too long in
+    characters is dropped without tokenizing), truncate it to --max-len, or split it into --max-len
+    pieces (pieces without loss tokens are dropped)."""
+    template: TemplateChoice = "auto"
+    """auto: the tokenizer's chat template when it has one, else the plain template; chat or plain to
+    force one."""
     workers: int = 0
-    """Processes that render and tokenize; 0 = half the cores, up to 8, for windows of 5,000+ records."""
+    """Processes that render and tokenize. 0: half the cores (up to 8; in-process below 4 cores) for
+    windows of 5,000+ records. The output does not depend on it."""
     buffer: int = 200_000
-    """Examples bin-packed together (best-fit-decreasing window)."""
+    """Examples bin-packed together (best-fit-decreasing window); bounds memory on huge inputs."""
     chunk: int = 256
-    """Records per worker task."""
+    """Records per worker task (library only)."""
     trust_remote_code: bool = False
-    """Allow a tokenizer with custom code."""
+    """Allow a tokenizer that ships its own code."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_MODES:
             raise UsageError(f"--loss must be one of {', '.join(LOSS_MODES)}, not {self.loss!r}")
         if self.overlong not in OVERLONG_MODES:
             raise UsageError(f"--overlong must be one of {', '.join(OVERLONG_MODES)}, not {self.overlong!r}")
+        if self.template not in TEMPLATES:
+            raise UsageError(f"--template must be one of {', '.join(TEMPLATES)}, not {self.template!r}")
         if self.max_len < 2:
             raise UsageError("--max-len must be at least 2")
         if self.buffer < 1 or self.chunk < 1:
             raise UsageError("--buffer and the chunk size must be at least 1")
+
+    @property
+    def chat(self) -> bool | None:
+        """The template as ``get_format`` takes it: True (chat), False (plain), None (auto)."""
+        return {"auto": None, "chat": True, "plain": False}[self.template]
 
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprint
 
 
-def tokenizer_fingerprint(model: str | os.PathLike, tokenizer=None) -> str:
-    """SHA-256 over the tokenizer files of a model folder (names and bytes).
-
-    For a model that is not a local folder, over the loaded tokenizer's serialised form and chat
-    template instead.
-    """
-    check_model_path(str(model))
-    h = hashlib.sha256()
-    path = Path(model)
-    files = [n for n in TOKENIZER_FILES if (path / n).is_file()] if path.is_dir() else []
-    if files:
-        for name in files:
-            h.update(name.encode() + b"\0")
-            h.update(hashlib.sha256((path / name).read_bytes()).digest())
-        return h.hexdigest()
-    tokenizer = tokenizer or load_tokenizer(str(model))
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(
-        (backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode()
-    )
-    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
-    return h.hexdigest()
-
-
-def check_model_path(model: str) -> None:
-    """``--model`` must be a local folder with a tokenizer, or a hub id that is cached or exists on a
-    reachable hub: otherwise one line and exit 66 at once, instead of transformers' hub retries
-    (see :mod:`codeplan_tools.engines.model_files`)."""
-    from codeplan_tools.engines.model_files import resolve_model
-
-    resolve_model(str(model), need="tokenizer")
-
-
-def load_tokenizer(model: str, trust_remote_code: bool = False):
-    """The tokenizer of ``--model``: a missing folder or tokenizer -> 66, remote code refused -> 77."""
-    from transformers import AutoTokenizer
-
-    from codeplan_tools.engines.model_files import loading, refuse_remote_code, resolve_model
-
-    found = resolve_model(str(model), need="tokenizer")
-    refuse_remote_code(found, trust_remote_code)
-    with loading(found):
-        return AutoTokenizer.from_pretrained(found.path, trust_remote_code=trust_remote_code)
-
-
-def make_fingerprint(config: PackConfig, tokenizer_hash: str, fmt) -> dict:
+def make_fingerprint(config: PackConfig, tokenizer_hash: str, fmt: Any) -> dict[str, Any]:
+    """The fingerprint every pack carries (``finetune`` reads it back with ``read_fingerprint``)."""
     d = fmt.describe()
     return {
         "tokenizer": tokenizer_hash,
@@ -184,195 +163,8 @@ def make_fingerprint(config: PackConfig, tokenizer_hash: str, fmt) -> dict:
     }
 
 
-def read_fingerprint(path: str) -> dict | None:
-    """The fingerprint of the first pack in ``path`` (None for an empty file)."""
-    import orjson
-
-    from codeplan_tools.core.streams import iter_lines
-
-    for _name, _lineno, line in iter_lines([path]):
-        rec = orjson.loads(line)
-        return rec.get("fingerprint") if isinstance(rec, dict) else None
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Tokenization
-
-
-def chars_per_token_bound(tokenizer) -> int:
-    """Most characters of text one token can stand for, with room to spare: 4 x the longest token.
-
-    A token covers at most its own length of (normalised) text; the factor 4 leaves room for
-    normalisers that shrink text (NFC composes at most 3 code points into one). So a rendering longer
-    than ``max_len`` times this holds more than ``max_len`` tokens (``pack``'s ``max_chars``). For
-    Llama-3 and Qwen2.5 (longest token 128 characters) that is 512 characters per token: 1 Mi
-    characters at ``--max-len 2048``.
-    """
-    vocab = tokenizer.get_vocab()
-    return 4 * max((len(t) for t in vocab), default=1)
-
-
-# Sentinels standing for the record's texts when a format's layout is rendered (invisible separators).
-_CONTENT = tuple(f"\u2063CODEPLAN_CONTENT_{i}\u2063" for i in range(2))
-
-
-class RecordTokenizer:
-    """Token ids of a format's rendering of a record, in which the record's own text stays text.
-
-    A prompt, plan or response may contain the string of a special token of the tokenizer
-    (``<|user|>``, ``<s>``, ``<|eot_id|>``); tokenized as usual it would become that control token,
-    e.g. a real role token in the middle of a training example. For a record whose text holds such a
-    string, the rendering is cut at the template's own special tokens only (where the tokenizer cuts
-    it anyway), which stay special; the stretches between them are tokenized with
-    ``split_special_tokens=True``, so the string inside the record's text becomes ordinary tokens,
-    in its context. A record without such a
-    string takes the ordinary path: its ids are exactly ``tokenizer(text)``'s. "Special" means the
-    tokens the tokenizer marks special; non-special added tokens (Qwen's ``<tool_call>``) are
-    vocabulary and tokenized as always. Where the record's text sits in the rendering is found by
-    rendering the format once with placeholders; a template that does not embed the text
-    verbatim (and a record that needs it) gives ``None`` (pack rejects it: ``special-token-text``).
-
-    ``pack`` uses :meth:`prompt_ids` and :meth:`target_ids`; ``generate`` must use
-    :meth:`prompt_ids` for the prompts of a format, so training and inference see the same tokens.
-    """
-
-    def __init__(self, tokenizer, fmt):
-        self.tokenizer, self.format = tokenizer, fmt
-        self.bos = getattr(tokenizer, "bos_token", None)
-        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-        specials = {t.content for t in decoder.values() if getattr(t, "special", False)}
-        specials |= set(getattr(tokenizer, "all_special_tokens", []) or [])
-        # Longest first, so that the longest special string at a position is the one cut out.
-        names = sorted((t for t in specials if t), key=len, reverse=True)
-        self._special = re.compile("|".join(map(re.escape, names))) if names else None
-        # What add_special_tokens=True puts around a text (BOS, sometimes EOS), added around the pieces.
-        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-        full = tokenizer("a", add_special_tokens=True)["input_ids"]
-        at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
-        self._prefix, self._suffix = full[:at], full[at + len(plain) :]
-        self._layouts: dict[str, list[str] | None] = {}
-
-    def holds_special(self, *texts: str | None) -> bool:
-        """Whether any of ``texts`` contains a special-token string."""
-        search = self._special.search if self._special is not None else None
-        return search is not None and any(t and search(t) for t in texts)
-
-    def prompt_ids(
-        self, prompt: str, text: str | None = None, *, cut: int | None = None, piece: int | None = None
-    ) -> list[int] | None:
-        """Ids of the prompt text (``text``: the format's rendering of ``prompt``, if already made).
-
-        BOS as ``generate`` conditions on it: the tokenizer's special tokens, unless the text already
-        starts with the BOS (a chat template that writes it). ``cut``: keep only the first ``cut``
-        characters; ``piece``: tokenize in pieces of at most that many characters (see
-        :meth:`ids`). None when the record's text holds a special-token string and cannot be
-        located in the rendering.
-        """
-        if text is None:
-            text = self.format.prompt_text(self.tokenizer, prompt)
-        spans = self._spans("prompt", text, (prompt,)) if self.holds_special(prompt) else []
-        if spans is None:
-            return None
-        add = not (self.bos and text.startswith(self.bos))
-        return self.ids(text[:cut] if cut else text, spans, add, piece=piece)
-
-    def target_ids(
-        self,
-        plan: str | None,
-        response: str,
-        text: str | None = None,
-        *,
-        cut: int | None = None,
-        piece: int | None = None,
-    ) -> list[int] | None:
-        """Ids of the target text (never with the tokenizer's special tokens: its end marker is in the
-        text); like :meth:`prompt_ids`."""
-        if text is None:
-            text = self.format.target_text(plan, response)
-        contents = (plan, response) if self.format.needs_plan else (response,)
-        spans = self._spans("target", text, contents) if self.holds_special(*contents) else []
-        if spans is None:
-            return None
-        return self.ids(text[:cut] if cut else text, spans, False, piece=piece)
-
-    def ids(
-        self, text: str, spans: list[tuple[int, int]], add_special_tokens: bool, piece: int | None = None
-    ) -> list[int]:
-        """Ids of ``text`` with the special-token strings inside ``spans`` tokenized as plain text.
-
-        ``text`` is cut at the special-token strings outside ``spans`` (the template's), each of which
-        gives its token; the stretches between them, where the tokenizer would cut anyway, are
-        tokenized with ``split_special_tokens=True``. ``piece``: a stretch longer than this is
-        tokenized in pieces of at most ``piece`` characters, each cut just before a space (words stay
-        whole), so the tokenizer never holds more than that at once; only the tokens at those cuts
-        can differ from tokenizing it whole.
-        """
-        if not spans and (piece is None or len(text) <= piece):
-            return self._encode(text, add_special_tokens, False)
-        out: list[int] = []
-        pos = 0
-
-        def stretch(end: int) -> None:
-            for chunk in _pieces(text[pos:end], piece):
-                out.extend(self._encode(chunk, False, True))
-
-        for match in self._special.finditer(text) if self._special is not None else ():
-            start, stop = match.span()
-            if any(s <= start and stop <= e for s, e in spans):
-                continue  # the record's own text: stays in its stretch, as text
-            stretch(start)
-            out.extend(self._encode(text[start:stop], False, False))
-            pos = stop
-        stretch(len(text))
-        return self._prefix + out + self._suffix if add_special_tokens else out
-
-    def _encode(self, text: str, add_special_tokens: bool, as_text: bool) -> list[int]:
-        if not text:
-            return []
-        encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=as_text)
-        return list(encoded["input_ids"])
-
-    def _spans(self, part: str, text: str, contents: tuple[str | None, ...]) -> list[tuple[int, int]] | None:
-        """Where ``contents`` (the record's texts, in order) sit in ``text``, the rendering of ``part``
-        (prompt or target); None unless the rendering is the format's layout with them put in."""
-        if part not in self._layouts:
-            if part == "prompt":
-                layout = self.format.prompt_text(self.tokenizer, _CONTENT[0])
-            elif self.format.needs_plan:
-                layout = self.format.target_text(*_CONTENT)
-            else:
-                layout = self.format.target_text(None, _CONTENT[1])
-            pieces = re.split("|".join(_CONTENT), layout)
-            self._layouts[part] = pieces if len(pieces) == len(contents) + 1 else None
-        layout = self._layouts[part]
-        if layout is None or not text.startswith(layout[0]):
-            return None
-        spans, pos = [], len(layout[0])
-        for content, after in zip(contents, layout[1:], strict=True):
-            content = content or ""
-            if text[pos : pos + len(content)] != content:
-                return None
-            spans.append((pos, pos + len(content)))
-            pos += len(content)
-            if text[pos : pos + len(after)] != after:
-                return None
-            pos += len(after)
-        return spans if pos == len(text) else None
-
-
-def _pieces(text: str, size: int | None) -> Iterator[str]:
-    """``text`` in pieces of at most ``size`` characters, each cut just before a space when there is one
-    in its second half (BPE pre-tokenizers start a word with its space)."""
-    start = 0
-    while size is not None and len(text) - start > size:
-        stop = text.rfind(" ", start + size // 2, start + size)
-        if stop <= start:
-            stop = start + size
-        yield text[start:stop]
-        start = stop
-    if start < len(text):
-        yield text[start:]
 
 
 @dataclass(frozen=True)
@@ -385,7 +177,7 @@ class TooLong:
 class Encoder:
     """Renders records through the format and tokenizes prompt and target."""
 
-    def __init__(self, config: PackConfig, tokenizer=None):
+    def __init__(self, config: PackConfig, tokenizer: Any = None) -> None:
         from codeplan_tools.formats import get_format
 
         self.config = config
@@ -437,7 +229,8 @@ class Encoder:
             targets.append(t)
         if not prompts:
             return out
-        with_bos = [bool(self.bos) and p.startswith(self.bos) for p in prompts]
+        bos = self.bos
+        with_bos = [p.startswith(bos) for p in prompts] if bos else [False] * len(prompts)
         prompt_ids: list[list[int]] = [[] for _ in prompts]
         for flag in (False, True):
             idx = [i for i, w in enumerate(with_bos) if w == flag]
@@ -488,7 +281,8 @@ def _worker_forked() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _worker_encode(items):
+def _worker_encode(items: list[tuple[str, str | None, str]]) -> list[tuple[np.ndarray, int] | str | TooLong]:
+    assert _WORKER is not None  # set by _worker_init or before forking
     return _WORKER.encode(items)
 
 
@@ -534,39 +328,28 @@ class _Example:
 
 
 def _labels(ids: np.ndarray, n_prompt: int, loss: str) -> np.ndarray:
-    labels = ids.astype(np.int32, copy=True)
+    labels: np.ndarray = ids.astype(np.int32, copy=True)
     if loss == "assistant":
         labels[:n_prompt] = IGNORE
     return labels
 
 
 class Packer:
-    """The library twin of ``codeplan pack``: records in, packs out, counters in ``stats``."""
+    """One run of ``pack`` (what :class:`PackStage` runs): the encoder, the worker pool and the
+    fingerprint, with counters and rejects going to ``ctx``."""
 
-    def __init__(
-        self,
-        config: PackConfig,
-        stats: Stats | None = None,
-        reject: Callable | None = None,
-        *,
-        tokenizer=None,
-    ):
+    def __init__(self, config: PackConfig, ctx: StageContext, *, tokenizer: Any = None) -> None:
         self.config = config
-        self.stats = stats or Stats("pack")
-        self.reject = reject or self._count_reject
+        self.stats = ctx.stats
+        self.reject = ctx.reject
         self.encoder = Encoder(config, tokenizer)
         self.fingerprint = make_fingerprint(
             config, tokenizer_fingerprint(config.model, self.encoder.tokenizer), self.encoder.format
         )
         self.needs_plan = self.encoder.format.needs_plan
-        self._pool = None
+        self._pool: Any = None
         # Auto: half the cores (the fast tokenizers' batch encoding already runs on several threads).
         self._n_workers = config.workers if config.workers > 0 else min(8, (os.cpu_count() or 1) // 2)
-
-    def _count_reject(self, record: dict, reason: str, **details) -> None:
-        """Without a stage's rejects writer: count, as ``StageContext.reject`` does."""
-        self.stats.inc("rejected")
-        self.stats.inc(f"rejected.{reason}")
 
     # -- encoding ----------------------------------------------------------------------------
     def _items(self, records: list[dict]) -> list[tuple[str, str | None, str]]:
@@ -675,7 +458,7 @@ class Packer:
             examples.extend(self._examples(record, *res))
         yield from self._packs(examples)
 
-    def run(self, records: Iterable[dict]) -> Iterator[dict]:
+    def packs(self, records: Iterable[dict]) -> Iterator[dict]:
         """Packs of ``records``, window by window. When reading ``records`` fails, the window read so far
         is packed and yielded before the error is raised (``take_batches``), so nothing read is lost."""
         from codeplan_tools.core.stage import take_batches
@@ -720,13 +503,31 @@ def required_fields(config: PackConfig) -> tuple[str, ...]:
     return ("prompt", "response", "plan") if cls.needs_plan else ("prompt", "response")
 
 
+class PackStage:
+    """``pack`` as a stage: records with prompt/response (and plan) in, packs out.
+
+    ``tokenizer``: an already loaded one (else ``config.model``'s is loaded when the stage runs, after
+    ``run_stage`` has checked the outputs). ``require``: the fields every record must have."""
+
+    name = "pack"
+
+    def __init__(self, config: PackConfig, *, tokenizer: Any = None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.require = required_fields(config)
+
+    def run(self, records: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        return Packer(self.config, ctx, tokenizer=self.tokenizer).packs(records)
+
+
 def pack_records(
-    records: Iterable[dict],
-    config: PackConfig,
-    stats: Stats | None = None,
-    reject: Callable | None = None,
-    *,
-    tokenizer=None,
+    records: Iterable[dict], config: PackConfig, ctx: StageContext | None = None, *, tokenizer: Any = None
 ) -> Iterator[dict]:
-    """Records with prompt/response (and plan) in, packs out (``tokenizer``: an already loaded one)."""
-    return Packer(config, stats, reject, tokenizer=tokenizer).run(records)
+    """The library twin of ``codeplan pack``: records in, packs out.
+
+    ``ctx``: the run's context (``run_stage`` passes its own); left out, an in-memory
+    ``StageContext("pack")``: pass one to read the counters (``ctx.stats``, with ``derived`` packing
+    efficiency) and the rejected records (``ctx.rejected``, each with ``meta.pack.reason``).
+    ``tokenizer``: an already loaded one.
+    """
+    return PackStage(config, tokenizer=tokenizer).run(records, ctx or StageContext("pack"))

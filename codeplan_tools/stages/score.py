@@ -1,6 +1,8 @@
 """``codeplan score`` as a library: check every sample of every record and write ``meta.score``.
 
-``score_records(records, config, stats)`` is an iterator of records in, records out. For each record:
+``score_records(records, config, ctx=None)`` is an iterator of records in, records out (the stage
+:class:`ScoreStage` run on ``ctx``, an in-memory :class:`~codeplan_tools.core.stage.StageContext`
+by default). For each record:
 
 1. the task comes from ``config.task`` or the record's ``task`` (``codeplan_tools.eval.tasks.resolve_task``);
 2. the texts to check are the record's ``samples`` (what ``generate`` wrote; each sample's ``response``,
@@ -22,43 +24,70 @@
 
 Unscorable records. A record whose ``task`` is unknown or that has no usable gold answer (reasons
 ``unknown-task`` and ``no-gold``; an ``answer`` of the wrong type is ``no-gold`` naming its type) is
-handed to ``reject`` with its file and line when one is given (``--on-bad-record skip``). A record
-whose ``meta``, ``task``, ``samples`` (or ``response`` when there are no samples) has the wrong JSON
-type is a bad record: rejected like a malformed line (``{"line": ...}``, reason ``bad-record:
-samples is an object, not a list``, counted in ``bad_records``); a sample must be an object or a
-string, its ``response`` and ``text`` strings. A wrong-typed ``samples`` is never replaced by the
-gold ``response``. Without ``reject`` the run stops with ``BadRecord`` (exit 65, ``file:line:
-reason``), after the records before it in its chunk are scored and yielded.
+rejected (``ctx.reject``, with its file and line) when the context skips bad records
+(``--on-bad-record skip``). A record whose ``meta``, ``task``, ``samples`` (or ``response`` when
+there are no samples) has the wrong JSON type is a bad record (``ctx.bad_record``): rejected like a
+malformed line (``{"line": ...}``, reason ``bad-record: samples is an object, not a list``, counted
+in ``bad_records``); a sample must be an object or a string, its ``response`` and ``text`` strings. A
+wrong-typed ``samples`` is never replaced by the gold ``response``. When the context fails on bad
+records (the default) the run stops with ``BadRecord`` (exit 65, ``file:line: reason``), after the
+records before it in its chunk are scored and yielded.
 
-Positions come from ``where()``, the file and line of the record the stage's reader handed out last;
-without it a record is named by its place in ``records`` (``<records>:N``). When reading ``records``
-fails, the records already taken are scored and yielded before the error is raised
-(:func:`codeplan_tools.stages.filter.take_batches`), so nothing read is lost.
+Positions come from ``ctx.where``, the file and line of the record the stage's reader handed out,
+taken as each record is read (a chunk holds many); without a reader a record is named by its place in
+``records`` (``<records>:N``). When reading ``records`` fails, the records already taken are scored
+and yielded before the error is raised (:func:`codeplan_tools.core.stage.take_batches`), so nothing
+read is lost.
 
-``load_run`` (the runs of ``--compare``) reads the same way: a malformed line, or a scored record
-whose ``meta.score`` has a field of the wrong type, stops with exit 65 and ``file:line`` (with
-``--on-bad-record skip``: left out); what is left out, unscorable records included, is counted in
-the report's ``unscored_records`` and named on stderr with its file and line (the first 20).
+Worker processes (``--workers N``, 0 = one per CPU, at most 8). ``N`` stays the number of processes
+that check answers at once, and the verdicts do not depend on it. Records read from files (more than
+one batch; ``codeplan_tools.core.pool``) are scored whole in N processes of the stage runner's pool,
+each checking its math answers in one math-verify process of its own (the hard timeout needs a process
+that can be killed); on stdin, or a small input, one process scores and checks math answers in N
+math-verify processes. The two compose instead of multiplying: the runner's pool replaces the
+math-verify pool's width, never adds to it. Unscorable records are rejected as they are read, so the
+rejects come in input order whatever the chunks (and the batches of the pool) are.
+
+``score_stream`` is ``codeplan score``: the stage over files or pipes, resumed from ``-o FILE``, then
+the report of the run on stderr and in ``--report``/``--plot`` files (after a resumed run, of the
+whole output file). ``compare_runs`` is ``codeplan score --compare``: a :class:`Comparison` of run
+files. ``load_run`` reads a run file for it the same way the stage reads: a malformed line, or a
+scored record whose ``meta.score`` has a field of the wrong type, stops with exit 65 and
+``file:line`` (with ``--on-bad-record skip``: left out); what is left out, unscorable records
+included, is counted in the report's ``unscored_records`` and named on stderr with its file and line
+(the first 20).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from codeplan_tools.core.errors import BadRecord, UsageError
-from codeplan_tools.core.records import InvalidRecord, WrongType, normalize, parse_record, set_meta
-from codeplan_tools.core.stage import bad_record, take_batches
+from codeplan_tools.core.outputs import check_writable
+from codeplan_tools.core.records import InvalidRecord, WrongType, normalize, parse_record
+from codeplan_tools.core.stage import PerRecordStage, StageContext, StageIO, run_stage, take_batches
 from codeplan_tools.core.stats import Stats
-from codeplan_tools.eval.report import RunReport, default_ks, maj_at_k, pass_at_k, score_type_error
+from codeplan_tools.core.streams import iter_lines, read_records
+from codeplan_tools.eval.report import (
+    REPORT_EXTENSIONS,
+    Comparison,
+    RunReport,
+    compare,
+    default_ks,
+    format_comparison,
+    format_table,
+    maj_at_k,
+    pass_at_k,
+    score_type_error,
+    write_reports,
+)
 from codeplan_tools.eval.scorers import NoGold, Scorer, Verdict, get_scorer
 from codeplan_tools.eval.tasks import Task, resolve_task
-
-# (file, line) of a record, and the line itself when the reader gives it (see filters.bad_record).
-Where = tuple
 
 SCORE_VERSION = 2  # bump when verdicts of the same input could change; part of the resume key
 
@@ -66,17 +95,32 @@ SCORE_VERSION = 2  # bump when verdicts of the same input could change; part of 
 @dataclass(kw_only=True)
 class ScoreConfig:
     task: str | None = None
-    """Force this task for every record (for records without a ``task`` field)."""
+    """Score every record as this task (for records without a 'task' field); see 'codeplan tasks list'."""
     timeout: float = 5.0
-    """Hard limit in seconds for checking one math answer (the worker is killed past it)."""
+    """Hard limit for checking one math answer; a check past it is killed and counted as timed out."""
     workers: int = 0
-    """Math-verify worker processes; 0 = one per CPU, at most 8."""
+    """Worker processes for math-verify checks; 0 = one per CPU (at most 8)."""
     chunk_size: int = 256
     """Records scored together (math answers of a chunk are checked in parallel)."""
     ks: tuple[int, ...] | None = None
     """k values of pass@k / maj@k; default 1, 2, 4, ... up to the number of samples, and that number."""
+    report: tuple[str, ...] = ()
+    """Also write the report to FILE: JSON for .json, Markdown for .md. Repeatable."""
+    plot: str | None = None
+    """Draw accuracy per task (and per difficulty where a task has one) for the run(s) as a PNG."""
+    average_over: Literal["benchmarks", "tasks"] = "benchmarks"
+    """Units of the average relative improvement: 'benchmarks' counts BBH's 27 tasks as one benchmark;
+    'tasks' counts every task."""
+
+    def __post_init__(self) -> None:
+        for path in self.report:
+            if not path.endswith(REPORT_EXTENSIONS):
+                raise UsageError(f"--report {path}: use a name ending in .json or .md")
+        if self.average_over not in ("benchmarks", "tasks"):
+            raise UsageError(f"--average-over must be benchmarks or tasks, not {self.average_over!r}")
 
     def resolved_workers(self) -> int:
+        """Processes that check answers at once: ``workers``, or one per CPU (at most 8)."""
         return self.workers if self.workers > 0 else max(1, min(8, os.cpu_count() or 1))
 
     def settings(self) -> dict[str, Any]:
@@ -139,28 +183,65 @@ class _Scorers:
             s.close()
 
 
+class ScoreStage(PerRecordStage):
+    """``codeplan score`` as a stage. Every record is scored on its own (``per_record``, possibly in
+    a worker process); with a ``report``, the ordered part adds each record's ``meta.score`` to it."""
+
+    name = "score"
+
+    def __init__(self, config: ScoreConfig, report: RunReport | None = None):
+        self.config = config
+        self.report = report
+        self._scorers: _Scorers | None = None  # kept between batches (math-verify processes)
+
+    def per_record(self, records: Iterable[dict], ctx: StageContext) -> Iterator[tuple[dict, Any]]:
+        """Yields ``(record, (id, meta.score))`` for each scored record."""
+        if self._scorers is None:
+            self._scorers = _Scorers(self.config)
+        scorers, config = self._scorers, self.config
+
+        def planned() -> Iterator[_Plan]:
+            # Each record is planned (task, scorer, texts) as it is read, so an unscorable one is
+            # rejected, or stops the run, in input order whatever the chunks are.
+            for index, record in enumerate(records, 1):
+                try:
+                    yield _plan(record, config, scorers)
+                except _Unscorable as exc:
+                    where = ctx.where or ("<records>", index)
+                    if ctx.fail_on_bad_record:  # (raised after the chunk so far is scored)
+                        raise BadRecord(where[0], where[1], exc.detail) from None
+                    if exc.code == "bad-record":
+                        ctx.bad_record(record, exc.detail, index)
+                    else:
+                        ctx.reject(record, exc.code, detail=exc.detail, file=where[0], line=where[1])
+
+        for chunk in take_batches(planned(), config.chunk_size):
+            for record in _score_chunk(chunk, config, ctx, scorers):
+                yield record, (record.get("id"), record["meta"]["score"])
+
+    def ordered(self, items: Iterable[tuple[dict | bytes, Any]], ctx: StageContext) -> Iterator[dict | bytes]:
+        report = self.report
+        for record, (record_id, score) in items:
+            if report is not None:
+                report.add_score(record_id, score)
+            yield record
+
+    def for_worker(self) -> ScoreStage:
+        """In a worker process of the runner's pool, math answers are checked in one process."""
+        return ScoreStage(replace(self.config, workers=1))
+
+    def close(self) -> None:
+        if self._scorers is not None:
+            self._scorers.close()
+            self._scorers = None
+
+
 def score_records(
-    records: Iterable[dict],
-    config: ScoreConfig,
-    stats: Stats,
-    reject: Callable[..., None] | None = None,
-    stamp: Callable[[dict, dict], dict] | None = None,
-    where: Callable[[], Where | None] | None = None,
+    records: Iterable[dict], config: ScoreConfig, ctx: StageContext | None = None
 ) -> Iterator[dict]:
-    """Yield each record with ``meta.score`` (see the module docstring); ``stamp(record, values)`` sets it
-    (``StageContext.stamp`` adds the resume key), ``reject(record, reason, **details)`` takes unscorable
-    records (else they raise ``BadRecord``), ``where()`` gives the file and line of the record last read."""
-    scorers = _Scorers(config)
-
-    def positioned() -> Iterator[tuple[dict, Where]]:
-        for index, record in enumerate(records, 1):
-            yield record, (where and where()) or ("<records>", index)
-
-    try:
-        for chunk in take_batches(positioned(), config.chunk_size):
-            yield from _score_chunk(chunk, config, stats, scorers, reject, stamp)
-    finally:
-        scorers.close()
+    """Yield each record with ``meta.score`` (see the module docstring); ``ctx`` (default: in memory,
+    bad records fail) counts, stamps ``meta.score`` and takes unscorable records."""
+    return ScoreStage(config).run(records, ctx or StageContext("score"))  # type: ignore[return-value]
 
 
 class _Unscorable(Exception):
@@ -171,7 +252,11 @@ class _Unscorable(Exception):
         self.code, self.detail = code, detail
 
 
-def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> tuple[Task, Scorer, list[str | None], str]:
+# A record to score: the record, its task and scorer, the texts to check and where they came from.
+_Plan = tuple[dict, Task, Scorer, list[str | None], str]
+
+
+def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
     """The task, scorer and texts of one record, or ``_Unscorable``."""
     try:
         meta, own_task = record.get("meta"), record.get("task")
@@ -190,27 +275,15 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> tuple[Task, S
         raise _Unscorable("unknown-task", str(exc)) from None
     except NoGold as exc:
         raise _Unscorable("no-gold", str(exc)) from None
-    return task, scorer, texts, source
+    return record, task, scorer, texts, source
 
 
-def _score_chunk(chunk: list[tuple[dict, Where]], config, stats, scorers, reject, stamp) -> Iterator[dict]:
-    plans: list[tuple[dict, Task, Scorer, list[str | None], str] | None] = []
+def _score_chunk(
+    chunk: list[_Plan], config: ScoreConfig, ctx: StageContext, scorers: _Scorers
+) -> Iterator[dict]:
+    """Score the records of a chunk together (a scorer checks all its samples of the chunk at once)."""
     batches: dict[str, list[tuple[int, int, tuple]]] = {}
-    failure: BadRecord | None = None  # fail mode: raised once the records before it are yielded
-    for i, (record, where) in enumerate(chunk):
-        try:
-            task, scorer, texts, source = _plan(record, config, scorers)
-        except _Unscorable as exc:
-            if reject is None:
-                failure = BadRecord(where[0], where[1], exc.detail)
-                break
-            plans.append(None)
-            if exc.code == "bad-record":
-                bad_record(record, exc.detail, where, fail=False, stats=stats, reject=reject)
-            else:
-                reject(record, exc.code, detail=exc.detail, file=where[0], line=where[1])
-            continue
-        plans.append((record, task, scorer, texts, source))
+    for i, (record, task, _scorer, texts, _source) in enumerate(chunk):
         for j, text in enumerate(texts):
             batches.setdefault(task.scorer, []).append((i, j, (text, record, task.scorer_options)))
     verdicts: dict[tuple[int, int], Verdict] = {}
@@ -219,21 +292,12 @@ def _score_chunk(chunk: list[tuple[dict, Where]], config, stats, scorers, reject
             items, scorers.get(name).score_many([it for _i, _j, it in items]), strict=True
         ):
             verdicts[(i, j)] = verdict
-    for i, plan in enumerate(plans):
-        if plan is None:
-            continue
-        record, task, scorer, texts, source = plan
+    for i, (record, task, scorer, texts, source) in enumerate(chunk):
         values = summarize(task, scorer, [verdicts[(i, j)] for j in range(len(texts))], record, config.ks)
         values["source"] = source
-        _count(stats, values)
-        (stamp or _set_meta)(record, values)
+        _count(ctx.stats, values)
+        ctx.stamp(record, values)
         yield record
-    if failure is not None:
-        raise failure
-
-
-def _set_meta(record: dict, values: dict) -> dict:
-    return set_meta(record, "score", values)
 
 
 def summarize(
@@ -339,14 +403,11 @@ def load_run(path: str, name: str, config: ScoreConfig, on_bad_record: str = "fa
     scored now. A malformed line stops with ``BadRecord`` (exit 65, ``file:line``) unless
     ``on_bad_record`` is ``skip``; skipped lines and unscorable records are counted as
     ``unscored_records`` and each is named on stderr (file, line and reason; the first 20)."""
-    from codeplan_tools.core.streams import iter_lines
-
     if not os.path.exists(path):
         raise UsageError(f"run file not found: {path}")
     report = RunReport(name)
-    stats = Stats("score")
     warn = _Warnings(f"codeplan score: warning: {name}")
-    last_read: Where | None = None  # the file and line of the record unscored() handed out last
+    ctx = _LeftOut(report, warn)
 
     def bad_line(file: str, lineno: int, reason: str) -> None:
         if on_bad_record == "fail":
@@ -355,7 +416,6 @@ def load_run(path: str, name: str, config: ScoreConfig, on_bad_record: str = "fa
         warn(f"{file}:{lineno}: bad-record: {reason} (left out)")
 
     def unscored() -> Iterator[dict]:
-        nonlocal last_read
         # Skip mode: damaged stretches of the file (a corrupt frame) are named and reading goes on.
         on_damage = None if on_bad_record == "fail" else (lambda damage: warn(damage.message()))
         for file, lineno, line in iter_lines([path], on_damage):
@@ -374,17 +434,27 @@ def load_run(path: str, name: str, config: ScoreConfig, on_bad_record: str = "fa
                     bad_line(file, lineno, reason)
                 continue
             normalize(record)
-            last_read = (file, lineno)
+            ctx.where = (file, lineno)
             yield record
 
-    def count_reject(record: dict, reason: str, file: str = "", line: int = 0, **details: Any) -> None:
-        report.unscored += 1
-        detail = details.get("detail")
-        warn(f"{file}:{line}: {reason}{': ' + detail if detail else ''} (left out)")
-
-    for record in score_records(unscored(), config, stats, reject=count_reject, where=lambda: last_read):
-        report.add(record)
+    for _record in ScoreStage(config, report).run(unscored(), ctx):
+        pass
     return report
+
+
+class _LeftOut(StageContext):
+    """``load_run``'s context: an unscorable record (also one of the wrong types) is left out of the
+    report, counted in ``unscored_records`` and named on stderr."""
+
+    def __init__(self, report: RunReport, warn: _Warnings):
+        super().__init__("score", on_bad_record="skip")
+        self.report, self.warn = report, warn
+
+    def reject(self, record: dict, reason: str, **details: Any) -> None:
+        self.report.unscored += 1
+        detail = details.get("detail")
+        where = f"{details.get('file', '')}:{details.get('line', 0)}"
+        self.warn(f"{where}: {reason}{': ' + detail if detail else ''} (left out)")
 
 
 class _Warnings:
@@ -394,10 +464,58 @@ class _Warnings:
         self.prefix, self.limit, self.count = prefix, limit, 0
 
     def __call__(self, message: str) -> None:
-        import sys
-
         self.count += 1
         if self.count <= self.limit:
             print(f"{self.prefix}: {message}", file=sys.stderr)
         elif self.count == self.limit + 1:
             print(f"{self.prefix}: more records were left out (not named)", file=sys.stderr)
+
+
+def _check_report_files(config: ScoreConfig) -> None:
+    """``--report`` and ``--plot`` can be written: checked before the run, not after it."""
+    for path in config.report:
+        check_writable(path, "--report")
+    check_writable(config.plot, "--plot")
+
+
+def score_stream(io: StageIO, config: ScoreConfig) -> Stats:
+    """``codeplan score``: score ``io``'s records (resuming from ``io.output``), then report the run on
+    stderr (unless ``io.quiet``) and in ``config.report``/``config.plot``; return the counters."""
+    _check_report_files(config)
+    io = replace(io, resume_settings=config.settings())
+    report = RunReport("run")
+    stats = run_stage(io, ScoreStage(config, report), workers=config.resolved_workers())
+    if io.output not in (None, "-") and stats["skipped_done"]:
+        # A resumed run: report on everything in the output file, not just this invocation's part.
+        report = RunReport("run")
+        for record in read_records([io.output]):
+            report.add(record)
+    if not io.quiet:
+        print(format_table(report), file=sys.stderr)
+        if stats["records_without_samples"]:
+            print(
+                f"codeplan score: note: {int(stats['records_without_samples'])} records had no 'samples'; "
+                "their 'response' (or 'solution') was scored instead",
+                file=sys.stderr,
+            )
+    write_reports([report], None, config.report, config.plot, config.average_over)
+    return stats
+
+
+def compare_runs(runs: Sequence[str], config: ScoreConfig, *, on_bad_record: str = "fail") -> Comparison:
+    """``codeplan score --compare``: the run files (``FILE`` or ``NAME=FILE``, scored or not; the
+    first is the baseline) side by side (see ``codeplan_tools.eval.report``)."""
+    _check_report_files(config)
+    if len(runs) < 2:
+        raise UsageError(
+            "--compare needs at least two runs: codeplan score --compare A.jsonl.zst B.jsonl.zst"
+        )
+    reports = [load_run(path, name, config, on_bad_record) for name, path in run_names(runs)]
+    return compare(reports, config.average_over)
+
+
+def report_comparison(comparison: Comparison, config: ScoreConfig, *, quiet: bool = False) -> None:
+    """The comparison on stderr (unless ``quiet``) and in ``config.report``/``config.plot``."""
+    if not quiet:
+        print(format_comparison(comparison), file=sys.stderr)
+    write_reports(comparison.runs, comparison, config.report, config.plot, config.average_over)

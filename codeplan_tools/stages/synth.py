@@ -10,9 +10,9 @@ numbered line per step and ends with ``The answer is X.``; ``answer`` is X.
 Prompts and responses use a few constant phrases on purpose: the quickstart trains a tiny model from
 scratch on them (see ENV-NOTES, "How fast a tiny from-scratch model learns").
 
-Records (``generate``) carry ``id`` (``synth/<task>/k<k>/s<seed>/<index>``, stable), ``task``
-(``synth/<task>``), ``prompt``, ``plan``, ``response``, ``answer``, ``difficulty`` (= k) and
-``meta.synth`` = ``{"k", "seed", "index"}``. The same (task, k, seed, index) always gives the same
+Records (:class:`SynthStage`, :func:`synth_records`) carry ``id``
+(``synth/<task>/k<k>/s<seed>/<index>``, stable), ``task`` (``synth/<task>``), ``prompt``, ``plan``,
+``response``, ``answer``, ``difficulty`` (= k) and ``meta.synth`` = ``{"k", "seed", "index"}``. The same (task, k, seed, index) always gives the same
 record, whatever other tasks or counts are asked for in the same run.
 """
 
@@ -24,8 +24,12 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from codeplan_tools.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from codeplan_tools.core.stage import StageContext
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def _worked(steps: Iterable[str], answer: str) -> str:
 
 
 # Short common words (3-8 letters) for the word tasks; a fixed list so outputs never depend on the system.
-WORDS = (
+_WORD_LIST = (
     "apple banana cherry grape lemon mango melon peach pear plum berry olive onion pepper potato "
     "carrot bread butter cheese honey sugar salt water juice coffee milk table chair window door house "
     "garden river mountain forest ocean island desert valley cloud storm rain snow wind summer winter "
@@ -83,7 +87,7 @@ WORDS = (
     "hat glove scarf button ribbon silver golden purple orange yellow green black white brown planet "
     "castle bridge tunnel tower market street circle square number puzzle riddle secret wonder travel"
 ).split()
-WORDS = tuple(dict.fromkeys(WORDS))  # drop repeats, keep order
+WORDS = tuple(dict.fromkeys(_WORD_LIST))  # drop repeats, keep order
 
 NAMES = (
     ("Tom", "He"), ("Ann", "She"), ("Bob", "He"), ("Eve", "She"), ("Sam", "He"), ("Mia", "She"),
@@ -196,7 +200,9 @@ def _decimal(rng: random.Random, whole: int) -> str:
 
 def _pad(a: str, b: str) -> tuple[str, str]:
     width = max(len(a.split(".")[1]), len(b.split(".")[1]))
-    return tuple(x.split(".")[0] + "." + x.split(".")[1].ljust(width, "0") for x in (a, b))
+    a_whole, a_frac = a.split(".")
+    b_whole, b_frac = b.split(".")
+    return f"{a_whole}.{a_frac.ljust(width, '0')}", f"{b_whole}.{b_frac.ljust(width, '0')}"
 
 
 @_task("decimal_compare", "numeric", "comparisons (k + 1 numbers)")
@@ -261,16 +267,33 @@ def sort(rng: random.Random, k: int) -> Example:
 # ---------------------------------------------------------------------------------------------- records
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SynthConfig:
-    """What ``generate`` makes: ``n`` records per task, k cycling through ``ks``."""
+    """What ``synth`` makes: ``n`` records per task, k cycling through ``k``."""
 
     tasks: tuple[str, ...]
+    """Task names (see ``TASKS``; :func:`parse_tasks` reads 'all' or a comma-separated list)."""
     n: int = 100
-    ks: tuple[int, ...] = (2, 3, 4)
+    """Records per task."""
+    k: tuple[int, ...] = (2, 3, 4)
+    """Difficulties (steps per response); records cycle through them (:func:`parse_k` reads a number,
+    a range or a list)."""
     seed: int = 0
-    # Prompts not to produce (e.g. a training set's, when making a held-out set).
+    """Random seed; the same seed gives the same records."""
+    exclude: tuple[str, ...] = ()
+    """Never produce a prompt found in FILE's records (e.g. the training set, when making a held-out
+    set). Read when the stage runs, as its inputs."""
     exclude_prompts: frozenset[str] = frozenset()
+    """Prompts not to produce, given directly (library use)."""
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            if task not in TASKS:
+                raise UsageError(f"unknown synth task {task!r}; known: {', '.join(TASKS)}")
+        if self.n < 0:
+            raise UsageError("--n must be >= 0")
+        if not self.k:
+            raise UsageError("no difficulty given")
 
 
 def parse_tasks(spec: str) -> tuple[str, ...]:
@@ -334,23 +357,32 @@ def make_record(
     }
 
 
-def generate(config: SynthConfig, stats=None) -> Iterator[dict]:
-    """Yield ``n`` records per task, tasks interleaved, k = ``ks[index % len(ks)]``."""
-    for task in config.tasks:
-        if task not in TASKS:
-            raise UsageError(f"unknown synth task {task!r}; known: {', '.join(TASKS)}")
-    if config.n < 0:
-        raise UsageError("--n must be >= 0")
-    if not config.ks:
-        raise UsageError("no difficulty given")
-    for index in range(config.n):
-        k = config.ks[index % len(config.ks)]
-        for task in config.tasks:
-            record = make_record(task, k, config.seed, index, config.exclude_prompts)
-            if stats is not None:
-                stats.inc("written")
+class SynthStage:
+    """``synth`` as a stage: a source (no records in), ``n`` records per task out, tasks interleaved,
+    k = ``k[index % len(k)]``; counts ``written.<task>`` (``run_stage`` counts ``written``)."""
+
+    name = "synth"
+
+    def __init__(self, config: SynthConfig) -> None:
+        self.config = config
+
+    def run(self, records: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        config, stats = self.config, ctx.stats
+        exclude = config.exclude_prompts | load_prompts(config.exclude)
+        for index in range(config.n):
+            k = config.k[index % len(config.k)]
+            for task in config.tasks:
+                record = make_record(task, k, config.seed, index, exclude)
                 stats.inc(f"written.{task}")
-            yield record
+                yield record
+
+
+def synth_records(config: SynthConfig, ctx: StageContext | None = None) -> Iterator[dict]:
+    """The library twin of ``codeplan synth``: the records ``config`` asks for (``ctx``: to read the
+    counters from; left out, an in-memory ``StageContext("synth")``)."""
+    from codeplan_tools.core.stage import StageContext
+
+    return SynthStage(config).run(iter(()), ctx or StageContext("synth"))
 
 
 def load_prompts(paths: Iterable[str]) -> frozenset[str]:

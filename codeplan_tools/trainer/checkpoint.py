@@ -15,28 +15,18 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import distributed
+from .config import CheckpointConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-@dataclass(kw_only=True)
-class CheckpointConfig:
-    folder: str
-    """Where checkpoints live (``<out>/checkpoints``)."""
-    save_every: int = 100
-    """Save every this many steps; 0 saves only at the end and when stopped (SIGTERM)."""
-    keep: int = 1
-    """How many of the newest checkpoints to keep."""
-
-
 class Checkpointer:
-    def __init__(self, config: CheckpointConfig, *, is_main: bool):
+    def __init__(self, folder: str | Path, config: CheckpointConfig, *, is_main: bool):
         self.config = config
-        self.folder = Path(config.folder)
+        self.folder = Path(folder)  # <out>/checkpoints
         self.is_main = is_main
 
     # -- when ----------------------------------------------------------------------------------
@@ -99,7 +89,7 @@ class Checkpointer:
 
     def _prune(self) -> None:
         found = self.checkpoints()
-        for _step, path in found[: max(0, len(found) - max(1, self.config.keep))]:
+        for _step, path in found[: max(0, len(found) - max(1, self.config.keep_checkpoints))]:
             shutil.rmtree(path, ignore_errors=True)
         for stale in self.folder.glob("step-*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)

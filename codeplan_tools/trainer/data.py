@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
 
 from codeplan_tools.core.errors import BadRecord, SettingsMismatch, UsageError
+
+from .config import LoaderConfig
 
 IGNORE = -100
 
@@ -112,7 +115,7 @@ def read_packs(paths: list[str], tokenizer_hash: str | None = None) -> PackSet:
             raise BadRecord(name, lineno, f"pack of {pack.n_tokens} tokens exceeds its max_len {max_len}")
         n_loss += int(pack.loss_mask.sum())
         packs.append(pack)
-    if not packs:
+    if not packs or fingerprint is None:
         raise UsageError("no packs in the input; make them with `codeplan pack`")
     max_len = int(fingerprint.get("max_len") or max(p.n_tokens for p in packs))
     return PackSet(packs, fingerprint, max_len, sum(p.n_tokens for p in packs), n_loss)
@@ -136,25 +139,11 @@ def shifted_targets(labels: np.ndarray, seq_lens: list[int]) -> np.ndarray:
     return out
 
 
-@dataclass(kw_only=True)
-class LoaderConfig:
-    micro_batch: int = 1
-    """Packs per forward pass on each rank."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step on each rank."""
-    epochs: float = 1.0
-    """Passes over the packs (fractions allowed); ignored when max_steps is set."""
-    max_steps: int = 0
-    """Optimizer steps to run (0: derived from epochs)."""
-    seed: int = 0
-    """Seed of the pack order of each epoch."""
-
-
 @dataclass
 class MicroBatch:
-    input_ids: object  # torch tensors (batch, L)
-    position_ids: object
-    targets: object
+    input_ids: Any  # torch tensors (batch, L)
+    position_ids: Any
+    targets: Any
     seq_lens: list[list[int]] = field(default_factory=list)
     n_tokens: int = 0
     n_loss_tokens: int = 0
@@ -209,9 +198,9 @@ class PackLoader:
 
         # The longest pack, rounded up to a multiple of 8 (kernel friendly); the tail is padding, no loss.
         length = -(-max(p.n_tokens for p in packs) // 8) * 8
-        ids = np.full((len(packs), length), self.pad_id, dtype=np.int64)
-        pos = np.zeros((len(packs), length), dtype=np.int64)
-        tgt = np.full((len(packs), length), IGNORE, dtype=np.int64)
+        ids: np.ndarray = np.full((len(packs), length), self.pad_id, dtype=np.int64)
+        pos: np.ndarray = np.zeros((len(packs), length), dtype=np.int64)
+        tgt: np.ndarray = np.full((len(packs), length), IGNORE, dtype=np.int64)
         for r, p in enumerate(packs):
             n = p.n_tokens
             ids[r, :n] = p.input_ids

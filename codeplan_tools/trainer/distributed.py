@@ -281,8 +281,7 @@ def launch_local(config_json: str, nproc: int, *, grace_s: float = 60.0) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    codes = [p.returncode for p in procs]
-    bad = [c for c in codes if c != 0]
+    bad = [c for c in (p.wait() for p in procs) if c != 0]  # all have ended: wait() returns at once
     if not bad:
         return 0
     # A signal death is reported as 128 + signal, as a shell would.

@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from codeplan_tools.stages.pack import TOKENIZER_FILES
+from codeplan_tools.formats.tokenizer import TOKENIZER_FILES
 
 
 def _replace(tmp: Path, final: Path) -> None:

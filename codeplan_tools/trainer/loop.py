@@ -38,100 +38,18 @@ import json
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from codeplan_tools.core.errors import SettingsMismatch, UsageError
 
 from . import attention, distributed
-from .checkpoint import CheckpointConfig, Checkpointer
-from .data import LoaderConfig, PackLoader, read_packs
-from .lr_schedule import LRConfig, WarmupCosine
-from .metrics import Metrics, MetricsConfig
-
-PRECISIONS = ("auto", "bf16", "fp32")
-EXPORT_DTYPES = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig:
-    model: str
-    """Model folder (Hugging Face format) to start from; its tokenizer must match the packs."""
-    data: list[str]
-    """Pack files made by `codeplan pack`."""
-    out: str
-    """Output folder: the exported model, plus checkpoints/ and run.json."""
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    lr: LRConfig = field(default_factory=LRConfig)
-    checkpoint_every: int = 100
-    """Save a checkpoint every this many steps (0: only at the end and on SIGTERM)."""
-    keep_checkpoints: int = 1
-    """Newest checkpoints kept."""
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0: no clipping, the norm is still reported)."""
-    precision: str = "auto"
-    """bf16 mixed precision (fp32 master weights) or fp32; auto = bf16 on GPU, fp32 on CPU."""
-    activation_checkpointing: bool | None = None
-    """Recompute decoder layers in backward; None = on for GPU, off for CPU."""
-    attention: str = "auto"
-    """auto, flash, sdpa or eager (each confined to the packed examples)."""
-    export_dtype: str = "auto"
-    """dtype of the exported weights; auto = the base model's."""
-    seed: int = 0
-    """Seed of torch (the pack order has its own seed in loader)."""
-    trust_remote_code: bool = False
-    """Allow a model with custom code."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> FinetuneConfig:
-        d = json.loads(text)
-        d["loader"] = LoaderConfig(**d["loader"])
-        d["lr"] = LRConfig(**d["lr"])
-        d["metrics"] = MetricsConfig(**d["metrics"])
-        d["betas"] = tuple(d["betas"])
-        return cls(**d)
-
-    def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.export_dtype not in EXPORT_DTYPES:
-            raise UsageError(f"--export-dtype must be one of {', '.join(EXPORT_DTYPES)}")
-        if not self.data:
-            raise UsageError("give the packs with --data FILE (made by `codeplan pack`)")
-        if "-" in self.data:
-            raise UsageError("--data must name files: every rank reads them (stdin cannot be shared)")
-        for p in self.data:
-            if not Path(p).is_file():
-                raise UsageError(f"--data {p}: no such file")
-        self.check_out_is_safe()
-
-    def check_out_is_safe(self) -> None:
-        """Refuse an ``--out`` that is, or contains, the base model folder or a packs file.
-
-        The export writes ``model.safetensors``, ``config.json`` and the tokenizer files into
-        ``--out`` and prunes ``checkpoints/``: pointed at the base model it would overwrite it.
-        Paths are compared after resolving symlinks, so another spelling of the same folder counts.
-        """
-        out = Path(self.out).resolve()
-        inputs = [("--model", self.model)] + [("--data", p) for p in self.data]
-        for flag, path in inputs:
-            if not Path(path).exists():
-                continue  # a hub id, or checked elsewhere
-            target = Path(path).resolve()
-            if target == out or out in target.parents:
-                raise UsageError(
-                    f"--out {self.out} is or contains {flag} {path}: the export would overwrite it; "
-                    "choose another --out"
-                )
-
+from .checkpoint import Checkpointer
+from .config import FinetuneConfig
+from .data import PackLoader, read_packs
+from .lr_schedule import WarmupCosine
+from .metrics import Metrics
 
 # ---------------------------------------------------------------------------------------------
 # Stop requests (SIGTERM / SIGINT): a flag the loop reads between steps.
@@ -166,7 +84,7 @@ class Trainer:
         from transformers.utils import logging as hf_logging
 
         from codeplan_tools.formats import get_format
-        from codeplan_tools.stages.pack import load_tokenizer, tokenizer_fingerprint
+        from codeplan_tools.formats.tokenizer import load_tokenizer, tokenizer_fingerprint
 
         config.validate()
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per rank only clutters job logs
@@ -174,7 +92,7 @@ class Trainer:
         self.out = Path(config.out)
         self.device = distributed.device_for(info)
         distributed.init_process_group(info, self.device)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.loader.seed)
 
         # Data first: a fingerprint mismatch is refused before the model is loaded.
         self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
@@ -225,14 +143,7 @@ class Trainer:
         )
         self.total_steps = self.loader.total_steps
         self.lr_schedule = WarmupCosine(config.lr, self.optimizer, self.total_steps)
-        self.checkpointer = Checkpointer(
-            CheckpointConfig(
-                folder=str(self.out / "checkpoints"),
-                save_every=config.checkpoint_every,
-                keep=config.keep_checkpoints,
-            ),
-            is_main=info.is_main,
-        )
+        self.checkpointer = Checkpointer(self.out / "checkpoints", config.checkpoint, is_main=info.is_main)
         self.step = 0
         self.run_key, self.run_settings = self._run_key()
         log(
@@ -259,7 +170,7 @@ class Trainer:
             "betas": list(c.betas),
             "max_grad_norm": c.max_grad_norm,
             "bf16": self.bf16,
-            "seed": c.seed,
+            "seed": c.loader.seed,
         }
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         return key, settings
@@ -403,7 +314,7 @@ class Trainer:
 
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         dtype = self.base_dtype if self.config.export_dtype == "auto" else dtypes[self.config.export_dtype]
-        info = {
+        info: dict[str, Any] = {
             "format": self.format.name,
             "chat_template": self.format.chat,
             "end_marker": self.format.end_marker,
@@ -448,9 +359,15 @@ def _config_dtype(config):
 
 
 def preflight(config: FinetuneConfig) -> None:
-    """Cheap checks before any worker starts: settings, files, the packs' tokenizer fingerprint."""
-    from codeplan_tools.stages.pack import read_fingerprint, tokenizer_fingerprint
+    """Cheap checks before any worker starts: tensorboard, settings, files, the packs' tokenizer."""
+    from codeplan_tools.core.errors import require
+    from codeplan_tools.core.outputs import check_writable_folder
+    from codeplan_tools.formats.tokenizer import read_fingerprint, tokenizer_fingerprint
 
+    if config.metrics.tensorboard is not None:
+        # Refused here, before any worker starts, rather than in each of them.
+        require("tensorboard", "tensorboard")
+        check_writable_folder(config.metrics.tensorboard, "--tensorboard")
     config.validate()
     fp = read_fingerprint(config.data[0])
     if fp is None:
@@ -464,8 +381,8 @@ def preflight(config: FinetuneConfig) -> None:
         )
 
 
-def run(config: FinetuneConfig, nproc: int = 1) -> int:
-    """Fine-tune in this process (one process, torchrun or srun) or on ``nproc`` local workers."""
+def run(config: FinetuneConfig) -> int:
+    """Fine-tune in this process (one process, torchrun or srun) or on ``config.nproc`` local workers."""
     from contextlib import nullcontext
 
     from codeplan_tools.core.outputs import OutputLock
@@ -473,6 +390,7 @@ def run(config: FinetuneConfig, nproc: int = 1) -> int:
     previous = STOP.install()
     try:
         preflight(config)
+        nproc = config.nproc
         info = distributed.detect()
         if nproc > 1 and info.world_size > 1:
             raise UsageError(

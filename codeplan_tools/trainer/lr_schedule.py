@@ -8,19 +8,8 @@ It is written straight into the optimizer's param groups (no torch LRScheduler: 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass(kw_only=True)
-class LRConfig:
-    lr: float = 2e-5
-    """Peak learning rate."""
-    warmup_steps: int = -1
-    """Linear warmup steps; -1 means warmup_ratio of the total."""
-    warmup_ratio: float = 0.03
-    """Share of the total steps used for warmup when warmup_steps is -1."""
-    min_lr_ratio: float = 0.1
-    """The cosine ends at this fraction of the peak."""
+from .config import LRConfig
 
 
 class WarmupCosine:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import dataclass
 
 import orjson
+
+from .config import MetricsConfig
 
 # Dense bf16 peak FLOP/s per device (no sparsity), matched by substring of the CUDA device name.
 PEAK_BF16_FLOPS = (
@@ -78,14 +79,6 @@ def peak_mem_gib(device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     # ru_maxrss is KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-@dataclass(kw_only=True)
-class MetricsConfig:
-    log_every: int = 1
-    """Write a metrics line every this many steps (and at the last step)."""
-    tensorboard: str | None = None
-    """Also write the metrics as TensorBoard scalars into this folder (rank 0)."""
 
 
 def tensorboard_writer(folder: str):
@@ -152,6 +145,8 @@ class Metrics:
         return d
 
     def _scalars(self, d: dict) -> None:
+        if self._board is None:
+            return
         for key, value in d.items():
             if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                 self._board.add_scalar(f"train/{key}", value, d["step"])

@@ -192,16 +192,23 @@ def test_a_model_neither_local_nor_on_the_hub_fails_in_seconds_with_one_line(tmp
     assert len(err.strip().splitlines()) == 1 and message in err and "no local folder" in err
 
 
-def test_engine_options_refuse_non_finite_numbers(tiny_model):
-    for option, value in [
+@pytest.mark.parametrize("command", ["generate", "extract"])
+@pytest.mark.parametrize(
+    "option, value",
+    [
         ("-t", "nan"),
         ("--temperature", "inf"),
         ("--top-p", "nan"),
         ("--gpu-memory-utilization", "nan"),
         ("--request-timeout", "inf"),
-    ]:
-        for command in ("generate", "extract"):
-            res = invoke([command, "-m", str(tiny_model), "--engine", "hf", option, value], input=b"")
-            assert res.exit_code == 2 and "not a finite number" in res.stderr, (command, option, res.stderr)
+    ],
+)
+def test_engine_options_refuse_non_finite_numbers(tiny_model, command, option, value):
+    res = invoke([command, "-m", str(tiny_model), "--engine", "hf", option, value], input=b"")
+    assert res.exit_code == 2, res.stderr
+    assert f"{value!r} is not a finite number" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_init_model_refuses_a_non_finite_init_range():
     res = invoke(["init-model", "unused", "--init-range", "nan"])
-    assert res.exit_code == 2 and "not a finite number" in res.stderr
+    assert res.exit_code == 2 and "'nan' is not a finite number" in res.stderr

@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from codeplan_tools.stages.filter import RULES
-from tests.helpers import CODEPLAN, decode_records, invoke, read_records, write_jsonl
+from tests.helpers import (
+    CODEPLAN,
+    decode_records,
+    invoke,
+    read_records,
+    wait_until_waiting_for_input,
+    write_jsonl,
+)
 
 PLAN = "def solve(items):\n    total = 0\n    for x in items:\n        total += x\n    return total"
 
@@ -53,23 +60,25 @@ def test_malformed_line_1042_exits_65_naming_the_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_missing_plan_is_a_bad_record_unless_skipped(tmp_path):
+@pytest.mark.parametrize(
+    "flags, exit_code, message, kept",
+    [
+        ([], 65, ":2: missing required field 'plan'", 1),  # (the record before it is written)
+        (["--on-bad-record", "skip"], 0, ":2: bad-record: missing required field 'plan' (skipped)", 1),
+        (
+            ["--skip-terminated", "--skip-nonempty", "--skip-length", "--skip-code", "--skip-no-leak"],
+            0,
+            "",
+            2,
+        ),
+    ],
+    ids=["fails", "skipped", "no rule reads the plan"],
+)
+def test_missing_plan_is_a_bad_record_unless_skipped(tmp_path, flags, exit_code, message, kept):
     path = write_jsonl(tmp_path / "in.jsonl", [good(0), {"id": "x", "prompt": "no plan"}])
-    result = invoke(["filter", "-i", str(path)])
-    assert result.exit_code == 65 and ":2: missing required field 'plan'" in result.stderr
-    result = invoke(
-        [
-            "filter",
-            "-i",
-            str(path),
-            "--skip-terminated",
-            "--skip-nonempty",
-            "--skip-length",
-            "--skip-code",
-            "--skip-no-leak",
-        ]
-    )
-    assert result.exit_code == 0 and len(result.records()) == 2
+    result = invoke(["filter", "-i", str(path), "--plain", *flags])
+    assert result.exit_code == exit_code and message in result.stderr
+    assert len(result.records()) == kept
 
 
 @pytest.mark.parametrize(
@@ -139,11 +148,14 @@ def test_rejects_carry_the_rule_and_annotate_keeps_all(tmp_path):
     }
 
 
-def test_plain_output_by_flag_or_env_and_zstd_by_default(tmp_path):
+@pytest.mark.parametrize(
+    "flags, env, start",
+    [([], None, b"\x28\xb5\x2f\xfd"), (["--plain"], None, b"{"), ([], {"CODEPLAN_PLAIN": "1"}, b"{")],
+    ids=["zstd by default", "--plain", "CODEPLAN_PLAIN"],
+)
+def test_plain_output_by_flag_or_env_and_zstd_by_default(tmp_path, flags, env, start):
     path = write_jsonl(tmp_path / "in.jsonl", [good(0)])
-    assert invoke(["filter", "-i", str(path)]).stdout.startswith(b"\x28\xb5\x2f\xfd")
-    assert invoke(["filter", "-i", str(path), "--plain"]).stdout.startswith(b"{")
-    assert invoke(["filter", "-i", str(path)], env={"CODEPLAN_PLAIN": "1"}).stdout.startswith(b"{")
+    assert invoke(["filter", "-i", str(path), *flags], env=env).stdout.startswith(start)
 
 
 def test_help_documents_every_option_and_bad_flags_get_one_line():
@@ -193,7 +205,7 @@ def test_sigterm_leaves_output_that_zstd_reads_to_the_end(tmp_path):
         time.sleep(0.2)
     proc.stdin.write(orjson.dumps(good(10**9, prompt="last")) + b"\n")  # pending in the writer's buffer
     proc.stdin.flush()
-    time.sleep(0.3)
+    wait_until_waiting_for_input(proc)  # it has read the last line: the record is in the writer
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err.decode()

@@ -28,7 +28,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.core import parallel
+from codeplan_tools.core import pool
 from tests.helpers import decode_records, invoke
 
 N = 200
@@ -326,14 +326,15 @@ def test_seeded_sweep(level, container, kind, command, mode, seed, tmp_path, req
         check(command, case, m, channel, tmp_path, model)
 
 
+@pytest.mark.parametrize("level, kind", [("container", "flip"), ("text", "deep")])
 @pytest.mark.parametrize("mode", ["fail", "skip+rejects"])
-def test_parallel_filter_keeps_the_contract(mode, tmp_path, monkeypatch):
-    """``filter -i FILE --workers 2`` with batches small enough that the workers start."""
-    monkeypatch.setattr(parallel, "BATCH_LINES", 30)
-    rng = random.Random(11)
-    for make, kind in ((container_case, "flip"), (text_case, "deep")):
-        case = make("filter", "zstd", kind, rng)
-        check("filter", case, mode, "file+workers", tmp_path, None)
+@pytest.mark.parametrize("command", ["filter", "score"])
+def test_worker_pool_keeps_the_contract(command, mode, level, kind, tmp_path, monkeypatch):
+    """``COMMAND -i FILE --workers 2`` with batches small enough that the runner's workers start."""
+    monkeypatch.setattr(pool, "BATCH_LINES", 30)
+    make = container_case if level == "container" else text_case
+    case = make(command, "zstd", kind, random.Random(11))
+    check(command, case, mode, "file+workers", tmp_path, None)
 
 
 @settings(

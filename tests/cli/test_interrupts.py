@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM: the output written so far is closed as complete frames, the exit status says
-which signal ended the run (130 / 143) and one line on stderr says so."""
+"""Ctrl-C and SIGTERM: the output written so far is closed as complete frames, including the records
+still in the writer's buffer, the exit status says which signal ended the run (130 / 143) and one
+line on stderr says so."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import orjson
 import pytest
 
 from tests.cli.test_filter import good
-from tests.helpers import CODEPLAN
+from tests.helpers import CODEPLAN, wait_until_waiting_for_input
 
 
 def _record(i: int) -> bytes:
@@ -36,6 +37,10 @@ def test_a_signal_closes_the_output_and_sets_the_exit_status(tmp_path, sig, stat
         proc.stdin.flush()
         sent += 200
         time.sleep(0.1)
+    # One more record, handled but still in the writer's buffer when the signal comes.
+    proc.stdin.write(orjson.dumps(good(10**9, prompt="last")) + b"\n")
+    proc.stdin.flush()
+    wait_until_waiting_for_input(proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     text = err.decode()
@@ -44,4 +49,4 @@ def test_a_signal_closes_the_output_and_sets_the_exit_status(tmp_path, sig, stat
     zstd = subprocess.run(["zstd", "-dc", str(out)], capture_output=True)
     assert zstd.returncode == 0, zstd.stderr  # every frame written is complete
     ids = [orjson.loads(line)["id"] for line in zstd.stdout.splitlines()]
-    assert ids and len(ids) == len(set(ids))
+    assert ids and len(ids) == len(set(ids)) and ids[-1] == f"r{10**9}"

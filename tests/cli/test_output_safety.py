@@ -43,15 +43,24 @@ def _gsm(n: int, start: int = 0) -> list[dict]:
 
 # -- item 1: -o / --rejects naming an input ---------------------------------------------------------
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_filter_refuses_an_output_that_is_its_input_and_leaves_it_intact(tmp_path, workers):
+@pytest.mark.parametrize(
+    ("flag", "target", "message"),
+    [
+        ("-o", "a.jsonl", "-o {tmp}/a.jsonl is the same file as input {tmp}/a.jsonl"),
+        ("-o", "link.jsonl", "-o {tmp}/link.jsonl is the same file as input {tmp}/a.jsonl"),
+        ("--rejects", "a.jsonl", "--rejects {tmp}/a.jsonl is the same file as input {tmp}/a.jsonl"),
+    ],
+)
+def test_filter_refuses_an_output_that_is_its_input_and_leaves_it_intact(
+    tmp_path, workers, flag, target, message
+):
     data = write_jsonl(tmp_path / "a.jsonl", _pairs(1500))  # two batches: the parallel path with 2
     before = data.read_bytes()
     (tmp_path / "link.jsonl").symlink_to(data)
-    for extra in (["-o", str(data)], ["-o", str(tmp_path / "link.jsonl")], ["--rejects", str(data)]):
-        result = invoke(["filter", "--workers", workers, "-i", str(data), *extra])
-        assert result.exit_code == EX_USAGE, result.stderr
-        assert "is the same file as input" in result.stderr and len(result.stderr.splitlines()) == 1
-        assert data.read_bytes() == before
+    result = invoke(["filter", "--workers", workers, "-i", str(data), flag, str(tmp_path / target)])
+    assert result.exit_code == EX_USAGE, result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr and len(result.stderr.splitlines()) == 1
+    assert data.read_bytes() == before
 
 
 def test_pack_refuses_an_output_that_is_its_input(tiny_model, tmp_path):
@@ -62,16 +71,21 @@ def test_pack_refuses_an_output_that_is_its_input(tiny_model, tmp_path):
     assert data.read_bytes() == before
 
 
-def test_rejects_and_output_cannot_be_one_file(tmp_path):
+@pytest.mark.parametrize("command", [["filter", "--workers", "1"], ["score"]], ids=["filter", "score"])
+def test_rejects_and_output_cannot_be_one_file(tmp_path, command):
     data = write_jsonl(tmp_path / "a.jsonl", _gsm(3))
     out = tmp_path / "out.zst"
-    for command in (["filter", "--workers", "1"], ["score"]):
-        result = invoke([*command, "-i", str(data), "-o", str(out), "--rejects", str(out)])
-        assert result.exit_code == EX_USAGE and "--rejects" in result.stderr and "-o" in result.stderr
-        assert not out.exists()
-    # Records on stdout and rejects on stdout would be mixed too.
+    result = invoke([*command, "-i", str(data), "-o", str(out), "--rejects", str(out)])
+    assert result.exit_code == EX_USAGE, result.stderr
+    assert f"--rejects {out} is the same output as -o {out}" in result.stderr
+    assert not out.exists()
+
+
+def test_rejects_on_stdout_beside_the_records_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "a.jsonl", _gsm(3))
     result = invoke(["score", "-i", str(data), "--rejects", "-"])
-    assert result.exit_code == EX_USAGE and "stdout" in result.stderr
+    assert result.exit_code == EX_USAGE, result.stderr
+    assert "--rejects - (stdout) is the same output as stdout" in result.stderr
 
 
 def test_stdout_appended_to_the_input_is_refused(tmp_path):
@@ -91,33 +105,45 @@ def test_stdout_appended_to_the_input_is_refused(tmp_path):
 
 
 # -- item 2: an existing file that no codeplan run wrote ----------------------------------------------
-def test_score_refuses_a_foreign_output_without_touching_it(tmp_path):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"line one\nline two without a newline", "notes.txt:1: not a JSON record"),
+        (
+            b"".join(orjson.dumps(r) + b"\n" for r in _gsm(2)) + b'{"id": "torn',
+            "notes.txt:1: the record has no meta.score.run_key",
+        ),
+    ],
+    ids=["text", "records-of-no-run"],
+)
+def test_score_refuses_a_foreign_output_without_touching_it(tmp_path, content, message):
     data = write_jsonl(tmp_path / "in.jsonl", _gsm(3))
-    notes = tmp_path / "notes.txt"
-    notes.write_bytes(b"line one\nline two without a newline")
-    bench = write_jsonl(tmp_path / "bench.jsonl", _gsm(2))
-    bench.write_bytes(bench.read_bytes() + b'{"id": "torn')
-    for target in (notes, bench):
-        before = target.read_bytes()
-        result = invoke(["score", "-i", str(data), "-o", str(target)])
-        assert result.exit_code == EX_CONFIG, result.stderr
-        assert "nothing was changed" in result.stderr and target.read_bytes() == before
+    target = tmp_path / "notes.txt"
+    target.write_bytes(content)
+    result = invoke(["score", "-i", str(data), "-o", str(target)])
+    assert result.exit_code == EX_CONFIG, result.stderr
+    assert message in result.stderr and "nothing was changed" in result.stderr
+    assert target.read_bytes() == content
 
 
-def test_extract_and_generate_refuse_a_model_file_as_output(tiny_model, tmp_path):
+@pytest.mark.parametrize(
+    "command", [["extract"], ["generate", "--format", "vanilla"]], ids=["extract", "generate"]
+)
+def test_extract_and_generate_refuse_a_model_file_as_output(tiny_model, tmp_path, command):
     data = write_jsonl(tmp_path / "in.jsonl", _pairs(2))
     weights = next(tiny_model.glob("*.safetensors"))
     target = shutil.copy(weights, tmp_path / "model.safetensors")
     before = open(target, "rb").read()
-    for command in (["extract"], ["generate", "--format", "vanilla"]):
-        args = [*command, "-m", str(tiny_model), "--engine", "hf", "-i", str(data), "-o", str(target)]
-        result = invoke(args)
-        assert result.exit_code == EX_CONFIG, result.stderr
-        assert open(target, "rb").read() == before
+    args = [*command, "-m", str(tiny_model), "--engine", "hf", "-i", str(data), "-o", str(target)]
+    result = invoke(args)
+    assert result.exit_code == EX_CONFIG, result.stderr
+    assert "model.safetensors" in result.stderr and "nothing was changed" in result.stderr
+    assert open(target, "rb").read() == before
 
 
 # -- item 3: one writer per output ----------------------------------------------------------------
-def test_a_second_run_on_a_held_output_stops_with_75_naming_the_pid(tmp_path):
+@pytest.mark.parametrize("command", [["score"], ["filter", "--workers", "1"]], ids=["score", "filter"])
+def test_a_second_run_on_a_held_output_stops_with_75_naming_the_pid(tmp_path, command):
     data = write_jsonl(tmp_path / "in.jsonl", _gsm(3))
     out = tmp_path / "out.zst"
     code = (
@@ -127,10 +153,9 @@ def test_a_second_run_on_a_held_output_stops_with_75_naming_the_pid(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"
-        for command in (["score"], ["filter", "--workers", "1"]):
-            result = invoke([*command, "-i", str(data), "-o", str(out)])
-            assert result.exit_code == EX_TEMPFAIL, result.stderr
-            assert f"out.zst is being written by pid {holder.pid}" in result.stderr
+        result = invoke([*command, "-i", str(data), "-o", str(out)])
+        assert result.exit_code == EX_TEMPFAIL, result.stderr
+        assert f"out.zst is being written by pid {holder.pid}" in result.stderr
         assert not out.exists()
     finally:
         holder.kill()
@@ -169,32 +194,44 @@ def test_resuming_a_plain_output_stays_plain(tmp_path):
 
 
 # -- exit codes of path errors ----------------------------------------------------------------------
-def test_missing_or_folder_inputs_are_66_before_any_output(tmp_path):
+@pytest.mark.parametrize("command", [["filter", "--workers", "1"], ["score"]], ids=["filter", "score"])
+@pytest.mark.parametrize(("bad", "says"), [("missing.jsonl", "no such file"), (".", "is a folder")])
+def test_missing_or_folder_inputs_are_66_before_any_output(tmp_path, command, bad, says):
     data = write_jsonl(tmp_path / "a.jsonl", _gsm(2))
     out = tmp_path / "out.zst"
-    for bad, says in ((tmp_path / "missing.jsonl", "no such file"), (tmp_path, "is a folder")):
-        for command in (["filter", "--workers", "1"], ["score"]):
-            result = invoke([*command, "-i", str(data), "-i", str(bad), "-o", str(out)])
-            assert result.exit_code == EX_NOINPUT, result.stderr
-            assert f"-i {bad}: {says}" in result.stderr and len(result.stderr.splitlines()) == 1
-            assert not out.exists()
+    bad_path = tmp_path if bad == "." else tmp_path / bad
+    result = invoke([*command, "-i", str(data), "-i", str(bad_path), "-o", str(out)])
+    assert result.exit_code == EX_NOINPUT, result.stderr
+    assert f"-i {bad_path}: {says}" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not out.exists()
 
 
-def test_unwritable_outputs_are_73_before_the_run_and_a_full_disk_is_74(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["-o", "{tmp}/file.txt/out.zst"], "file.txt is not a folder"),
+        (["-o", "{tmp}/out.zst", "--stats", "{tmp}/file.txt/s.json"], "file.txt is not a folder"),
+        (["-o", "{tmp}"], "is a folder"),
+    ],
+    ids=["output-under-a-file", "stats-under-a-file", "output-is-a-folder"],
+)
+def test_unwritable_outputs_are_73_before_the_run(tmp_path, flags, message):
     data = write_jsonl(tmp_path / "a.jsonl", _gsm(2))
-    blocker = tmp_path / "file.txt"
-    blocker.write_text("x")
-    out = tmp_path / "out.zst"
-    for flags in (["-o", str(blocker / "out.zst")], ["-o", str(out), "--stats", str(blocker / "s.json")]):
-        result = invoke(["score", "-i", str(data), *flags])
-        assert result.exit_code == EX_CANTCREAT, result.stderr
-        assert "file.txt is not a folder" in result.stderr and not out.exists()
-    result = invoke(["score", "-i", str(data), "-o", str(tmp_path)])
-    assert result.exit_code == EX_CANTCREAT and "is a folder" in result.stderr
-    for flags in (["-o", "/dev/full"], ["-o", str(out), "--stats", "/dev/full"]):
-        result = invoke(["score", "-i", str(data), "-q", *flags])
-        assert result.exit_code == EX_IOERR, result.stderr
-        assert "/dev/full" in result.stderr and len(result.stderr.splitlines()) == 1
+    (tmp_path / "file.txt").write_text("x")
+    result = invoke(["score", "-i", str(data), *(f.format(tmp=tmp_path) for f in flags)])
+    assert result.exit_code == EX_CANTCREAT, result.stderr
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out.zst").exists()
+
+
+@pytest.mark.parametrize(
+    "flags", [["-o", "/dev/full"], ["-o", "{tmp}/out.zst", "--stats", "/dev/full"]], ids=["output", "stats"]
+)
+def test_a_full_disk_is_74_in_one_line(tmp_path, flags):
+    data = write_jsonl(tmp_path / "a.jsonl", _gsm(2))
+    result = invoke(["score", "-i", str(data), "-q", *(f.format(tmp=tmp_path) for f in flags)])
+    assert result.exit_code == EX_IOERR, result.stderr
+    assert "/dev/full" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_bad_slurm_task_id_is_a_usage_error(tmp_path):

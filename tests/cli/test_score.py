@@ -68,21 +68,53 @@ def test_samples_known_wrong_answers_and_forced_task(tmp_path):
     assert "pass@2" in only_c.stderr and "maj@4" in only_c.stderr
 
 
-def test_unscorable_records_stop_the_run_unless_skipped(tmp_path):
+@pytest.mark.parametrize(
+    "flags, exit_code, message",
+    [
+        ([], 65, "{path}:1: record has no 'task' field; name the task with --task NAME"),
+        (["--on-bad-record", "skip", "--rejects", "{rejects}"], 0, ""),
+        (
+            ["--on-bad-record", "skip"],
+            0,
+            "{path}:1: unknown-task (record has no 'task' field; name the task with --task NAME) (skipped)",
+        ),  # no --rejects
+    ],
+    ids=["fails", "to --rejects", "named on stderr"],
+)
+def test_unscorable_records_stop_the_run_unless_skipped(tmp_path, flags, exit_code, message):
     path = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "answer": "1", "response": "1"}])
-    result = invoke(["score", "-i", str(path)])
-    assert result.exit_code == 65 and f"{path}:1: record has no 'task' field" in result.stderr
-    assert "--task" in result.stderr
     rejects = tmp_path / "rej.jsonl"
-    result = invoke(
-        ["score", "-i", str(path), "--on-bad-record", "skip", "--rejects", str(rejects), "--plain"]
-    )
-    assert result.exit_code == 0 and result.records() == []
-    assert read_records(rejects)[0]["meta"]["score"]["reason"] == "unknown-task"
-    named = invoke(["score", "-i", str(path), "--on-bad-record", "skip", "--plain"])  # no --rejects
-    assert named.exit_code == 0 and f"{path}:1: unknown-task" in named.stderr
-    bad = invoke(["score", "-i", str(path), "--report", str(tmp_path / "r.txt")])
-    assert bad.exit_code == 2 and ".json or .md" in bad.stderr
+    flags = [flag.format(rejects=rejects) for flag in flags]
+    result = invoke(["score", "-i", str(path), "--plain", *flags])
+    assert result.exit_code == exit_code and message.format(path=path) in result.stderr, result.stderr
+    assert result.records() == []
+    if "--rejects" in flags:
+        assert read_records(rejects)[0]["meta"]["score"]["reason"] == "unknown-task"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--report", "r.txt"], "--report r.txt: use a name ending in .json or .md"),
+        (["--compare", "a.jsonl"], "--compare needs at least two runs"),
+        (
+            ["--compare", "-i", "a.jsonl", "a.jsonl", "a.jsonl"],
+            "--compare takes the runs as arguments (RUN...), not -i",
+        ),
+        (
+            ["a.jsonl"],
+            "unexpected argument 'a.jsonl': give input files with -i, or compare runs with --compare",
+        ),
+        (["--compare", "a.jsonl", "missing.jsonl"], "run file not found: missing.jsonl"),
+    ],
+    ids=["report name", "one run", "-i with --compare", "runs without --compare", "missing run"],
+)
+def test_usage_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "task": "gsm8k", "answer": "1", "response": "1"}])
+    result = invoke(["score", *args])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def _run_file(tmp_path, name, correct_ids, n=20):
@@ -137,8 +169,6 @@ def test_compare_two_runs_table_average_and_test(tmp_path):
         "average relative improvement of codeplan over vanilla: +25.0% across 2 benchmarks" in result.stderr
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    one = invoke(["score", "--compare", str(vanilla)])
-    assert one.exit_code == 2 and "at least two runs" in one.stderr
 
 
 def test_resume_scores_each_record_once_and_refuses_other_settings(tmp_path):

@@ -4,6 +4,8 @@ import re
 import shlex
 import subprocess
 
+import pytest
+
 from tests.helpers import CODEPLAN, invoke, write_jsonl
 
 FULL = {
@@ -86,19 +88,30 @@ def test_fields_limit_and_order_and_unfold_meta(tmp_path):
     assert "secret-model-name" in out
 
 
-def test_where_dotted_paths_and_json_values(tmp_path):
+@pytest.mark.parametrize(
+    ("wheres", "expected"),
+    [
+        (["meta.filter.reason=code"], range(0, 40, 3)),
+        (["meta.filter.reason=code", "meta.score.correct=false"], range(3, 40, 6)),  # a JSON value
+        (["meta.nothing.here=x"], range(0)),
+    ],
+    ids=["dotted-path", "all-of-two", "absent-path"],
+)
+def test_where_dotted_paths_and_json_values(tmp_path, wheres, expected):
     src = write_jsonl(tmp_path / "many.jsonl.gz", _many(), compress="gzip")
-    code = invoke(["show", "-i", str(src), "--where", "meta.filter.reason=code"])
-    assert code.exit_code == 0, code.stderr
-    assert _titles(code.stdout.decode()) == [f"r{i}" for i in range(0, 40, 3)]
-    both = invoke(
-        ["show", "-i", str(src), "--where", "meta.filter.reason=code", "--where", "meta.score.correct=false"]
-    )
-    assert _titles(both.stdout.decode()) == [f"r{i}" for i in range(3, 40, 6)]
-    none = invoke(["show", "-i", str(src), "--where", "meta.nothing.here=x"])
-    assert none.exit_code == 0 and none.stdout == b""
+    result = invoke(["show", "-i", str(src), *(arg for where in wheres for arg in ("--where", where))])
+    assert result.exit_code == 0, result.stderr
+    assert _titles(result.stdout.decode()) == [f"r{i}" for i in expected]
+
+
+def test_a_where_without_equals_sign_is_a_usage_error(tmp_path):
+    src = write_jsonl(tmp_path / "many.jsonl", _many())
     bad = invoke(["show", "-i", str(src), "--where", "no-equals-sign"])
-    assert bad.exit_code == 2 and "FIELD=VALUE" in bad.stderr
+    assert bad.exit_code == 2
+    assert (
+        bad.stderr
+        == "codeplan show: error: --where 'no-equals-sign': give FIELD=VALUE, e.g. meta.filter.reason=code\n"
+    )
 
 
 def test_sample_is_seeded_and_in_input_order(tmp_path):
@@ -122,17 +135,37 @@ def test_sample_is_seeded_and_in_input_order(tmp_path):
     assert len(_titles(more.stdout.decode())) == 40
 
 
-def test_bad_lines_follow_on_bad_record(tmp_path):
+_NOT_JSON = "invalid JSON: invalid literal, expected 'null': line 1 column 1 (char 0)"
+
+
+@pytest.mark.parametrize(
+    ("flags", "status", "shown", "message"),
+    [
+        ([], 65, ["a"], "codeplan show: error: {src}:2: " + _NOT_JSON),
+        (
+            ["--on-bad-record", "skip"],
+            0,
+            ["a", "b"],
+            "codeplan show: warning: {src}:2: bad-record: " + _NOT_JSON,
+        ),
+    ],
+    ids=["fail", "skip"],
+)
+def test_bad_lines_follow_on_bad_record(tmp_path, flags, status, shown, message):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"id": "a", "prompt": "p"}\nnot json\n{"id": "b", "prompt": "q"}\n')
-    failed = invoke(["show", "-i", str(src)])
-    assert failed.exit_code == 65 and f"{src}:2:" in failed.stderr and "Traceback" not in failed.stderr
-    skipped = invoke(["show", "-i", str(src), "--on-bad-record", "skip"])
-    assert skipped.exit_code == 0
-    assert _titles(skipped.stdout.decode()) == ["a", "b"]
-    assert f"{src}:2: bad-record" in skipped.stderr
+    result = invoke(["show", "-i", str(src), *flags])
+    assert result.exit_code == status
+    assert result.stderr.startswith(message.format(src=src)) and len(result.stderr.splitlines()) == 1
+    assert _titles(result.stdout.decode()) == shown  # the records before the bad line are shown
+
+
+def test_a_missing_input_is_66(tmp_path):
     missing = invoke(["show", "-i", str(tmp_path / "nope.jsonl")])
-    assert missing.exit_code == 66
+    assert (
+        missing.exit_code == 66
+        and missing.stderr == f"codeplan show: error: -i {tmp_path}/nope.jsonl: no such file\n"
+    )
 
 
 def test_stdin_and_prompt_field(tmp_path):

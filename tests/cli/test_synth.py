@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from codeplan_tools.stages.synth import TASKS
 from tests.helpers import invoke, read_records, write_jsonl
@@ -61,17 +62,20 @@ def test_list_and_help_name_every_task():
     assert all(t in text for t in TASKS) and "--seed" in text
 
 
-def test_bad_arguments_exit_2_with_one_line():
-    for args, message in [
+@pytest.mark.parametrize(
+    "args, message",
+    [
         (["synth", "nope"], "unknown synth task nope"),
         (["synth", "sort", "--k", "0"], "difficulty 0 out of range"),
         (["synth", "sort", "--k", "a-b"], "bad difficulty"),
         (["synth"], "name the tasks"),
-    ]:
-        result = invoke(args)
-        assert result.exit_code == 2, args
-        assert result.stderr.startswith("codeplan synth: error: ") and message in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    result = invoke(args)
+    assert result.exit_code == 2, args
+    assert result.stderr.startswith("codeplan synth: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_synth_pipes_into_filter_and_keeps_everything():

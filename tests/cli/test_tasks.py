@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.helpers import invoke
 
 
@@ -41,7 +43,7 @@ def test_prepare_from_data_dir_env_and_default(shared_data, tmp_path, monkeypatc
     assert all(r["prompt"] == r["question"] for r in default.records())
 
 
-def test_prepare_public_file_and_errors(tmp_path):
+def _public_gsm8k(tmp_path):
     public = tmp_path / "test.jsonl"
     public.write_text(
         json.dumps({"question": "Two plus two?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"})
@@ -49,15 +51,30 @@ def test_prepare_public_file_and_errors(tmp_path):
         + json.dumps({"question": "Big?", "answer": "#### 1,234"})
         + "\n"
     )
+    return public
+
+
+def test_prepare_public_file(tmp_path):
+    public = _public_gsm8k(tmp_path)
     result = invoke(["tasks", "prepare", "gsm8k", "-i", str(public), "--gold-response", "--plain"])
     assert result.exit_code == 0, result.stderr
     recs = result.records()
     assert [(r["id"], r["answer"]) for r in recs] == [("gsm8k-test-00000", "4"), ("gsm8k-test-00001", "1234")]
     scored = invoke(["score", "--plain", "-q"], input=result.stdout)
     assert all(r["meta"]["score"]["correct"] for r in scored.records())
-    unknown = invoke(["tasks", "prepare", "nope"])
-    assert unknown.exit_code == 2 and "unknown task 'nope'" in unknown.stderr
-    missing = invoke(["tasks", "prepare", "gsm8k", "--data-dir", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and "--data-dir" in missing.stderr
-    two = invoke(["tasks", "prepare", "gsm8k,aqua", "-i", str(public)])
-    assert two.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "unknown task 'nope'"),
+        (["gsm8k", "--data-dir", "{tmp}/none"], "--data-dir"),
+        (["gsm8k,aqua", "-i", "{public}"], "-i FILE reads one task's public file: name exactly one task"),
+    ],
+)
+def test_prepare_errors_exit_2_with_one_line(tmp_path, args, message):
+    public = _public_gsm8k(tmp_path)
+    args = [a.format(tmp=tmp_path, public=public) for a in args]
+    result = invoke(["tasks", "prepare", *args])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

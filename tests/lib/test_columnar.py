@@ -105,16 +105,18 @@ def test_a_folder_without_columnar_files_is_refused_naming_what_to_give(tmp_path
         check_inputs([str(tmp_path)])
 
 
-def test_arrow_stream_and_file_are_read_by_magic(tmp_path):
+@pytest.mark.parametrize("kind", ["stream", "file"])
+def test_arrow_stream_and_file_are_read_by_magic(tmp_path, kind):
     table = pa.Table.from_pylist(webinstruct_rows(5))
-    with pa.ipc.new_stream(tmp_path / "s.arrow", table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=2):
-            writer.write_batch(batch)
-    with pa.ipc.new_file(tmp_path / "f.feather", table.schema) as writer:
-        writer.write_table(table)
-    for name in ("s.arrow", "f.feather"):
-        records = list(read_records([str(tmp_path / name)]))
-        assert [r["index"] for r in records] == list(range(5)), name
+    path = tmp_path / ("s.arrow" if kind == "stream" else "f.feather")
+    if kind == "stream":
+        with pa.ipc.new_stream(path, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=2):
+                writer.write_batch(batch)
+    else:
+        with pa.ipc.new_file(path, table.schema) as writer:
+            writer.write_table(table)
+    assert [r["index"] for r in read_records([str(path)])] == list(range(5))
 
 
 def test_open_input_gives_the_rows_as_json_lines(tmp_path):
@@ -124,18 +126,24 @@ def test_open_input_gives_the_rows_as_json_lines(tmp_path):
     assert [orjson.loads(line)["index"] for line in lines] == [0, 1, 2]
 
 
-def test_datasets_folder_saved_with_save_to_disk(tmp_path):
+@pytest.mark.parametrize("saved", ["dataset", "one-split-dict"])
+def test_datasets_folder_saved_with_save_to_disk(tmp_path, saved):
     datasets = pytest.importorskip("datasets", reason="datasets is needed to write a save_to_disk folder")
-    rows = webinstruct_rows(4)
-    ds = datasets.Dataset.from_list(rows)
-    ds.save_to_disk(str(tmp_path / "ds"), num_shards=2)
-    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
+    ds = datasets.Dataset.from_list(webinstruct_rows(4))
+    if saved == "dataset":
+        ds.save_to_disk(str(tmp_path / "ds"), num_shards=2)
+    else:
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    check_inputs([str(tmp_path / "ds")])
+    records = [normalize(r) for r in read_records([str(tmp_path / "ds")])]
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert records[2]["prompt"] == "refined question 2" and records[2]["response"] == "refined answer 2"
+
+
+def test_a_datasets_folder_of_two_splits_asks_for_one(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="datasets is needed to write a save_to_disk folder")
+    ds = datasets.Dataset.from_list(webinstruct_rows(4))
     datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "two"))
-    for folder in ("ds", "dd"):
-        check_inputs([str(tmp_path / folder)])
-        records = [normalize(r) for r in read_records([str(tmp_path / folder)])]
-        assert [r["index"] for r in records] == [0, 1, 2, 3]
-        assert records[2]["prompt"] == "refined question 2" and records[2]["response"] == "refined answer 2"
     with pytest.raises(InputMissing, match=r"splits train, test; give one: -i .*two/train"):
         check_inputs([str(tmp_path / "two")])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -229,23 +230,34 @@ def test_stdout_to_stderr_restores_stdout_after_an_exception(capfd):
 # -- model folders ---------------------------------------------------------------------------------
 
 
-def test_missing_and_incomplete_model_folders_are_one_line_errors(tiny_model, tmp_path):
-    with pytest.raises(InputMissing, match="no such folder"):
-        resolve_model(str(tmp_path / "nope"))
-    with pytest.raises(InputMissing, match="no such folder"):
-        resolve_model("tiny/")  # not a hub id either
-    no_tokenizer = tmp_path / "weights-only"
-    no_tokenizer.mkdir()
-    shutil.copy(tiny_model / "config.json", no_tokenizer)
-    with pytest.raises(InputMissing, match="has no tokenizer.*--tokenizer"):
-        resolve_model(str(no_tokenizer))
-    tokenizer_only = tmp_path / "tokenizer-only"
-    tokenizer_only.mkdir()
+@pytest.mark.parametrize(
+    ("folder", "files", "message"),
+    [
+        ("nope", None, "--model {path}: no such folder"),
+        ("tiny/", None, "--model tiny/: no such folder"),  # not a hub id either
+        ("weights-only", ["config.json"], "has no tokenizer.*--tokenizer"),
+        ("tokenizer-only", ["tokenizer.json", "tokenizer_config.json"], "not a model folder"),
+    ],
+)
+def test_missing_and_incomplete_model_folders_are_one_line_errors(
+    tiny_model, tmp_path, monkeypatch, folder, files, message
+):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / folder
+    if files is not None:
+        path.mkdir()
+        for name in files:
+            shutil.copy(tiny_model / name, path)
+    where = folder if folder.endswith("/") else str(path)
+    with pytest.raises(InputMissing, match=message.format(path=re.escape(str(path)))) as error:
+        resolve_model(where)
+    assert "\n" not in str(error.value)
+
+
+def test_a_tokenizer_only_folder_is_enough_for_a_tokenizer(tiny_model, tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_model / name, tokenizer_only)
-    with pytest.raises(InputMissing, match="not a model folder"):
-        resolve_model(str(tokenizer_only))
-    assert resolve_model(str(tokenizer_only), need="tokenizer").local
+        shutil.copy(tiny_model / name, tmp_path)
+    assert resolve_model(str(tmp_path), need="tokenizer").local
 
 
 def test_a_model_that_needs_remote_code_is_refused_unless_trusted(tiny_model, tmp_path):

@@ -79,11 +79,66 @@ def test_register_adds_an_engine_reached_through_get_engine():
     assert "echo-test" in available_engines()
 
 
-def test_request_needs_exactly_one_of_prompt_and_messages():
-    with pytest.raises(ValueError):
-        Request(id="a")
-    with pytest.raises(ValueError):
-        Request(id="a", prompt="x", messages=[{"role": "user", "content": "x"}])
+def test_load_engine_builds_from_a_spec_or_a_model_name():
+    from codeplan_tools.engines import EngineSpec, load_engine
+
+    @register("spec-test")
+    class Options:
+        name = "spec-test"
+
+        def __init__(self, model, **options):
+            self.model, self.options = model, options
+
+        def generate(self, requests):
+            return [Result(r.id, [], 0) for r in requests]
+
+        def describe(self):
+            return {"engine": self.name}
+
+    # A registered engine gets the settings changed from their defaults, then ``options`` as they are.
+    engine = load_engine("served", engine="spec-test", max_model_len=64, options={"k": 1})
+    assert engine.model == "served" and engine.options == {"max_model_len": 64, "k": 1}
+    assert load_engine(EngineSpec(model="m", engine="spec-test")).options == {}
+    with pytest.raises(TypeError, match="put them in the EngineSpec"):
+        load_engine(EngineSpec(model="m", engine="spec-test"), max_model_len=64)
+
+
+@pytest.mark.parametrize(
+    "engine, options",
+    [
+        ("hf", {"dtype": "auto"}),
+        ("vllm", {"dtype": "auto"}),
+        ("openai", {"api_key_env": "OPENAI_API_KEY", "request_timeout": 120.0, "max_retries": 6}),
+    ],
+)
+def test_built_in_engines_get_the_options_they_take(engine, options):
+    """The spec's defaults are the engines' own; options of other engines are left out."""
+    from codeplan_tools.engines import EngineSpec
+
+    spec = EngineSpec(model="m", engine=engine, base_url=None, batch_size=None)
+    assert spec.engine_options(engine) == options
+    assert EngineSpec(model="m", batch_size=8, concurrency=4).engine_options(engine) == {
+        **options,
+        **({"batch_size": 8} if engine == "hf" else {"concurrency": 4} if engine == "openai" else {}),
+    }
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({}, "request 'a': set exactly one of prompt or messages"),
+        (
+            {"prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+            "request 'a': set exactly one of prompt or messages",
+        ),
+        ({"prompt": "x", "n": 0}, "request 'a': n and max_tokens must be >= 1"),
+        ({"prompt": "x", "max_tokens": 0}, "request 'a': n and max_tokens must be >= 1"),
+    ],
+)
+def test_request_needs_exactly_one_of_prompt_and_messages(fields, message):
+    with pytest.raises(ValueError) as caught:
+        Request(id="a", **fields)
+    assert str(caught.value) == message
 
 
 def test_missing_vllm_names_the_extra(monkeypatch):

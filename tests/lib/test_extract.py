@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from codeplan_tools.core.errors import UsageError
+from codeplan_tools.core.stage import StageContext
+from codeplan_tools.engines.spec import EngineSpec
 from codeplan_tools.stages.extract import (
     ExtractConfig,
     clean_plan,
@@ -12,7 +14,6 @@ from codeplan_tools.stages.extract import (
     fill_template,
     load_template,
 )
-from codeplan_tools.stages.generate import EngineSpec
 
 PAPER = (
     "Prompt: {prompt}\n"
@@ -41,12 +42,24 @@ def test_template_file(tmp_path):
     f.write_text('Q={prompt} A={response} as JSON {"plan": ...}\n')
     name, text = load_template(str(f))
     assert name == str(f) and text.endswith("...}")  # one trailing newline dropped, braces kept
-    bad = tmp_path / "bad.txt"
-    bad.write_text("only {prompt}\n")
-    with pytest.raises(UsageError, match=r"\{response\}"):
-        load_template(str(bad))
-    with pytest.raises(UsageError, match="no such file"):
-        load_template(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("only {prompt}\n", "template '{path}' lacks the placeholder(s) {{response}}"),
+        ("{response} alone", "template '{path}' lacks the placeholder(s) {{prompt}}"),
+        ("neither", "template '{path}' lacks the placeholder(s) {{prompt}}, {{response}}"),
+        (None, "--template '{path}': not paper or nlplan and no such file"),
+    ],
+)
+def test_template_file_refused(tmp_path, content, message):
+    path = tmp_path / "t.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError) as caught:
+        load_template(str(path))
+    assert str(caught.value) == message.format(path=path)
 
 
 def test_fill_template_does_not_refill_placeholders_inside_values():
@@ -95,8 +108,21 @@ def test_settings_cover_template_and_sampling():
     assert ExtractConfig(temperature=0.5).settings(spec) != base
     assert ExtractConfig(seed=1).settings(spec) != base
     assert ExtractConfig(chunk_size=3).settings(spec) == base  # chunking does not change the output
-    with pytest.raises(UsageError):
-        ExtractConfig(top_p=0)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"top_p": 0}, "need --temperature >= 0 and 0 < --top-p <= 1"),
+        ({"top_p": 1.5}, "need --temperature >= 0 and 0 < --top-p <= 1"),
+        ({"temperature": float("inf")}, "--temperature and --top-p must be finite numbers (not nan or inf)"),
+        ({"max_tokens": 0}, "--max-tokens must be at least 1"),
+    ],
+)
+def test_config_refuses(settings, message):
+    with pytest.raises(UsageError) as caught:
+        ExtractConfig(**settings)
+    assert str(caught.value) == message
 
 
 def test_extract_records_on_the_tiny_model(tiny_model):
@@ -106,9 +132,7 @@ def test_extract_records_on_the_tiny_model(tiny_model):
         {"id": "long", "prompt": "word " * 600, "response": "ok"},
     ]
     spec = EngineSpec(model=str(tiny_model), engine="hf", max_model_len=512)
-    from codeplan_tools.stages.generate import LibraryContext
-
-    ctx = LibraryContext("extract")
+    ctx = StageContext("extract")
     out = list(extract_records(records, ExtractConfig(max_tokens=8, seed=3), spec, ctx=ctx))
     assert [r["id"] for r in out] == ["a", "b"]
     for r in out:

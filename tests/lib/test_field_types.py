@@ -8,10 +8,10 @@ import pytest
 
 from codeplan_tools.core.errors import BadRecord
 from codeplan_tools.core.records import WrongType
-from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.eval.report import score_type_error
 from codeplan_tools.formats import get_format
-from codeplan_tools.stages.filter import RULES, FilterConfig, check_record, filter_records
+from codeplan_tools.stages.filter import FilterConfig, check_record, filter_records, rule_checks
 from codeplan_tools.stages.pack import Encoder, PackConfig, RecordTokenizer, pack_records
 from codeplan_tools.stages.score import ScoreConfig, sample_texts, score_records
 from tests.helpers import invoke, read_records, write_jsonl
@@ -52,7 +52,7 @@ WRONG_TYPED = [
 @pytest.mark.parametrize("field, kind", WRONG_TYPED)
 def test_filter_rules_name_a_wrong_typed_field(field, kind):
     config = FilterConfig(max_plan_tokens=100)
-    checks = [rule.check for rule in RULES.values()]
+    checks = rule_checks(config)
     record = _with(GOOD, field, TYPES[kind])
     with pytest.raises(WrongType) as caught:
         check_record(record, config, checks)
@@ -67,29 +67,22 @@ def test_filter_skip_rejects_each_wrong_type_and_keeps_the_rest():
         _with(dict(GOOD, id="r", prompt="Another prompt"), "response", {"text": "x"}),
         dict(GOOD, id="ok2", prompt="A third prompt"),
     ]
-    rejected, stats = [], Stats("filter")
-    kept = list(
-        filter_records(
-            records,
-            FilterConfig(),
-            stats,
-            lambda record, reason, **details: rejected.append((record, reason, details)),
-            on_bad_record="skip",
-        )
-    )
+    ctx = StageContext("filter", on_bad_record="skip")
+    kept = list(filter_records(records, FilterConfig(), ctx))
     assert [r["id"] for r in kept] == ["ok1", "ok2"]
-    assert [why for _, why, _ in rejected] == [
+    rejected = [(r["line"], r["meta"]["filter"]) for r in ctx.rejected]
+    assert [meta.pop("reason") for _, meta in rejected] == [
         "bad-record: meta is a string, not an object",
         "bad-record: meta.extract is a list, not an object",
         "bad-record: response is an object, not a string",
     ]
     # Rejected as the reader rejects a bad line: the line as read, file and line (here: the position
     # in the input, as no reader gives one). The user's own meta is kept as it was.
-    assert orjson.loads(rejected[0][0]["line"])["meta"] == "mined by hand"
-    assert [details for _, _, details in rejected] == [{"file": "<records>", "line": n} for n in (2, 3, 4)]
-    assert stats["bad_records"] == 3
+    assert orjson.loads(rejected[0][0])["meta"] == "mined by hand"
+    assert [meta for _, meta in rejected] == [{"file": "<records>", "line": n} for n in (2, 3, 4)]
+    assert ctx.stats["bad_records"] == 3
     with pytest.raises(BadRecord, match="<records>:2: meta is a string"):
-        list(filter_records(records, FilterConfig(), Stats("filter"), lambda *a, **k: None))
+        list(filter_records(records, FilterConfig()))
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -143,20 +136,19 @@ def test_wrong_typed_samples_are_bad_records_not_the_gold_response(samples, mess
     with pytest.raises(WrongType) as caught:
         sample_texts(record)
     assert str(caught.value) == message
-    rejected, stats = [], Stats("score")
+    ctx = StageContext("score", on_bad_record="skip")
     out = list(
         score_records(
             [record, {"id": "b", "task": "gsm8k", "answer": "4", "samples": ["4"]}],
             ScoreConfig(workers=1),
-            stats,
-            reject=lambda r, reason, **details: rejected.append((r, reason, details)),
+            ctx,
         )
     )
     assert [r["id"] for r in out] == ["b"] and out[0]["meta"]["score"]["correct"] is True
-    ((line, reason, details),) = rejected
+    (line,) = ctx.rejected
     assert orjson.loads(line["line"])["samples"] == samples  # rejected as read, not scored
-    assert reason == f"bad-record: {message}" and details == {"file": "<records>", "line": 1}
-    assert stats["bad_records"] == 1 and stats["records_scored"] == 1
+    assert line["meta"]["score"] == {"file": "<records>", "line": 1, "reason": f"bad-record: {message}"}
+    assert ctx.stats["bad_records"] == 1 and ctx.stats["records_scored"] == 1
 
 
 @pytest.mark.parametrize(
@@ -170,15 +162,9 @@ def test_wrong_typed_samples_are_bad_records_not_the_gold_response(samples, mess
 )
 def test_score_names_wrong_typed_task_meta_and_answer(field, value, reason):
     record = _with({"id": "a", "task": "gsm8k", "answer": "4", "samples": ["4"]}, field, value)
-    rejected = []
-    out = list(
-        score_records(
-            [record],
-            ScoreConfig(workers=1),
-            Stats("score"),
-            reject=lambda r, why, **details: rejected.append((why, details.get("detail"))),
-        )
-    )
+    ctx = StageContext("score", on_bad_record="skip")
+    out = list(score_records([record], ScoreConfig(workers=1), ctx))
+    rejected = [(r["meta"]["score"]["reason"], r["meta"]["score"].get("detail")) for r in ctx.rejected]
     assert out == [] and rejected[0][0] == reason
     if reason == "no-gold":
         assert (
@@ -188,7 +174,7 @@ def test_score_names_wrong_typed_task_meta_and_answer(field, value, reason):
 
 
 def test_a_number_is_still_a_numeric_gold_answer():
-    out = list(score_records([{"task": "gsm8k", "answer": 18, "samples": ["18"]}], ScoreConfig(), Stats("s")))
+    out = list(score_records([{"task": "gsm8k", "answer": 18, "samples": ["18"]}], ScoreConfig()))
     assert out[0]["meta"]["score"]["correct"] is True
 
 
@@ -292,24 +278,19 @@ def test_a_huge_record_is_dropped_before_tokenizing_and_truncate_split_stay_exac
 
     spy(Encoder, "_ids", lambda texts: sum(map(len, texts)))
     spy(RecordTokenizer, "_encode", len)
-    rejected, stats = [], Stats("pack")
-    packs = list(
-        pack_records(
-            [big, small],
-            config,
-            stats,
-            lambda r, why, **d: rejected.append((r["id"], why, d)),
-            tokenizer=tokenizer,
-        )
-    )
+    from codeplan_tools.core.stage import StageContext
+
+    ctx = StageContext("pack")
+    packs = list(pack_records([big, small], config, ctx, tokenizer=tokenizer))
+    stats = ctx.stats
     assert [p["example_ids"] for p in packs] == [["small"]]
-    assert rejected == [
+    assert [(r["id"], r["meta"]["pack"]) for r in ctx.rejected] == [
         (
             "big",
-            "overlong",
             {
                 "max_len": 64,
                 "chars": len("".join(encoder.format.render(tokenizer, "Q?", "x = 1", big["response"]))),
+                "reason": "overlong",
             },
         )
     ]

@@ -1,16 +1,12 @@
 import unicodedata
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.core import parallel
-from codeplan_tools.core.errors import BadRecord
-from codeplan_tools.core.stage import StageIO, run_stage
-from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.stages import filter as F
-from codeplan_tools.stages.filter import RULES, FilterConfig, filter_records, required_fields
+from codeplan_tools.stages.filter import RULES, FilterConfig, filter_records
 
 GOOD_PLAN = "def solve(n):\n    total = 0\n    for x in range(n):\n        if x % 2:\n            total += x\n    return total"
 RESPONSE = "We add up the odd numbers below n one by one and report the total we get at the very end of it."
@@ -44,20 +40,38 @@ def test_each_rule_passes_good_and_rejects_bad_with_its_name(name):
     assert reason is not None and reason.split(":")[0] == name
 
 
-def test_length_bounds_and_tokens():
-    config = FilterConfig(min_plan_words=3, max_plan_words=5, max_plan_tokens=10)
-    assert RULES["length"].check(rec(plan="a b"), config).startswith("length: 2 words < 3")
-    assert RULES["length"].check(rec(plan="a b c d e f"), config).startswith("length: 6 words > 5")
-    assert RULES["length"].check(rec(plan="a b c", meta={"extract": {"tokens_out": 11}}), config) == (
-        "length: 11 tokens > 10"
-    )
+LENGTH = FilterConfig(min_plan_words=3, max_plan_words=5, max_plan_tokens=10)
 
 
-def test_code_strict_parses_but_never_runs():
-    config = FilterConfig(code_strict=True)
-    assert RULES["code"].check(rec(plan="x = (1,\ny = 2"), config).startswith("code: not valid Python")
-    # A plan that would have side effects if executed only gets parsed.
-    assert RULES["code"].check(rec(plan="import os\nos.remove('/definitely/not/here')"), config) is None
+@pytest.mark.parametrize(
+    "record, config, reason",
+    [
+        (rec(plan="a b"), LENGTH, "length: 2 words < 3"),
+        (rec(plan="a b c d e f"), LENGTH, "length: 6 words > 5"),
+        (rec(plan="a b c", meta={"extract": {"tokens_out": 11}}), LENGTH, "length: 11 tokens > 10"),
+        (rec(plan="a b c", meta={"extract": {"tokens_out": 10}}), LENGTH, None),
+        (rec(plan="a b c d e"), LENGTH, None),
+        (
+            rec(plan="x = (1,\ny = 2"),
+            FilterConfig(code_strict=True),
+            "code: not valid Python (SyntaxError line 1)",
+        ),
+        # A plan that would have side effects if executed only gets parsed.
+        (rec(plan="import os\nos.remove('/definitely/not/here')"), FilterConfig(code_strict=True), None),
+    ],
+    ids=[
+        "too few words",
+        "too many words",
+        "too many tokens",
+        "tokens at the limit",
+        "words at the limit",
+        "strict: not Python",
+        "strict: parsed, never run",
+    ],
+)
+def test_length_bounds_tokens_and_strict_code(record, config, reason):
+    rule = reason.split(":")[0] if reason else ("code" if config.code_strict else "length")
+    assert RULES[rule].check(record, config) == reason
 
 
 def test_dedup_normalises_case_space_and_unicode():
@@ -68,35 +82,81 @@ def test_dedup_normalises_case_space_and_unicode():
         rec(id="c", prompt="ｗhat is 2+2?"),
         rec(id="d", prompt="What is 2+3?"),
     ]
-    rejected = []
-    kept = list(
-        filter_records(records, config, Stats("filter"), lambda r, why: rejected.append((r["id"], why)))
-    )
+    ctx = StageContext("filter")
+    kept = list(filter_records(records, config, ctx))
     assert [r["id"] for r in kept] == ["a", "d"]
-    assert rejected == [("b", "dedup: duplicate prompt"), ("c", "dedup: duplicate prompt")]
+    assert [(r["id"], r["meta"]["filter"]) for r in ctx.rejected] == [
+        ("b", {"reason": "dedup: duplicate prompt"}),
+        ("c", {"reason": "dedup: duplicate prompt"}),
+    ]
+    assert dict(ctx.stats.counters) == {"rejected": 2, "rejected.dedup": 2, "kept": 2}
+
+
+@pytest.mark.parametrize("annotate", [False, True])
+def test_dedup_of_a_record_kept_by_the_other_rules_and_one_that_failed_them(annotate):
+    """dedup runs after the other rules (in order, in the main process) as if it were the last rule:
+    a duplicate the other rules kept is unmarked before it is rejected (its own meta.filter as read)."""
+    earlier = {"kept": True, "by": "an earlier run"}
+    records = [
+        rec(id="a", prompt="Same question?"),
+        rec(id="b", prompt="same question?", meta={"filter": earlier}),
+        rec(id="c", prompt="Same  question?", plan="no"),
+    ]
+    ctx = StageContext("filter")
+    out = list(filter_records(records, FilterConfig(annotate=annotate), ctx))
+    if annotate:
+        assert [r["meta"]["filter"] for r in out] == [
+            {"kept": True},
+            {"kept": False, "reason": "dedup: duplicate prompt", "reasons": ["dedup: duplicate prompt"]},
+            {
+                "kept": False,
+                "reason": "length: 1 words < 3",
+                "reasons": [
+                    "length: 1 words < 3",
+                    "code: 0.00 of lines look like code < 0.5",
+                    "dedup: duplicate prompt",
+                ],
+            },
+        ]
+        assert dict(ctx.stats.counters) == {
+            "kept": 1,
+            "marked": 2,
+            "failed.dedup": 2,
+            "failed.length": 1,
+            "failed.code": 1,
+        }
+    else:
+        assert [r["id"] for r in out] == ["a"]
+        assert [r["meta"]["filter"] for r in ctx.rejected] == [
+            {**earlier, "reason": "dedup: duplicate prompt"},
+            {"reason": "length: 1 words < 3"},
+        ]
+        assert dict(ctx.stats.counters) == {
+            "kept": 1,
+            "rejected": 2,
+            "rejected.dedup": 1,
+            "rejected.length": 1,
+        }
 
 
 def test_annotate_keeps_everything_and_lists_all_reasons():
     config = FilterConfig(annotate=True)
     bad = rec(id="b", prompt="another", plan="Just words here and nothing more " * 40)
-    out = list(filter_records([rec(id="g"), bad], config, Stats("filter"), lambda r, why: None))
+    out = list(filter_records([rec(id="g"), bad], config))
     assert [r["meta"]["filter"]["kept"] for r in out] == [True, False]
     reasons = [x.split(":")[0] for x in out[1]["meta"]["filter"]["reasons"]]
     assert reasons == ["length", "code"]
 
 
 def test_stats_describe_what_passed():
-    stats = Stats("filter")
+    ctx = StageContext("filter")
     plans = [GOOD_PLAN, "def f():\n    return 1", "x = 1\nprint(x)"]
     list(
         filter_records(
-            [rec(id=str(i), prompt=f"q {i}", plan=p) for i, p in enumerate(plans)],
-            FilterConfig(),
-            stats,
-            lambda r, why: None,
+            [rec(id=str(i), prompt=f"q {i}", plan=p) for i, p in enumerate(plans)], FilterConfig(), ctx
         )
     )
-    passed = stats.derived["passed"]
+    passed = ctx.stats.derived["passed"]
     assert passed["plan_share"] == {
         "functions": round(2 / 3, 4),
         "conditions": round(1 / 3, 4),
@@ -107,13 +167,11 @@ def test_stats_describe_what_passed():
 
 def test_profile_off_keeps_the_same_records_and_measures_nothing():
     records = [rec(id=str(i), prompt=f"q {i}", plan=GOOD_PLAN) for i in range(3)]
-    on, off = Stats("filter"), Stats("filter")
-    kept_on = list(filter_records([dict(r) for r in records], FilterConfig(), on, lambda r, why: None))
-    kept_off = list(
-        filter_records([dict(r) for r in records], FilterConfig(profile=False), off, lambda r, why: None)
-    )
+    on, off = StageContext("filter"), StageContext("filter")
+    kept_on = list(filter_records([dict(r) for r in records], FilterConfig(), on))
+    kept_off = list(filter_records([dict(r) for r in records], FilterConfig(profile=False), off))
     assert kept_on == kept_off and len(kept_on) == 3
-    assert "passed" in on.derived and "passed" not in off.derived
+    assert "passed" in on.stats.derived and "passed" not in off.stats.derived
 
 
 # The rules' fast paths (str methods, token counts without token lists) against their definitions.
@@ -245,88 +303,3 @@ def test_code_rule_on_multi_line_plans_matches_the_definition(lines, ratio):
     plan = "\n".join(lines)
     config = FilterConfig(code_min_ratio=ratio)
     assert RULES["code"].check(rec(plan=plan), config) == _reference_code(plan, config)
-
-
-def _mixed_lines():
-    lines = []
-    for i in range(60):
-        r = rec(
-            id=f"m{i}",
-            prompt=f"Question {i % 23}?",
-            meta={"extract": {"finish_reason": "length" if i % 11 == 0 else "stop"}},
-        )
-        if i % 7 == 0:
-            r["plan"] = "We think about it.\nThen answer."
-        if i % 13 == 0:
-            r["plan"] = f"answer = '''{RESPONSE}'''"
-        lines.append(orjson.dumps(r))
-        if i % 17 == 5:
-            lines.append(b'{"id": "broken"')
-        if i % 19 == 3:
-            lines.append(b'{"id": "noplan", "prompt": "x"}')
-    return b"\n".join(lines) + b"\n"
-
-
-@pytest.mark.parametrize("annotate", [False, True])
-def test_parallel_path_equals_single_process(tmp_path, monkeypatch, annotate):
-    path = tmp_path / "in.jsonl"
-    path.write_bytes(_mixed_lines())
-    results = {}
-    for mode in ("single", "parallel"):
-        config = FilterConfig(annotate=annotate)
-        io = StageIO(
-            stage="filter",
-            inputs=[str(path)],
-            output=str(tmp_path / f"{mode}.jsonl"),
-            plain=True,
-            rejects=str(tmp_path / f"{mode}-rej.jsonl"),
-            on_bad_record="skip",
-            require=required_fields(config),
-            progress=False,
-        )
-        if mode == "single":
-            stats = run_stage(
-                io, lambda records, ctx, config=config: filter_records(records, config, ctx.stats, ctx.reject)
-            )
-        else:
-            monkeypatch.setattr(parallel, "BATCH_LINES", 4)  # many batches over 2 workers
-            assert parallel.can_run(io, config)
-            stats = parallel.run_filter_parallel(io, config, 2)
-        stats.counters.pop("wall_seconds")
-        results[mode] = (
-            (tmp_path / f"{mode}.jsonl").read_bytes(),
-            (tmp_path / f"{mode}-rej.jsonl").read_bytes(),
-            dict(stats.counters),
-            stats.derived,
-        )
-    assert results["parallel"] == results["single"]
-    out, rejected, counters, _ = results["single"]
-    assert counters["read"] == counters["written"] + counters["rejected"] and counters["bad_records"] > 0
-    assert counters.get("rejected.dedup", 0) + counters.get("failed.dedup", 0) > 0
-
-
-def test_parallel_bad_line_fails_with_its_line(tmp_path, monkeypatch):
-    path = tmp_path / "in.jsonl"
-    path.write_bytes(_mixed_lines())
-    monkeypatch.setattr(parallel, "BATCH_LINES", 2)
-    messages = []
-    for run in (
-        lambda io, config: run_stage(
-            io, lambda records, ctx: filter_records(records, config, ctx.stats, ctx.reject)
-        ),
-        lambda io, config: parallel.run_filter_parallel(io, config, 2),
-    ):
-        config = FilterConfig()  # a fresh dedup state for each run
-        io = StageIO(
-            stage="filter",
-            inputs=[str(path)],
-            output=str(tmp_path / "o.jsonl"),
-            plain=True,
-            require=required_fields(config),
-            progress=False,
-        )
-        with pytest.raises(BadRecord) as err:
-            run(io, config)
-        messages.append((str(err.value), (tmp_path / "o.jsonl").read_bytes()))
-    assert messages[0] == messages[1]
-    assert messages[0][0] == f"{path}:5: missing required field 'plan'"

@@ -54,15 +54,20 @@ def test_round_trip_holds_for_most_text_and_reasons_name_the_rest(plan, response
         assert reason in {"contains-end-marker", "plan-contains-separator"}
 
 
-def test_unparseable_reasons():
-    fmt = get_format("codeplan", chat=False, end_marker="</s>")
-    assert fmt.unparseable_reason("x = 1", "ok") is None
-    assert fmt.unparseable_reason("x = 1\n```\n\n### Answer:\nsneaky", "ok") == "plan-contains-separator"
-    assert fmt.unparseable_reason("x = 1", "a </s> b") == "contains-end-marker"
-    assert fmt.unparseable_reason(None, "ok") == "missing-plan"
-    nl = get_format("nlplan", chat=False, end_marker="</s>")
-    assert nl.unparseable_reason("first\n\n### Answer:\nsecond", "r") == "plan-contains-separator"
-    assert get_format("vanilla", chat=False, end_marker="</s>").unparseable_reason(None, "fine") is None
+@pytest.mark.parametrize(
+    ("name", "plan", "response", "reason"),
+    [
+        ("codeplan", "x = 1", "ok", None),
+        ("codeplan", "x = 1\n```\n\n### Answer:\nsneaky", "ok", "plan-contains-separator"),
+        ("codeplan", "x = 1", "a </s> b", "contains-end-marker"),
+        ("codeplan", None, "ok", "missing-plan"),
+        ("nlplan", "first\n\n### Answer:\nsecond", "r", "plan-contains-separator"),
+        ("vanilla", None, "fine", None),
+    ],
+)
+def test_unparseable_reasons(name, plan, response, reason):
+    fmt = get_format(name, chat=False, end_marker="</s>")
+    assert fmt.unparseable_reason(plan, response) == reason
 
 
 def test_plain_template_texts():
@@ -87,18 +92,24 @@ def test_prefix_with_plan_and_response_after_plan():
         get_format("vanilla", chat=False).prefix_with_plan(None, "Q", "x = 1")
 
 
-def test_parse_generated_text_that_is_off_format():
-    fmt = get_format("codeplan", chat=False, end_marker="</s>")
-    assert fmt.parse("just an answer</s>more") == (None, "just an answer")
-    assert fmt.parse("### Answer:\n42") == (None, "42")
-    # Stopped at the token limit inside the plan: the plan so far, no response.
-    assert fmt.parse("### Plan:\n```python\nx = 1\ny = ") == ("x = 1\ny = ", "")
-    assert fmt.parse("### Plan:\n```python\nx = 1\n```") == ("x = 1", "")
-    assert fmt.parse("\n### Plan:\n```python\nx\n```\n\n### Answer:\nok") == ("x", "ok")
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("just an answer</s>more", (None, "just an answer")),
+        ("### Answer:\n42", (None, "42")),
+        # Stopped at the token limit inside the plan: the plan so far, no response.
+        ("### Plan:\n```python\nx = 1\ny = ", ("x = 1\ny = ", "")),
+        ("### Plan:\n```python\nx = 1\n```", ("x = 1", "")),
+        ("\n### Plan:\n```python\nx\n```\n\n### Answer:\nok", ("x", "ok")),
+    ],
+    ids=["no-plan", "answer-only", "cut-in-the-plan", "plan-only", "leading-newline"],
+)
+def test_parse_generated_text_that_is_off_format(text, parsed):
+    assert get_format("codeplan", chat=False, end_marker="</s>").parse(text) == parsed
 
 
 def test_unknown_format_is_a_usage_error():
-    with pytest.raises(UsageError, match="codeplan"):
+    with pytest.raises(UsageError, match=r"^unknown format 'cot'; choose one of: codeplan, nlplan, vanilla$"):
         get_format("cot")
 
 

@@ -7,12 +7,13 @@ import pytest
 from codeplan_tools.core.errors import UsageError
 from codeplan_tools.core.progress import EngineProgress
 from codeplan_tools.core.records import derive_seed
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.core.stats import Stats
+from codeplan_tools.engines.runner import chunked
+from codeplan_tools.engines.spec import EngineSpec
 from codeplan_tools.stages.generate import (
-    EngineSpec,
     GenerateConfig,
-    LibraryContext,
-    chunked,
+    GenerateStage,
     generate_records,
     mode_prompt,
     parse_code_plan_reply,
@@ -53,19 +54,31 @@ def test_parse_code_plan_reply(reply, plan, response):
     assert parse_code_plan_reply(reply) == (plan, response)
 
 
-def test_config_validation():
+def test_config_defaults_and_settings():
     assert GenerateConfig().format == "codeplan"
-    with pytest.raises(UsageError, match="not both"):
-        GenerateConfig(format="vanilla", mode="cot")
-    with pytest.raises(UsageError, match="--given-plan"):
-        GenerateConfig(format="vanilla", given_plan=True)
-    with pytest.raises(UsageError, match="--given-plan"):
-        GenerateConfig(mode="cot", given_plan=True)
-    with pytest.raises(UsageError, match="unknown mode"):
-        GenerateConfig(mode="tree-of-thought")
     spec = EngineSpec(model="m", engine="hf")
     assert GenerateConfig(n=2).settings(spec) != GenerateConfig(n=4).settings(spec)
     assert GenerateConfig(mode="cot").settings(spec)["mode_instruction_sha256"]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"format": "vanilla", "mode": "cot"}, "give either --format (fine-tuned models) or --mode"),
+        ({"format": "vanilla", "given_plan": True}, "--given-plan works with --format codeplan/nlplan"),
+        ({"mode": "cot", "given_plan": True}, "--given-plan works with --format codeplan/nlplan"),
+        ({"mode": "tree-of-thought"}, "unknown mode 'tree-of-thought'; choose one of: direct, cot"),
+        ({"format": "chatml"}, "unknown format 'chatml'; choose one of: codeplan, vanilla, nlplan"),
+        ({"n": 0}, "-n must be at least 1"),
+        ({"max_tokens": 0}, "--max-tokens must be at least 1"),
+        ({"temperature": -1.0}, "need --temperature >= 0 and 0 < --top-p <= 1"),
+        ({"top_p": float("nan")}, "--temperature and --top-p must be finite numbers"),
+    ],
+)
+def test_config_refuses(settings, message):
+    with pytest.raises(UsageError) as caught:
+        GenerateConfig(**settings)
+    assert str(caught.value).startswith(message)
 
 
 def test_chunked():
@@ -98,7 +111,7 @@ def hf_engine(tiny_model):
 
 def _run(engine, tiny_model, records, **kw):
     spec = EngineSpec(model=str(tiny_model), engine="hf", max_model_len=512)
-    ctx = LibraryContext("generate")
+    ctx = StageContext("generate")
     out = list(
         generate_records([dict(r) for r in records], GenerateConfig(**kw), spec, ctx=ctx, engine=engine)
     )
@@ -162,17 +175,34 @@ def test_task_answer_instruction_is_added_once():
 
 def test_requests_stop_on_the_format_end_and_carry_the_given_plan(hf_engine, tiny_model):
     from codeplan_tools.formats import get_format
-    from codeplan_tools.stages.generate import GenerateTask
 
     spec = EngineSpec(model=str(tiny_model), engine="hf")
     fmt = get_format("codeplan", hf_engine.tokenizer)
-    task = GenerateTask(
-        GenerateConfig(format="codeplan", given_plan=True, seed=4), spec, LibraryContext("generate")
-    )
-    task.bind(hf_engine, spec)
-    req = task.request(dict(QUESTIONS[0]))
+    stage = GenerateStage(GenerateConfig(format="codeplan", given_plan=True, seed=4), spec, hf_engine)
+    stage.bind(hf_engine)
+    req = stage.request(dict(QUESTIONS[0]))
     assert req.stop == fmt.stop_strings() and fmt.end_marker in req.stop
     assert req.prompt == fmt.prefix_with_plan(
         hf_engine.tokenizer, QUESTIONS[0]["prompt"], QUESTIONS[0]["plan"]
     )
     assert req.prompt.endswith("```\n\n### Answer:\n") and req.seed == derive_seed(4, "q1")
+
+
+def test_generate_stage_runs_on_files_through_run_stage(hf_engine, tiny_model, tmp_path):
+    """The Stage shape: ``run_stage`` drives GenerateStage; rejects go to the rejects file."""
+    from codeplan_tools.core.stage import StageIO, run_stage
+    from tests.helpers import read_records, write_jsonl
+
+    src = write_jsonl(tmp_path / "q.jsonl", [*QUESTIONS, {"id": "huge", "prompt": "word " * 800}])
+    io = StageIO(
+        stage="generate",
+        inputs=[str(src)],
+        output=str(tmp_path / "out.jsonl"),
+        rejects=str(tmp_path / "rej.jsonl"),
+        progress=False,
+    )
+    spec = EngineSpec(model=str(tiny_model), engine="hf", max_model_len=512)
+    stats = run_stage(io, GenerateStage(GenerateConfig(mode="direct", max_tokens=3), spec, hf_engine))
+    assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == ["q1", "q2"]
+    assert [r["id"] for r in read_records(tmp_path / "rej.jsonl")] == ["huge"]
+    assert stats["read"] == 3 and stats["written"] == 2 and stats["rejected.prompt-too-long"] == 1

@@ -39,24 +39,30 @@ def _line(i, key=KEY) -> bytes:
 
 
 # -- same file ------------------------------------------------------------------------------------
-def test_an_output_that_is_an_input_by_name_symlink_or_hard_link_is_refused(tmp_path):
+@pytest.mark.parametrize("flag", ["-o", "--rejects", "--stats"])
+@pytest.mark.parametrize("out", ["a.jsonl", "link.jsonl", "hard.jsonl"], ids=["name", "symlink", "hard link"])
+def test_an_output_that_is_an_input_by_name_symlink_or_hard_link_is_refused(tmp_path, out, flag):
     data = tmp_path / "a.jsonl"
     data.write_bytes(b'{"id": "1"}\n')
     (tmp_path / "link.jsonl").symlink_to(data)
     os.link(data, tmp_path / "hard.jsonl")
-    for out in ("a.jsonl", "link.jsonl", "hard.jsonl"):
-        for flag in ("-o", "--rejects", "--stats"):
-            with pytest.raises(UsageError, match=f"{flag} .*{out} is the same file as input .*a.jsonl"):
-                check_distinct([str(data)], [(flag, str(tmp_path / out))])
+    with pytest.raises(UsageError, match=f"{flag} .*{out} is the same file as input .*a.jsonl"):
+        check_distinct([str(data)], [(flag, str(tmp_path / out))])
     check_distinct([str(data)], [("-o", str(tmp_path / "new.zst")), ("--rejects", str(tmp_path / "r.zst"))])
 
 
-def test_outputs_must_differ_from_each_other_also_before_they_exist(tmp_path):
-    out = str(tmp_path / "out.zst")
-    with pytest.raises(UsageError, match="--rejects .* is the same output as -o"):
-        check_distinct([], [("-o", out), ("--rejects", str(tmp_path / "sub" / ".." / "out.zst"))])
-    with pytest.raises(UsageError, match=r"--rejects - \(stdout\) is the same output as stdout"):
-        check_distinct([], [("-o", "-"), ("--rejects", "-")])
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        ([("-o", "out.zst"), ("--rejects", "sub/../out.zst")], "--rejects .* is the same output as -o"),
+        ([("-o", "-"), ("--rejects", "-")], r"--rejects - \(stdout\) is the same output as stdout"),
+    ],
+    ids=["same path before it exists", "both stdout"],
+)
+def test_outputs_must_differ_from_each_other_also_before_they_exist(tmp_path, outputs, message):
+    outputs = [(flag, path if path == "-" else str(tmp_path / path)) for flag, path in outputs]
+    with pytest.raises(UsageError, match=message):
+        check_distinct([], outputs)
 
 
 def test_stdin_and_stdout_redirected_from_and_to_an_input_are_refused(tmp_path):
@@ -72,26 +78,36 @@ def test_stdin_and_stdout_redirected_from_and_to_an_input_are_refused(tmp_path):
 
 
 # -- inputs and writability -----------------------------------------------------------------------
-def test_inputs_must_be_existing_files(tmp_path):
+@pytest.mark.parametrize(
+    "inputs, message",
+    [(["a.jsonl", "-", "missing.jsonl"], "missing.jsonl: no such file"), ([""], "is a folder")],
+    ids=["missing", "folder"],
+)
+def test_inputs_must_be_existing_files(tmp_path, inputs, message):
     good = tmp_path / "a.jsonl"
     good.write_bytes(b"")
-    with pytest.raises(InputMissing, match="missing.jsonl: no such file"):
-        check_inputs([str(good), "-", str(tmp_path / "missing.jsonl")])
-    with pytest.raises(InputMissing, match="is a folder"):
-        check_inputs([str(tmp_path)])
+    with pytest.raises(InputMissing, match=message):
+        check_inputs([path if path == "-" else str(tmp_path / path) for path in inputs])
     check_inputs([str(good), "-"])
 
 
-def test_unwritable_output_paths_are_refused_before_the_run(tmp_path):
-    afile = tmp_path / "a.txt"
-    afile.write_text("x")
-    with pytest.raises(CannotCreate, match="--stats .*a.txt is not a folder"):
-        check_writable(str(afile / "deeper" / "s.json"), "--stats")
-    with pytest.raises(CannotCreate, match="-o .* is a folder"):
-        check_writable(str(tmp_path), "-o")
-    check_writable(str(tmp_path / "new" / "folders" / "out.zst"), "-o")  # created by the writer
-    check_writable(str(afile), "-o")
-    check_writable("-", "-o")
+@pytest.mark.parametrize(
+    "path, flag, message",
+    [("a.txt/deeper/s.json", "--stats", "--stats .*a.txt is not a folder"), ("", "-o", "-o .* is a folder")],
+    ids=["under a file", "a folder"],
+)
+def test_unwritable_output_paths_are_refused_before_the_run(tmp_path, path, flag, message):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(CannotCreate, match=message):
+        check_writable(str(tmp_path / path), flag)
+
+
+@pytest.mark.parametrize(
+    "path", ["new/folders/out.zst", "a.txt", "-"], ids=["new folders", "a file", "stdout"]
+)
+def test_writable_output_paths_pass(tmp_path, path):
+    (tmp_path / "a.txt").write_text("x")
+    check_writable(path if path == "-" else str(tmp_path / path), "-o")  # folders are made by the writer
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")

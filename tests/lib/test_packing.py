@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from codeplan_tools.core.errors import UsageError
 from codeplan_tools.core.records import normalize
-from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.core.streams import read_records
 from codeplan_tools.formats import get_format
 from codeplan_tools.stages.pack import (
@@ -73,10 +74,9 @@ def test_labels_mask_exactly_the_prompt_tokens(shared_data, tokenizers, name):
     model = str(shared_data / "tokenizers" / name)
     tok = tokenizers[name]
     records = gsm8k(shared_data, 12)
-    stats = Stats("pack")
-    packs = list(
-        pack_records(records, PackConfig(model=model, max_len=1024, workers=1), stats, tokenizer=tok)
-    )
+    ctx = StageContext("pack")
+    packs = list(pack_records(records, PackConfig(model=model, max_len=1024, workers=1), ctx, tokenizer=tok))
+    stats = ctx.stats
     fmt = get_format("codeplan", tok)
     assert fmt.chat == (name != "mistral-7b-v0.1")  # Mistral-7B-v0.1 has no chat template: plain template
     by_id = {r["id"]: r for r in records}
@@ -115,10 +115,11 @@ def test_loss_all_trains_on_every_token(shared_data, tokenizers):
 
 def test_gsm8k_packs_at_least_97_percent_full_with_llama3(shared_data, tokenizers):
     model = str(shared_data / "tokenizers" / "llama-3-8b-instruct")
-    stats = Stats("pack")
+    ctx = StageContext("pack")
     records = gsm8k(shared_data, 2000, with_plan=False)
     cfg = PackConfig(model=model, format="vanilla", max_len=2048, workers=1)
-    packs = list(pack_records(records, cfg, stats, tokenizer=tokenizers["llama-3-8b-instruct"]))
+    packs = list(pack_records(records, cfg, ctx, tokenizer=tokenizers["llama-3-8b-instruct"]))
+    stats = ctx.stats
     eff = derived_stats(stats)["packing_efficiency"]
     assert eff == pytest.approx(sum(len(p["input_ids"]) for p in packs) / (2048 * len(packs)))
     assert eff >= 0.97
@@ -130,11 +131,11 @@ def test_gsm8k_packs_at_least_97_percent_full_with_llama3(shared_data, tokenizer
 def test_overlong_rows_are_dropped_truncated_or_split_and_counted(tiny_model, mode):
     long = {"id": "long", "prompt": "Q?", "plan": "x = 1", "response": "word " * 300}
     short = {"id": "short", "prompt": "Q?", "plan": "x = 1", "response": "ok"}
-    stats, rejected = Stats("pack"), []
+    ctx = StageContext("pack")
     cfg = PackConfig(model=str(tiny_model), max_len=128, overlong=mode, workers=1)
-    packs = list(
-        pack_records([long, short], cfg, stats, lambda r, reason, **kw: rejected.append((r["id"], reason)))
-    )
+    packs = list(pack_records([long, short], cfg, ctx))
+    stats = ctx.stats
+    rejected = [(r["id"], r["meta"]["pack"]["reason"]) for r in ctx.rejected]
     ids = [i for p in packs for i in p["example_ids"]]
     assert (
         stats["overlong"] == 1
@@ -146,6 +147,7 @@ def test_overlong_rows_are_dropped_truncated_or_split_and_counted(tiny_model, mo
     assert all(len(p["input_ids"]) <= 128 for p in packs)
     if mode == "drop":
         assert ids == ["short"] and rejected == [("long", "overlong")]
+        assert stats["rejected"] == stats["rejected.overlong"] == 1
     elif mode == "truncate":
         assert sorted(ids) == ["long", "short"] and not rejected
         assert (
@@ -161,19 +163,35 @@ def test_overlong_rows_are_dropped_truncated_or_split_and_counted(tiny_model, mo
 
 
 def test_unrenderable_rows_are_rejected_with_the_format_reason(tiny_model):
-    rejected = []
+    ctx = StageContext("pack")
     bad = {"id": "b", "prompt": "Q?", "plan": "x\n```\n\n### Answer:\nsneaky", "response": "r"}
     good = {"id": "g", "prompt": "Q?", "plan": "x = 1", "response": "r"}
-    packs = list(
-        pack_records(
-            [bad, good],
-            PackConfig(model=str(tiny_model), workers=1),
-            None,
-            lambda r, reason, **kw: rejected.append(reason),
-        )
-    )
+    packs = list(pack_records([bad, good], PackConfig(model=str(tiny_model), workers=1), ctx))
     assert [i for p in packs for i in p["example_ids"]] == ["g"]
-    assert rejected == ["plan-contains-separator"]
+    assert [r["meta"]["pack"]["reason"] for r in ctx.rejected] == ["plan-contains-separator"]
+    assert ctx.stats["rejected.plan-contains-separator"] == 1
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"loss": "prompt"}, "--loss must be one of assistant, all, not 'prompt'"),
+        ({"overlong": "wrap"}, "--overlong must be one of drop, truncate, split, not 'wrap'"),
+        ({"template": "chatml"}, "--template must be one of auto, chat, plain, not 'chatml'"),
+        ({"max_len": 1}, "--max-len must be at least 2"),
+        ({"buffer": 0}, "--buffer and the chunk size must be at least 1"),
+        ({"chunk": 0}, "--buffer and the chunk size must be at least 1"),
+    ],
+)
+def test_config_refuses(settings, message):
+    with pytest.raises(UsageError) as caught:
+        PackConfig(model="m", **settings)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("template, chat", [("auto", None), ("chat", True), ("plain", False)])
+def test_template_chooses_the_chat_or_plain_rendering(template, chat):
+    assert PackConfig(model="m", template=template).chat is chat
 
 
 # -- fingerprint ----------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from codeplan_tools.core.records import normalize
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.engines.base import Request, prompt_token_ids
+from codeplan_tools.engines.spec import EngineSpec
 from codeplan_tools.stages.extract import ExtractConfig, extract_records
-from codeplan_tools.stages.generate import EngineSpec, GenerateConfig, LibraryContext, generate_records
+from codeplan_tools.stages.generate import GenerateConfig, generate_records
 from codeplan_tools.stages.pack import IGNORE, PackConfig, pack_records
 
 SPECIALS = ("<s>", "</s>", "<|user|>", "<|assistant|>")
@@ -66,7 +68,7 @@ def fed(hf_engine, monkeypatch) -> dict[str, list[int]]:
 
 def _generate(engine, model, records, **config):
     spec = EngineSpec(model=str(model), engine="hf", max_model_len=512)
-    ctx = LibraryContext("generate")
+    ctx = StageContext("generate")
     config = GenerateConfig(max_tokens=1, **config)
     out = list(generate_records([dict(r) for r in records], config, spec, ctx=ctx, engine=engine))
     return out, ctx
@@ -74,17 +76,16 @@ def _generate(engine, model, records, **config):
 
 def _pack_examples(model, records, fmt: str) -> dict[str, tuple[list[int], int]]:
     """Example id -> (its token ids, its number of prompt tokens) in the packs of ``records``."""
-    examples, rejected = {}, []
+    examples, ctx = {}, StageContext("pack")
     config = PackConfig(model=str(model), format=fmt, max_len=512, workers=1)
-    reject = lambda record, reason, **_: rejected.append(reason)  # noqa: E731
-    for pack in pack_records([normalize(dict(r)) for r in records], config, reject=reject):
+    for pack in pack_records([normalize(dict(r)) for r in records], config, ctx):
         ids, labels = np.asarray(pack["input_ids"]), np.asarray(pack["labels"])
         start = 0
         for example_id, n in zip(pack["example_ids"], pack["seq_lens"], strict=True):
             n_prompt = int(np.argmax(labels[start : start + n] != IGNORE))
             examples[example_id] = (ids[start : start + n].tolist(), n_prompt)
             start += n
-    assert not rejected
+    assert not ctx.rejected
     return examples
 
 
@@ -147,7 +148,7 @@ def test_mode_user_turn_keeps_special_strings_as_text(hf_engine, tiny_model, fed
 
 def test_extract_user_turn_keeps_special_strings_as_text(hf_engine, tiny_model, fed):
     spec = EngineSpec(model=str(tiny_model), engine="hf", max_model_len=512)
-    ctx = LibraryContext("extract")
+    ctx = StageContext("extract")
     config = ExtractConfig(max_tokens=1)
     out = list(extract_records([dict(r) for r in RECORDS], config, spec, ctx=ctx, engine=hf_engine))
     assert len(out) == len(RECORDS) and not ctx.rejected

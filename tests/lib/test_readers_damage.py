@@ -26,7 +26,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.core import parallel, streams
+from codeplan_tools.core import pool, streams
 from codeplan_tools.core.errors import BadRecord
 from codeplan_tools.core.records import MAX_DEPTH, InvalidRecord, derive_id, dumps, parse_record
 from codeplan_tools.core.streams import RecordWriter, iter_lines, open_input, read_records
@@ -123,7 +123,7 @@ def test_nesting_limit_is_exact():
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_deep_record_is_rejected_and_the_records_around_it_are_kept(workers, tmp_path, monkeypatch):
-    monkeypatch.setattr(parallel, "BATCH_LINES", 40)  # several batches: --workers 2 starts workers
+    monkeypatch.setattr(pool, "BATCH_LINES", 40)  # several batches: --workers 2 starts workers
     records = [rec(i) for i in range(100)]
     deep = {**rec(999), "x": _nested(300)}
     path = tmp_path / "in.jsonl"
@@ -226,19 +226,21 @@ def test_damage_that_runs_into_the_next_frame_still_finds_it(tmp_path):
     assert len(damages) == 1 and damages[0].offset == len(frames[0])
 
 
-# --- 6. the parallel filter writes its batch before the error -----------------------------------
+# --- 6. the runner's worker pool writes its batches before the error ----------------------------
 
 
+@pytest.mark.parametrize("command", ["filter", "score"])
 @pytest.mark.parametrize("good_lines", [100, 10], ids=["workers started", "one batch"])
-def test_parallel_filter_writes_what_it_read_before_a_damaged_file(good_lines, tmp_path, monkeypatch):
-    monkeypatch.setattr(parallel, "BATCH_LINES", 40)
-    records = [rec(i) for i in range(good_lines + 200)]
+def test_worker_pool_writes_what_it_read_before_a_damaged_file(command, good_lines, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "BATCH_LINES", 40)
+    make = _score_records if command == "score" else lambda n: [rec(i) for i in range(n)]
+    records = make(good_lines + 200)
     good = tmp_path / "good.jsonl"
     good.write_bytes(text(records[:good_lines]))
     frames = zstd_frames(records[good_lines:], 100)
     truncated = tmp_path / "truncated.zst"
     truncated.write_bytes(frames[0] + frames[1][:-30])
-    base = ["filter", "-i", str(good), "-i", str(truncated), "--plain", "--workers", "2"]
+    base = [command, "-i", str(good), "-i", str(truncated), "--plain", "--workers", "2"]
     result = invoke(base)
     assert result.exit_code == 65 and f"{truncated}:101: truncated zstd input" in result.stderr
     assert ids(result.records()) == ids(records[: good_lines + 100])

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from codeplan_tools.core.stats import Stats
 from codeplan_tools.eval.report import (
+    PairedTest,
     build_report,
     compare,
     default_ks,
@@ -111,18 +111,20 @@ def test_compare_table_relative_improvement_and_test():
         "codeplan", {"gsm8k": [1] * 6 + [0] * 4, "math": [1] * 3 + [0] * 7, "bbh/x": [1, 1], "bbh/y": [0, 0]}
     )
     cmp = compare([a, b])
-    rows = {r["task"]: r for r in cmp["rows"]}
+    assert cmp.baseline == "vanilla" and cmp.names == ["vanilla", "codeplan"]
+    rows = {r.task: r for r in cmp.rows}
     assert list(rows) == ["bbh", "gsm8k", "math"]  # the BBH tasks count once, as their group
-    assert rows["gsm8k"]["abs"]["codeplan"] == pytest.approx(10.0)
-    assert rows["gsm8k"]["rel"]["codeplan"] == pytest.approx(0.2)
-    assert rows["math"]["rel"]["codeplan"] == pytest.approx(-0.25)
-    assert rows["bbh"]["rel"]["codeplan"] == pytest.approx(1.0)  # 1/4 -> 2/4
-    avg = cmp["averages"]["codeplan"]
-    assert avg["average_relative_improvement"] == pytest.approx((0.2 - 0.25 + 1.0) / 3)
-    test = rows["gsm8k"]["test"]["codeplan"]
-    assert test["method"] == "mcnemar" and (test["b"], test["c"]) == (0, 1) and test["p"] == 1.0
+    assert rows["gsm8k"].absolute["codeplan"] == pytest.approx(10.0)
+    assert rows["gsm8k"].relative["codeplan"] == pytest.approx(0.2)
+    assert rows["math"].relative["codeplan"] == pytest.approx(-0.25)
+    assert rows["bbh"].relative["codeplan"] == pytest.approx(1.0)  # 1/4 -> 2/4
+    avg = cmp.averages["codeplan"]
+    assert avg.relative == pytest.approx((0.2 - 0.25 + 1.0) / 3)
+    test = rows["gsm8k"].test["codeplan"]
+    assert test == PairedTest("mcnemar", n_paired=10, p=1.0, b=0, c=1)
+    assert test.to_dict() == {"method": "mcnemar", "n_paired": 10, "b": 0, "c": 1, "p": 1.0}
     by_task = compare([a, b], average_over="tasks")
-    assert [r["task"] for r in by_task["rows"]] == ["bbh/x", "bbh/y", "gsm8k", "math"]
+    assert [r.task for r in by_task.rows] == ["bbh/x", "bbh/y", "gsm8k", "math"]
     text = format_comparison(cmp)
     assert "average relative improvement of codeplan over vanilla: +31.7% across 3 benchmarks" in text
     assert "mcnemar" in text
@@ -136,17 +138,17 @@ def test_synth_tasks_count_one_by_one_in_the_average():
     a = run("a", {"synth/x": [1, 0], "synth/y": [1, 1]})
     b = run("b", {"synth/x": [1, 1], "synth/y": [1, 0]})
     cmp = compare([a, b])
-    assert [r["task"] for r in cmp["rows"]] == ["synth/x", "synth/y"]
-    assert cmp["averages"]["b"]["average_relative_improvement"] == pytest.approx((1.0 - 0.5) / 2)
+    assert [r.task for r in cmp.rows] == ["synth/x", "synth/y"]
+    assert cmp.averages["b"].relative == pytest.approx((1.0 - 0.5) / 2)
     assert "synth (all)" in format_table(a)
 
 
 def test_compare_with_several_samples_uses_bootstrap_and_pairs_by_id():
     a = build_report([_rec("gsm8k", f"r{i}", 0.25, n=4) for i in range(20)], "a")
     b = build_report([_rec("gsm8k", f"r{i}", 0.75, n=4) for i in range(10, 30)], "b")
-    row = compare([a, b])["rows"][0]
-    assert row["test"]["b"]["method"] == "bootstrap" and row["test"]["b"]["n_paired"] == 10
-    assert row["test"]["b"]["p"] < 0.05
+    test = compare([a, b]).rows[0].test["b"]
+    assert test.method == "bootstrap" and test.n_paired == 10 and test.p < 0.05
+    assert list(test.to_dict()) == ["method", "n_paired", "p"]
 
 
 def test_report_rows_subtasks_groups_and_writers(tmp_path):
@@ -161,7 +163,14 @@ def test_report_rows_subtasks_groups_and_writers(tmp_path):
     cmp = compare([a, b])
     write_json(tmp_path / "r.json", [a, b], cmp)
     loaded = json.loads((tmp_path / "r.json").read_text())
-    assert loaded["comparison"]["averages"]["codeplan"]["over"] == ["bbh", "gsm8k", "math"]
+    assert loaded["comparison"] == json.loads(json.dumps(cmp.to_dict()))
+    assert list(loaded["comparison"]) == ["baseline", "runs", "average_over", "rows", "averages"]
+    assert list(loaded["comparison"]["rows"][0]) == ["task", "n", "accuracy", "ci95", "abs", "rel", "test"]
+    assert loaded["comparison"]["averages"]["codeplan"] == {
+        "average_relative_improvement": cmp.averages["codeplan"].relative,
+        "average_absolute_improvement": cmp.averages["codeplan"].absolute,
+        "over": ["bbh", "gsm8k", "math"],
+    }
     assert [r["name"] for r in loaded["runs"]] == ["vanilla", "codeplan"]
     write_markdown(tmp_path / "r.md", [a, b], cmp)
     md = (tmp_path / "r.md").read_text()
@@ -181,8 +190,7 @@ def test_meta_score_with_several_samples_has_pass_and_maj():
         {"id": "maj", "task": "gsm8k", "answer": "7", "samples": [sample(x) for x in ("7", "7", "8", "9")]},
         {"id": "none", "task": "gsm8k", "answer": "7", "samples": []},
     ]
-    stats = Stats("score")
-    out = {r["id"]: r["meta"]["score"] for r in score_records(records, ScoreConfig(), stats)}
+    out = {r["id"]: r["meta"]["score"] for r in score_records(records, ScoreConfig())}
     tie = out["tie"]
     assert tie["n"] == 4 and tie["n_correct"] == 2 and tie["accuracy"] == 0.5
     assert tie["pass@k"] == {"1": 0.5, "2": pytest.approx(5 / 6, abs=1e-6), "4": 1.0}

@@ -50,8 +50,28 @@ def test_shard_auto_reads_slurm_array_variables():
     env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "3"}
     assert parse_shard("auto", env) == (1, 3)
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
-    for bad in ("4/4", "x", "1/0"):
-        with pytest.raises(UsageError):
-            parse_shard(bad)
-    with pytest.raises(UsageError, match="SLURM_ARRAY_TASK_ID"):
-        parse_shard("auto", {})
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "message"),
+    [
+        ("4/4", {}, "--shard 4/4: need 0 <= I < N"),
+        ("x", {}, "--shard must be I/N (e.g. 0/4) or auto, not 'x'"),
+        ("1/0", {}, "--shard 1/0: need 0 <= I < N"),
+        ("auto", {}, "--shard auto needs SLURM_ARRAY_TASK_ID"),
+        (
+            "auto",
+            {"SLURM_ARRAY_TASK_ID": "3x"},
+            "--shard auto: SLURM_ARRAY_TASK_ID='3x' is not a whole number",
+        ),
+        (
+            "auto",
+            {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "3"},
+            "--shard 7/3 (from SLURM_ARRAY_TASK_ID/MIN/COUNT): need 0 <= I < N",
+        ),
+    ],
+)
+def test_a_bad_shard_is_a_usage_error_naming_it(spec, env, message):
+    with pytest.raises(UsageError) as error:
+        parse_shard(spec, env)
+    assert str(error.value).startswith(message)

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from codeplan_tools.core.stats import Stats
+from codeplan_tools.core.stage import StageContext
 from codeplan_tools.eval.scorers import answer_span, get_scorer, last_boxed, list_scorers
 from codeplan_tools.eval.scorers.choice import options_of
 from codeplan_tools.eval.tasks import get_task, list_tasks, prepare_records
@@ -114,30 +114,48 @@ def test_yesno(text, ok, ok_strict):
     assert (v.correct, v.correct_strict) == (ok, ok_strict)
 
 
-def test_exact_label_sets_and_normalisations():
-    labels = {"labels": ["valid", "invalid"]}
-    assert verdict("exact", "The argument is invalid.", {"answer": "invalid"}, **labels).correct
-    assert not verdict("exact", "The answer is valid.", {"answer": "invalid"}, **labels).correct
-    assert verdict(
-        "exact", 'The answer is "y a j o".', {"answer": "yajo"}, normalize="compact"
-    ).correct_strict
-    assert verdict("exact", ") ] }", {"answer": ")]}"}, normalize="compact").correct
-    assert verdict(
-        "exact", "apple, banana cherry", {"answer": "apple banana cherry"}, normalize="words"
-    ).correct
-    assert not verdict("exact", "The answer is yajx.", {"answer": "yajo"}, normalize="compact").correct
+LABELS = {"labels": ["valid", "invalid"]}
 
 
-def test_qa_aliases_normalisation_and_f1():
-    record = {"answer": "Miquette Giraudy", "answer_aliases": ["M. Giraudy"]}
-    assert verdict("qa", "Action: finish[Miquette Giraudy]", record).correct_strict
-    v = verdict("qa", "The answer is **The M. Giraudy**.", record)
-    assert v.correct and v.extra["f1"] == 1.0
-    partial = verdict("qa", "So her spouse was\nGiraudy", record)
-    assert not partial.correct and partial.extracted_strict is None and 0 < partial.extra["f1"] < 1
-    # A gold that SQuAD normalisation empties (a band called "!!!") is compared as written.
-    assert verdict("qa", "!!!", {"answer": "!!!"}).correct
-    assert not verdict("qa", "The answer is Paris.", {"answer": "!!!"}).correct
+@pytest.mark.parametrize(
+    "text, gold, options, correct, correct_strict",
+    [
+        ("The argument is invalid.", "invalid", LABELS, True, False),  # not a marked answer
+        ("The answer is valid.", "invalid", LABELS, False, False),
+        ('The answer is "y a j o".', "yajo", {"normalize": "compact"}, True, True),
+        (") ] }", ")]}", {"normalize": "compact"}, True, True),
+        ("apple, banana cherry", "apple banana cherry", {"normalize": "words"}, True, True),
+        ("The answer is yajx.", "yajo", {"normalize": "compact"}, False, False),
+    ],
+    ids=["label in a sentence", "the other label", "compact", "compact brackets", "words", "wrong"],
+)
+def test_exact_label_sets_and_normalisations(text, gold, options, correct, correct_strict):
+    v = verdict("exact", text, {"answer": gold}, **options)
+    assert (v.correct, v.correct_strict) == (correct, correct_strict)
+
+
+QA_GOLD = {"answer": "Miquette Giraudy", "answer_aliases": ["M. Giraudy"]}
+
+
+@pytest.mark.parametrize(
+    "text, record, correct, correct_strict, f1",
+    [
+        ("Action: finish[Miquette Giraudy]", QA_GOLD, True, True, 1.0),
+        ("The answer is **The M. Giraudy**.", QA_GOLD, True, True, 1.0),
+        ("So her spouse was\nGiraudy", QA_GOLD, False, False, 2 / 3),
+        # A gold that SQuAD normalisation empties (a band called "!!!") is compared as written.
+        ("!!!", {"answer": "!!!"}, True, True, None),
+        ("The answer is Paris.", {"answer": "!!!"}, False, False, None),
+    ],
+    ids=["react finish", "alias", "partial", "empty after normalising", "wrong"],
+)
+def test_qa_aliases_normalisation_and_f1(text, record, correct, correct_strict, f1):
+    v = verdict("qa", text, record)
+    assert (v.correct, v.correct_strict) == (correct, correct_strict)
+    if f1 is not None:
+        assert v.extra["f1"] == pytest.approx(f1, abs=1e-6)
+    if not correct_strict and f1 is not None:  # partly right: no marked answer, only an F1
+        assert v.extracted_strict is None
 
 
 def test_ifeval_strict_and_loose():
@@ -186,12 +204,13 @@ def test_math_hanging_check_times_out_and_does_not_stall(math_scorer):
 
 
 def test_math_timeout_is_counted_in_meta_and_stats():
-    stats = Stats("score")
+    ctx = StageContext("score")
     records = [
         {"id": "h", "task": "math500", "answer": "1", "samples": [{"response": r"\boxed{9^{9^{9^{9}}}}"}]},
         {"id": "ok", "task": "math500", "answer": "1", "samples": [{"response": r"\boxed{1}"}]},
     ]
-    out = list(score_records(records, ScoreConfig(timeout=1.0, workers=1), stats))
+    out = list(score_records(records, ScoreConfig(timeout=1.0, workers=1), ctx))
+    stats = ctx.stats
     assert out[0]["meta"]["score"]["timed_out"] == 1 and out[0]["meta"]["score"]["correct"] is False
     assert out[1]["meta"]["score"]["correct"] is True
     assert stats["samples_timed_out"] == 1 and stats["records_scored"] == 2
@@ -250,8 +269,9 @@ def test_gold_answers_score_100_percent_and_wrong_answers_zero(shared_data):
             bad = _wrong_answer(task, r)
             if bad is not None:
                 wrong.append({**r, "id": r["id"] + "#wrong", "samples": [{"text": bad, "response": bad}]})
-    stats = Stats("score")
-    scored = list(score_records(records + wrong, ScoreConfig(workers=2, timeout=10), stats))
+    ctx = StageContext("score")
+    scored = list(score_records(records + wrong, ScoreConfig(workers=2, timeout=10), ctx))
+    stats = ctx.stats
     assert stats["records_scored"] == len(records) + len(wrong)
     failures = [
         (r["task"], r["id"], r["meta"]["score"]["samples"][0])

@@ -22,10 +22,10 @@ from codeplan_tools.stages.synth import (
     TASKS,
     SynthConfig,
     final_line,
-    generate,
     make_record,
     parse_k,
     parse_tasks,
+    synth_records,
 )
 
 STEP = re.compile(r"^(\d+)\. (.+)$")
@@ -201,13 +201,13 @@ def test_gold_plans_pass_the_mining_filter():
     """What `filter` keeps from mined plans, the gold plans satisfy too (strict ast parse, no leak)."""
     config = FilterConfig(code_strict=True)
     checks = [rule.check for name, rule in RULES.items() if name != "dedup"]
-    for record in generate(SynthConfig(tasks=tuple(TASKS), n=30, ks=(1, 3, 6), seed=3)):
+    for record in synth_records(SynthConfig(tasks=tuple(TASKS), n=30, k=(1, 3, 6), seed=3)):
         assert check_record(record, config, checks) is None, record
 
 
 def test_deterministic_with_seed_and_ids_stable():
-    config = SynthConfig(tasks=tuple(TASKS), n=12, ks=(2, 3, 4), seed=5)
-    first, second = list(generate(config)), list(generate(config))
+    config = SynthConfig(tasks=tuple(TASKS), n=12, k=(2, 3, 4), seed=5)
+    first, second = list(synth_records(config)), list(synth_records(config))
     assert first == second
     assert len({r["id"] for r in first}) == len(first) == 12 * len(TASKS)
     assert first[0]["id"] == f"synth/{next(iter(TASKS))}/k2/s5/0"
@@ -215,13 +215,13 @@ def test_deterministic_with_seed_and_ids_stable():
     assert [r["task"] for r in first[: len(TASKS)]] == [f"synth/{t}" for t in TASKS]
     assert [r["difficulty"] for r in first[:: len(TASKS)]] == [2, 3, 4] * 4
     # A record does not depend on which other tasks or how many records were asked for.
-    alone = list(generate(SynthConfig(tasks=("sort",), n=4, ks=(2, 3, 4), seed=5)))
+    alone = list(synth_records(SynthConfig(tasks=("sort",), n=4, k=(2, 3, 4), seed=5)))
     assert alone == [r for r in first if r["task"] == "synth/sort"][:4]
 
 
 def test_distinct_seeds_differ():
-    a = list(generate(SynthConfig(tasks=tuple(TASKS), n=20, seed=1)))
-    b = list(generate(SynthConfig(tasks=tuple(TASKS), n=20, seed=2)))
+    a = list(synth_records(SynthConfig(tasks=tuple(TASKS), n=20, seed=1)))
+    b = list(synth_records(SynthConfig(tasks=tuple(TASKS), n=20, seed=2)))
     for task in TASKS:
         pa = [r["prompt"] for r in a if r["task"] == f"synth/{task}"]
         pb = [r["prompt"] for r in b if r["task"] == f"synth/{task}"]
@@ -230,11 +230,11 @@ def test_distinct_seeds_differ():
 
 
 def test_exclude_never_produces_an_excluded_prompt():
-    train = list(generate(SynthConfig(tasks=("coin_flip", "last_letter"), n=200, ks=(1,), seed=0)))
+    train = list(synth_records(SynthConfig(tasks=("coin_flip", "last_letter"), n=200, k=(1,), seed=0)))
     excluded = frozenset(r["prompt"] for r in train)
     held = list(
-        generate(
-            SynthConfig(tasks=("coin_flip", "last_letter"), n=200, ks=(1,), seed=0, exclude_prompts=excluded)
+        synth_records(
+            SynthConfig(tasks=("coin_flip", "last_letter"), n=200, k=(1,), seed=0, exclude_prompts=excluded)
         )
     )
     assert not {r["prompt"] for r in held} & excluded
@@ -267,8 +267,47 @@ def test_parse_k_rejects(spec):
 def test_parse_tasks():
     assert parse_tasks("all") == tuple(TASKS)
     assert parse_tasks("sort, synth/coin_flip,sort") == ("sort", "coin_flip")
-    with pytest.raises(UsageError, match="unknown synth task nope; known: last_letter"):
-        parse_tasks("sort,nope")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("sort,nope", "unknown synth task nope; known: last_letter"),
+        ("", "unknown synth task ''; known: last_letter"),
+    ],
+)
+def test_parse_tasks_rejects(spec, message):
+    with pytest.raises(UsageError) as caught:
+        parse_tasks(spec)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"tasks": ("nope",)}, "unknown synth task 'nope'; known: last_letter"),
+        ({"n": -1}, "--n must be >= 0"),
+        ({"k": ()}, "no difficulty given"),
+    ],
+)
+def test_config_refuses(settings, message):
+    with pytest.raises(UsageError) as caught:
+        SynthConfig(**{"tasks": ("sort",), **settings})
+    assert str(caught.value).startswith(message)
+
+
+def test_stage_counts_per_task_and_reads_exclude_files(tmp_path):
+    from codeplan_tools.core.stage import StageContext
+    from tests.helpers import write_jsonl
+
+    train = list(synth_records(SynthConfig(tasks=("coin_flip",), n=40, k=(1,))))
+    path = write_jsonl(tmp_path / "train.jsonl", [{"question": r["prompt"], "answer": "x"} for r in train])
+    ctx = StageContext("synth")
+    held = list(
+        synth_records(SynthConfig(tasks=("coin_flip", "sort"), n=5, k=(1,), exclude=(str(path),)), ctx)
+    )
+    assert not {r["prompt"] for r in held} & {r["prompt"] for r in train}
+    assert ctx.stats.counters == {"written.coin_flip": 5, "written.sort": 5}
 
 
 def _wrong(answer: str) -> str:
@@ -288,7 +327,7 @@ def test_registered_scorer_accepts_gold_and_rejects_a_wrong_answer(task):
     from codeplan_tools.eval.scorers import get_scorer
     from codeplan_tools.eval.tasks import resolve_task
 
-    records = list(generate(SynthConfig(tasks=(task,), n=12, ks=(1, 2, 5), seed=4)))
+    records = list(synth_records(SynthConfig(tasks=(task,), n=12, k=(1, 2, 5), seed=4)))
     spec = resolve_task(records[0])
     assert spec.name == f"synth/{task}" and spec.scorer == TASKS[task].scorer
     assert spec.subtask_values(records[2]) == {"difficulty": "5"} and spec.difficulty == "difficulty"

@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from codeplan_tools.core.errors import UsageError
-from codeplan_tools.core.stats import Stats
 from codeplan_tools.core.streams import read_records
 from codeplan_tools.eval.tasks import (
     Task,
@@ -43,21 +42,37 @@ def test_every_benchmark_is_registered_with_its_scorer():
     assert all(get_task(n).instruction for n in BENCHMARKS if n != "ifeval")
 
 
-def test_resolve_task_forms():
-    assert resolve_task({"task": "gsm8k"}).name == "gsm8k"
-    # The shared BBH rows say task "date_understanding": their id/source make it BBH's, not Kojima's.
-    bbh_row = {"id": "bbh-date_understanding-003", "task": "date_understanding"}
-    assert resolve_task(bbh_row).name == "bbh/date_understanding"
-    assert resolve_task({"id": "date-0001", "task": "date_understanding"}).name == "date_understanding"
-    assert resolve_task({"id": "bbh-navigate-001"}, forced="bbh").name == "bbh/navigate"
-    assert resolve_task({"task": "word_sorting"}).name == "bbh/word_sorting"  # a unique member name
-    assert resolve_task({"task": "other"}, forced="gsm8k").name == "gsm8k"
-    with pytest.raises(UsageError, match="unknown task"):
-        resolve_task({"task": "nope"})
-    with pytest.raises(UsageError, match="--task"):
-        resolve_task({"id": "x"})
-    with pytest.raises(UsageError, match="which bbh task"):
-        resolve_task({"id": "x"}, forced="bbh")
+@pytest.mark.parametrize(
+    "record, forced, name",
+    [
+        ({"task": "gsm8k"}, None, "gsm8k"),
+        # The shared BBH rows say task "date_understanding": their id/source make it BBH's, not Kojima's.
+        ({"id": "bbh-date_understanding-003", "task": "date_understanding"}, None, "bbh/date_understanding"),
+        ({"id": "date-0001", "task": "date_understanding"}, None, "date_understanding"),
+        ({"id": "bbh-navigate-001"}, "bbh", "bbh/navigate"),
+        ({"task": "word_sorting"}, None, "bbh/word_sorting"),  # a unique member name
+        ({"task": "other"}, "gsm8k", "gsm8k"),
+    ],
+    ids=["own task", "bbh row", "kojima row", "forced group", "member name", "forced"],
+)
+def test_resolve_task_forms(record, forced, name):
+    assert resolve_task(record, forced=forced).name == name
+
+
+@pytest.mark.parametrize(
+    "record, forced, message",
+    [
+        ({"task": "nope"}, None, "unknown task 'nope'"),
+        ({"id": "x"}, None, "record has no 'task' field"),
+        ({"id": "x"}, "bbh", "which bbh task"),
+    ],
+    ids=["unknown", "no task", "group without member"],
+)
+def test_resolve_task_errors_name_the_problem(record, forced, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        resolve_task(record, forced=forced)
+    if forced is None and "task" not in record:
+        assert "--task" in str(caught.value)
 
 
 def test_expand_task_names_groups():
@@ -97,7 +112,7 @@ def test_another_module_registers_a_task_and_it_is_scored():
             "response": "The answer is abc.",
         },
     ]
-    out = list(score_records(records, ScoreConfig(), Stats("score")))
+    out = list(score_records(records, ScoreConfig()))
     assert [r["meta"]["score"]["correct"] for r in out] == [True, False]
     assert out[0]["meta"]["score"]["subtasks"] == {"difficulty": "3"}
     assert out[0]["meta"]["score"]["difficulty"] == "difficulty"

@@ -10,9 +10,10 @@ import pytest
 
 from codeplan_tools.core.errors import SettingsMismatch
 from codeplan_tools.trainer import distributed
-from codeplan_tools.trainer.checkpoint import CheckpointConfig, Checkpointer
-from codeplan_tools.trainer.data import IGNORE, LoaderConfig, Pack, PackLoader, PackSet, shifted_targets
-from codeplan_tools.trainer.lr_schedule import LRConfig, WarmupCosine
+from codeplan_tools.trainer.checkpoint import Checkpointer
+from codeplan_tools.trainer.config import CheckpointConfig, LoaderConfig, LRConfig
+from codeplan_tools.trainer.data import IGNORE, Pack, PackLoader, PackSet, shifted_targets
+from codeplan_tools.trainer.lr_schedule import WarmupCosine
 from codeplan_tools.trainer.metrics import PEAK_BF16_FLOPS, readable
 
 
@@ -134,7 +135,7 @@ def test_parse_first_host(nodelist, first):
 
 # -- checkpoint -------------------------------------------------------------------------------
 def test_checkpointer_decides_when_and_ignores_unfinished_saves(tmp_path):
-    ck = Checkpointer(CheckpointConfig(folder=str(tmp_path), save_every=5, keep=1), is_main=True)
+    ck = Checkpointer(tmp_path, CheckpointConfig(save_every=5, keep_checkpoints=1), is_main=True)
     assert [s for s in range(1, 12) if ck.should_save(s)] == [5, 10]
     assert (
         ck.should_save(3, force=True) and ck.should_save(7, last=True) and not ck.should_save(0, force=True)
@@ -148,7 +149,7 @@ def test_checkpointer_decides_when_and_ignores_unfinished_saves(tmp_path):
     no_json.mkdir()
     (no_json / ".metadata").write_bytes(b"x")
     assert ck.latest() == done
-    ck_none = Checkpointer(CheckpointConfig(folder=str(tmp_path / "nothing")), is_main=True)
+    ck_none = Checkpointer(tmp_path / "nothing", CheckpointConfig(), is_main=True)
     assert ck_none.latest() is None
 
 

@@ -10,9 +10,9 @@ import torch
 
 from codeplan_tools.core.streams import RecordWriter
 from codeplan_tools.stages.pack import PackConfig, pack_records
-from codeplan_tools.trainer.data import IGNORE, LoaderConfig, PackLoader, read_packs
-from codeplan_tools.trainer.loop import FinetuneConfig, run_worker
-from codeplan_tools.trainer.lr_schedule import LRConfig
+from codeplan_tools.trainer.config import CheckpointConfig, FinetuneConfig, LoaderConfig, LRConfig
+from codeplan_tools.trainer.data import IGNORE, PackLoader, read_packs
+from codeplan_tools.trainer.loop import run_worker
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def one_step(tiny_model, packs, out, capsys, **loader) -> dict:
         out=str(out),
         loader=LoaderConfig(max_steps=1, **loader),
         lr=LRConfig(lr=1e-3, warmup_steps=0),
-        checkpoint_every=0,
+        checkpoint=CheckpointConfig(save_every=0),
     )
     capsys.readouterr()
     assert run_worker(cfg) == 0

@@ -92,7 +92,7 @@ class Scorer:
     votable = True
     """Whether ``extracted`` is an answer that majority voting (maj@k) can count."""
 
-    def __init__(self, timeout: float = 5.0, workers: int = 1):
+    def __init__(self, timeout: float = 5.0, workers: int = 1) -> None:
         self.timeout = timeout
         self.workers = workers
 

@@ -204,8 +204,8 @@ class ChoiceScorer(Scorer):
             strict = clean_span(span) if span else None
             lenient = strict if span is not None else last_line(body)
             return Verdict(
-                correct=bool(lenient) and _norm(lenient) == _norm(gold_text),
-                correct_strict=bool(strict) and _norm(strict) == _norm(gold_text),
+                correct=_norm(lenient) == _norm(gold_text) if lenient else False,
+                correct_strict=_norm(strict) == _norm(gold_text) if strict else False,
                 extracted=_norm(lenient) if lenient else None,
                 extracted_strict=_norm(strict) if strict else None,
                 invalid=span is not None and not strict,

@@ -62,7 +62,7 @@ def _label_pattern(labels: Sequence[str]) -> re.Pattern:
 _OR_BETWEEN = re.compile(r"\s*,?\s*(?:or|and/or|/)\s*(?:(?:either|maybe|possibly|perhaps)\s+)?", re.I)
 
 
-def _hits(text: str, labels: tuple[str, ...]) -> list[tuple[re.Match, str]]:
+def _hits(text: str, labels: Sequence[str]) -> list[tuple[re.Match, str]]:
     """Every label word of ``text`` that is not negated, with its canonical (lower-case) label."""
     return [
         (m, m.group(1).lower()) for m in _label_pattern(labels).finditer(text) if not negated(text, m.start())

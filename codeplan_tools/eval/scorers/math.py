@@ -32,7 +32,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import Scorer, Verdict, answer_span, gold_answer, own_text, register_scorer, strip_thinking
 
@@ -51,9 +51,8 @@ def check_answer(gold: str, text: str) -> tuple[bool, bool, str | None, str | No
     if span is not None:
         # A marked answer in words ("twelve") is that number; math-verify would read it as a product.
         spelled = spelled_number(span) if not re.search(r"\d", span) else None
-        p = parse(
-            "\\boxed{" + (number_key(spelled) if spelled is not None else span) + "}", parsing_timeout=None
-        )
+        number = number_key(spelled) if spelled is not None else None
+        p = parse("\\boxed{" + (span if number is None else number) + "}", parsing_timeout=None)
         ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
         key = _key(p) or span
         return ok, ok, span, key, not p
@@ -118,7 +117,7 @@ class _Worker:
     """One ``python -m codeplan_tools.eval.scorers.math`` process (a subprocess, not multiprocessing:
     nothing of the caller's ``__main__`` is re-imported, and killing it is always safe)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -129,6 +128,9 @@ class _Worker:
             env=env,
             cwd=root,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes
+        self.stdin: IO[bytes] = self.proc.stdin
+        self.stdout: IO[bytes] = self.proc.stdout
         self.ready = False
         self.job: tuple[int, float] | None = None  # (index, deadline)
         self.started = time.monotonic()
@@ -136,8 +138,8 @@ class _Worker:
     def send(self, idx: int, gold: str, text: str) -> None:
         import orjson
 
-        self.proc.stdin.write(orjson.dumps([idx, gold, text]) + b"\n")
-        self.proc.stdin.flush()
+        self.stdin.write(orjson.dumps([idx, gold, text]) + b"\n")
+        self.stdin.flush()
 
     def kill(self) -> None:
         try:
@@ -145,7 +147,7 @@ class _Worker:
             self.proc.wait(5)
         except (OSError, subprocess.TimeoutExpired):
             pass
-        for f in (self.proc.stdin, self.proc.stdout):
+        for f in (self.stdin, self.stdout):
             try:
                 f.close()
             except OSError:
@@ -160,7 +162,7 @@ class CheckPool:
     or ``("error", message)``. Jobs run ``workers`` at a time; workers live until ``close()``.
     """
 
-    def __init__(self, workers: int = 1, timeout: float = 5.0):
+    def __init__(self, workers: int = 1, timeout: float = 5.0) -> None:
         self.size = max(1, int(workers))
         self.timeout = float(timeout)
         self._workers: list[_Worker] = []
@@ -187,10 +189,11 @@ class CheckPool:
             waits = [w.job[1] - now for w in self._workers if w.job]
             waits += [w.started + STARTUP_TIMEOUT - now for w in self._workers if not w.ready]
             wait = max(0.0, min(waits)) if waits else None
-            streams = {w.proc.stdout: w for w in self._workers}
+            # (wait() takes any object with a fileno(); typeshed names connections and sockets only)
+            streams: dict[Any, _Worker] = {w.stdout: w for w in self._workers}
             for stream in multiprocessing.connection.wait(list(streams), timeout=wait):
                 w = streams[stream]
-                line = stream.readline()
+                line = w.stdout.readline()
                 if not line.endswith(b"\n"):
                     if not w.ready:
                         raise RuntimeError(f"math-verify worker exited at start (status {w.proc.poll()})")
@@ -223,7 +226,7 @@ class CheckPool:
     def _shutdown(workers: list[_Worker]) -> None:
         for w in workers:
             try:
-                w.proc.stdin.close()  # the worker's loop ends at EOF
+                w.stdin.close()  # the worker's loop ends at EOF
             except OSError:
                 pass
         for w in workers:
@@ -240,7 +243,7 @@ class CheckPool:
 
 @register_scorer("math")
 class MathScorer(Scorer):
-    def __init__(self, timeout: float = 5.0, workers: int = 1):
+    def __init__(self, timeout: float = 5.0, workers: int = 1) -> None:
         super().__init__(timeout, workers)
         self._pool: CheckPool | None = None
 

@@ -184,7 +184,7 @@ def is_bare_number(line: str) -> bool:
     ``25 %``), or only a number in words (``Twelve.``)."""
     cleaned = _clean(line).strip().rstrip(".")
     m = _TOKEN.match(cleaned) or _WORDS.match(cleaned)
-    return bool(m) and re.fullmatch(r"[\s%]*(?:[A-Za-z]+\.?)?\s*", cleaned[m.end() :]) is not None
+    return m is not None and re.fullmatch(r"[\s%]*(?:[A-Za-z]+\.?)?\s*", cleaned[m.end() :]) is not None
 
 
 def number_key(v: Fraction | None) -> str | None:

@@ -83,9 +83,9 @@ class QAScorer(Scorer):
             ):
                 return True
             # A gold that normalises to nothing (HotpotQA's band "!!!") is compared as written.
-            return bool(raw) and any(
-                not normalize_answer(g) and raw.lower() == g.strip().lower() for g in golds
-            )
+            if not raw:
+                return False
+            return any(not normalize_answer(g) and raw.lower() == g.strip().lower() for g in golds)
 
         def f1(pred: str | None) -> float:
             return max(f1_score(pred, g) for g in golds) if pred else 0.0

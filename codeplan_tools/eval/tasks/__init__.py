@@ -26,7 +26,8 @@ so callers never import them by hand. Records reach a task through ``resolve_tas
 (``boolean_expressions``) recognised from the row's id / source.
 
 Data folder (``codeplan tasks prepare``): ``--data-dir``, else ``$CODEPLAN_DATA``, else
-``../shared/data`` relative to the current directory.
+``../shared/data`` relative to the current directory. ``tasks prepare`` is :class:`PrepareStage`, a
+source stage run by ``run_stage`` like every command (its ``-i`` files are the run's inputs).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from codeplan_tools.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from codeplan_tools.core.stage import StageContext
 
 Adapter = Callable[[Iterable[dict], str], Iterator[dict]]
 """``adapter(rows, path)`` turns the rows of one source file into records with ``id``, ``question``,
@@ -182,7 +186,8 @@ def resolve_task(record: Mapping, forced: str | None = None) -> Task:
     name = forced or record.get("task")
     if not isinstance(name, str) or not name:
         raise UsageError("record has no 'task' field; name the task with --task NAME")
-    own = record.get("task") if isinstance(record.get("task"), str) else ""
+    own = record.get("task")
+    own = own if isinstance(own, str) else ""
     if name in _groups():
         for candidate in (own.split("/")[-1], _member_from_id(record, name), _member_from_source(record)):
             hit = _TASKS.get(f"{name}/{candidate}") if candidate else None
@@ -338,14 +343,48 @@ def prepare_records(
             n += 1
 
 
+class PrepareStage:
+    """``tasks prepare`` as a stage: a source (no records in) writing the records of ``tasks`` in turn
+    (:func:`prepare_records` with the other arguments); counts ``written.<task>`` (``run_stage`` counts
+    ``written``). ``files`` (``-i``) read one task's public files, so they need exactly one task."""
+
+    name = "tasks"
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        data_dir: str | Path | None = None,
+        files: Iterable[str | Path] | None = None,
+        limit: int | None = None,
+        instruction: bool = True,
+        gold_response: bool = False,
+    ) -> None:
+        self.files = list(files or [])
+        if self.files and len(tasks) != 1:
+            raise UsageError("-i FILE reads one task's public file: name exactly one task")
+        self.tasks = tasks
+        self.data_dir, self.limit = data_dir, limit
+        self.instruction, self.gold_response = instruction, gold_response
+
+    def run(self, records: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        stats = ctx.stats
+        for task in self.tasks:
+            key = f"written.{task.name}"
+            for record in prepare_records(
+                task, self.data_dir, self.files, self.limit, self.instruction, self.gold_response
+            ):
+                stats.inc(key)
+                yield record
+
+
 def to_record(task: Task, row: Mapping, instruction: bool = True, gold_response: bool = False) -> dict:
     if task.corpus:  # the adapter made the record (prompt, response, provenance)
-        record = dict(row)
-        if not record.get("id"):
+        made = dict(row)
+        if not made.get("id"):
             from codeplan_tools.core.records import derive_id
 
-            record["id"] = derive_id(record)
-        return record
+            made["id"] = derive_id(made)
+        return made
     question = row.get("question")
     if not isinstance(question, str):
         raise UsageError(f"{task.name}: a row has no question after conversion: {sorted(row)}")

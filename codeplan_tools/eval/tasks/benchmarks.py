@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from codeplan_tools.eval.scorers import last_boxed
 
-from . import Task, field_subtasks, register_task
+from . import Adapter, Task, field_subtasks, register_task
 
 # Answer-format instructions appended to prepared prompts; each matches what its scorer extracts strictly.
 NUMBER = 'Solve the problem step by step, then finish with "The answer is N." where N is the final number.'
@@ -70,7 +71,7 @@ def _stem(path: str) -> str:
     return Path(path).name.split(".", 1)[0]
 
 
-def _num(x) -> str:
+def _num(x: object) -> str:
     """Kojima's gold text: ``str(number)`` without a trailing ``.0``."""
     s = str(x)
     return s[:-2] if s.endswith(".0") else s
@@ -82,6 +83,19 @@ def _converted(row: Mapping) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Adapters: (rows, path) -> records with id / question / answer.
+
+RowConverter = Callable[[dict, int, str], dict]
+"""``convert(row, index in the file, path)``: one public row -> its record."""
+
+
+def _public_rows(convert: RowConverter) -> Adapter:
+    """The adapter that passes rows already in the converted shape through and converts the others."""
+
+    def adapt(rows: Iterable[dict], path: str) -> Iterator[dict]:
+        for i, row in enumerate(rows):
+            yield row if _converted(row) else convert(row, i, path)
+
+    return adapt
 
 
 def gsm8k_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
@@ -102,32 +116,28 @@ def gsm8k_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
 _MATH_PATH = re.compile(r"(train|test)/([a-z_]+)/(\d+)\.json$")
 
 
-def math_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for i, row in enumerate(rows):
-        if _converted(row):
-            yield row
-            continue
-        solution = row.get("solution", "")
-        answer = row.get("answer")
-        if not isinstance(answer, str):
-            answer = last_boxed(solution) or ""
-        unique_id = row.get("unique_id")
-        m = _MATH_PATH.search(str(unique_id or path).replace("\\", "/"))
-        if unique_id is None and m:
-            unique_id = f"{m.group(1)}/{m.group(2)}/{m.group(3)}.json"
-        level = row.get("level")
-        out = {
-            "id": f"math-{m.group(1)}-{m.group(2)}-{m.group(3)}" if m and "subject" not in row else unique_id,
-            "question": row["problem"],
-            "answer": answer,
-            "solution": solution,
-            "subject": row.get("subject") or row.get("type"),
-            "level": level,
-            "unique_id": unique_id,
-        }
-        if out["id"] is None:
-            out["id"] = f"math-{_stem(path)}-{i:05d}"
-        yield out
+@_public_rows
+def math_rows(row: dict, i: int, path: str) -> dict:
+    solution = row.get("solution", "")
+    answer = row.get("answer")
+    if not isinstance(answer, str):
+        answer = last_boxed(solution) or ""
+    unique_id = row.get("unique_id")
+    m = _MATH_PATH.search(str(unique_id or path).replace("\\", "/"))
+    if unique_id is None and m:
+        unique_id = f"{m.group(1)}/{m.group(2)}/{m.group(3)}.json"
+    out = {
+        "id": f"math-{m.group(1)}-{m.group(2)}-{m.group(3)}" if m and "subject" not in row else unique_id,
+        "question": row["problem"],
+        "answer": answer,
+        "solution": solution,
+        "subject": row.get("subject") or row.get("type"),
+        "level": row.get("level"),
+        "unique_id": unique_id,
+    }
+    if out["id"] is None:
+        out["id"] = f"math-{_stem(path)}-{i:05d}"
+    return out
 
 
 def _math_subtasks(record: Mapping) -> dict[str, str]:
@@ -135,98 +145,82 @@ def _math_subtasks(record: Mapping) -> dict[str, str]:
     return {"subject": str(record.get("subject") or ""), "level": level.group(0) if level else ""}
 
 
-def svamp_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for i, row in enumerate(rows):
-        if _converted(row):
-            yield row
-            continue
-        orig = str(row.get("ID", i))
-        yield {
-            "id": f"svamp-{orig}",
-            "question": row["Body"].strip() + " " + row["Question"].strip(),
-            "answer": _num(row["Answer"]),
-            "body": row["Body"],
-            "question_only": row["Question"],
-            "equation": row.get("Equation"),
-            "type": row.get("Type"),
-            "orig_id": orig,
-        }
+@_public_rows
+def svamp_rows(row: dict, i: int, path: str) -> dict:
+    orig = str(row.get("ID", i))
+    return {
+        "id": f"svamp-{orig}",
+        "question": row["Body"].strip() + " " + row["Question"].strip(),
+        "answer": _num(row["Answer"]),
+        "body": row["Body"],
+        "question_only": row["Question"],
+        "equation": row.get("Equation"),
+        "type": row.get("Type"),
+        "orig_id": orig,
+    }
 
 
-def mawps_rows(prefix: str):
+def mawps_rows(prefix: str) -> Adapter:
     """MultiArith / AddSub / SingleEq in Kojima's JSON (``sQuestion``, ``lSolutions``)."""
 
-    def adapt(rows: Iterable[dict], path: str) -> Iterator[dict]:
-        for i, row in enumerate(rows):
-            if _converted(row):
-                yield row
-                continue
-            yield {
-                "id": f"{prefix}-{row.get('iIndex', i)}",
-                "question": row["sQuestion"].strip(),
-                "answer": _num(row["lSolutions"][0]),
-                "equations": row.get("lEquations"),
-            }
-
-    return adapt
-
-
-def aqua_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for i, row in enumerate(rows):
-        if _converted(row):
-            yield row
-            continue
-        options = row["options"]
-        choice = "(" + "(".join(options)
-        choice = choice.replace("(", " (").replace(")", ") ")
-        parsed = [re.match(r"\s*([A-E])\)\s*(.*)", o) for o in options]
-        choices = [{"label": m.group(1), "text": m.group(2).strip()} for m in parsed if m]
-        answer = row["correct"].strip()
-        yield {
-            "id": f"aqua-{_stem(path)}-{i:03d}",
-            "question": row["question"].strip() + " Answer Choices:" + choice,
-            "answer": answer,
-            "answer_text": next((c["text"] for c in choices if c["label"] == answer), ""),
-            "stem": row["question"].strip(),
-            "choices": choices,
-            "options_raw": options,
-            "rationale": row.get("rationale"),
+    def convert(row: dict, i: int, path: str) -> dict:
+        return {
+            "id": f"{prefix}-{row.get('iIndex', i)}",
+            "question": row["sQuestion"].strip(),
+            "answer": _num(row["lSolutions"][0]),
+            "equations": row.get("lEquations"),
         }
 
-
-def csqa_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for row in rows:
-        if _converted(row):
-            yield row
-            continue
-        q = row["question"]
-        choice = "Answer Choices:" + "".join(f" ({c['label']}) {c['text']}" for c in q["choices"])
-        answer = row.get("answerKey", "")
-        yield {
-            "id": f"csqa-{row['id']}",
-            "question": q["stem"].strip() + " " + choice,
-            "answer": answer,
-            "answer_text": next((c["text"] for c in q["choices"] if c["label"] == answer), ""),
-            "stem": q["stem"],
-            "choices": q["choices"],
-            "question_concept": q.get("question_concept"),
-        }
+    return _public_rows(convert)
 
 
-def strategyqa_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for i, row in enumerate(rows):
-        if _converted(row):
-            yield row
-            continue
-        yield {
-            "id": f"strategyqa-{i:04d}",
-            "question": row["input"].strip(),
-            "answer": "yes" if int(row["target_scores"]["Yes"]) == 1 else "no",
-            "explanation": row.get("target"),
-        }
+@_public_rows
+def aqua_rows(row: dict, i: int, path: str) -> dict:
+    options = row["options"]
+    choice = "(" + "(".join(options)
+    choice = choice.replace("(", " (").replace(")", ") ")
+    parsed = [re.match(r"\s*([A-E])\)\s*(.*)", o) for o in options]
+    choices = [{"label": m.group(1), "text": m.group(2).strip()} for m in parsed if m]
+    answer = row["correct"].strip()
+    return {
+        "id": f"aqua-{_stem(path)}-{i:03d}",
+        "question": row["question"].strip() + " Answer Choices:" + choice,
+        "answer": answer,
+        "answer_text": next((c["text"] for c in choices if c["label"] == answer), ""),
+        "stem": row["question"].strip(),
+        "choices": choices,
+        "options_raw": options,
+        "rationale": row.get("rationale"),
+    }
 
 
-def bigbench_choice_rows(prefix: str, letters: str, lead: str, shuffle: bool):
+@_public_rows
+def csqa_rows(row: dict, i: int, path: str) -> dict:
+    q = row["question"]
+    choice = "Answer Choices:" + "".join(f" ({c['label']}) {c['text']}" for c in q["choices"])
+    answer = row.get("answerKey", "")
+    return {
+        "id": f"csqa-{row['id']}",
+        "question": q["stem"].strip() + " " + choice,
+        "answer": answer,
+        "answer_text": next((c["text"] for c in q["choices"] if c["label"] == answer), ""),
+        "stem": q["stem"],
+        "choices": q["choices"],
+        "question_concept": q.get("question_concept"),
+    }
+
+
+@_public_rows
+def strategyqa_rows(row: dict, i: int, path: str) -> dict:
+    return {
+        "id": f"strategyqa-{i:04d}",
+        "question": row["input"].strip(),
+        "answer": "yes" if int(row["target_scores"]["Yes"]) == 1 else "no",
+        "explanation": row.get("target"),
+    }
+
+
+def bigbench_choice_rows(prefix: str, letters: str, lead: str, shuffle: bool) -> Adapter:
     """BIG-bench multiple choice as Kojima's reader builds it (date: shuffled with seed 1)."""
 
     def adapt(rows: Iterable[dict], path: str) -> Iterator[dict]:
@@ -259,7 +253,7 @@ def bigbench_choice_rows(prefix: str, letters: str, lead: str, shuffle: bool):
     return adapt
 
 
-def kojima_rows(prefix: str):
+def kojima_rows(prefix: str) -> Adapter:
     """Coin flip and Last Letter: ``{"examples": [{"question", "answer"}]}`` (already the record shape)."""
 
     def adapt(rows: Iterable[dict], path: str) -> Iterator[dict]:
@@ -269,32 +263,26 @@ def kojima_rows(prefix: str):
     return adapt
 
 
-def bbh_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
+@_public_rows
+def bbh_rows(row: dict, i: int, path: str) -> dict:
     task = _stem(path)
-    for i, row in enumerate(rows):
-        if _converted(row):
-            yield row
-            continue
-        yield {"id": f"bbh-{task}-{i:03d}", "task": task, "question": row["input"], "answer": row["target"]}
+    return {"id": f"bbh-{task}-{i:03d}", "task": task, "question": row["input"], "answer": row["target"]}
 
 
-def ifeval_rows(rows: Iterable[dict], path: str) -> Iterator[dict]:
-    for row in rows:
-        if _converted(row):
-            yield row
-            continue
-        yield {
-            "id": f"ifeval-{row['key']}",
-            "question": row["prompt"],
-            "answer": "",
-            "key": row["key"],
-            "prompt": row["prompt"],
-            "instruction_id_list": row["instruction_id_list"],
-            "kwargs": row["kwargs"],
-        }
+@_public_rows
+def ifeval_rows(row: dict, i: int, path: str) -> dict:
+    return {
+        "id": f"ifeval-{row['key']}",
+        "question": row["prompt"],
+        "answer": "",
+        "key": row["key"],
+        "prompt": row["prompt"],
+        "instruction_id_list": row["instruction_id_list"],
+        "kwargs": row["kwargs"],
+    }
 
 
-def qa_rows(prefix: str, numbered: str):
+def qa_rows(prefix: str, numbered: str) -> Adapter:
     """HotpotQA / MuSiQue / 2Wiki / Bamboogle: question + answer (+ aliases); a row's own id is kept
     (``<prefix>-<id>``), rows without one are numbered with ``numbered`` (as in the converted files)."""
 
@@ -328,123 +316,69 @@ def _musique_hops(record: Mapping) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # The registry entries.
 
-register_task(
-    Task("gsm8k", "numeric", ("gsm8k/test.jsonl.zst",), NUMBER, gsm8k_rows, description="GSM8K test (1319)")
-)
-register_task(
-    Task(
-        "math",
-        "math",
-        ("math/test.jsonl.zst",),
-        MATH,
-        math_rows,
-        subtasks=_math_subtasks,
-        difficulty="level",
-        description="MATH test (5000), by subject and level",
-    )
-)
-register_task(
-    Task(
-        "math500",
-        "math",
-        ("math500/test.jsonl.zst",),
-        MATH,
-        math_rows,
-        subtasks=_math_subtasks,
-        difficulty="level",
-        description="MATH-500 (prm800k split)",
-    ),
-    aliases=("math-500", "math_500"),
-)
-register_task(
-    Task(
-        "svamp",
-        "numeric",
-        ("svamp/test.jsonl.zst",),
-        NUMBER,
-        svamp_rows,
-        subtasks=field_subtasks("type"),
-        description="SVAMP (1000)",
-    )
-)
+
+def _benchmark(
+    name: str,
+    scorer: str,
+    file: str,
+    instruction: str,
+    adapter: Adapter,
+    description: str,
+    aliases: tuple[str, ...] = (),
+    **settings: Any,
+) -> None:
+    """Register a task read from one converted ``file`` under the data folder."""
+    task = Task(name, scorer, (file,), instruction, adapter, description=description, **settings)
+    register_task(task, aliases=aliases)
+
+
+_benchmark("gsm8k", "numeric", "gsm8k/test.jsonl.zst", NUMBER, gsm8k_rows, "GSM8K test (1319)")
+_benchmark(
+    "math", "math", "math/test.jsonl.zst", MATH, math_rows, "MATH test (5000), by subject and level",
+    subtasks=_math_subtasks, difficulty="level",
+)  # fmt: skip
+_benchmark(
+    "math500", "math", "math500/test.jsonl.zst", MATH, math_rows, "MATH-500 (prm800k split)",
+    aliases=("math-500", "math_500"), subtasks=_math_subtasks, difficulty="level",
+)  # fmt: skip
+_benchmark(
+    "svamp", "numeric", "svamp/test.jsonl.zst", NUMBER, svamp_rows, "SVAMP (1000)",
+    subtasks=field_subtasks("type"),
+)  # fmt: skip
 for _name, _desc in (
     ("multiarith", "MultiArith (600)"),
     ("addsub", "AddSub (395)"),
     ("singleeq", "SingleEq (508)"),
 ):
-    register_task(
-        Task(_name, "numeric", (f"{_name}/test.jsonl.zst",), NUMBER, mawps_rows(_name), description=_desc)
-    )
-register_task(
-    Task("aqua", "choice", ("aqua/test.jsonl.zst",), CHOICE, aqua_rows, description="AQuA-RAT test (254)")
-)
-register_task(
-    Task(
-        "commonsenseqa",
-        "choice",
-        ("commonsenseqa/dev.jsonl.zst",),
-        CHOICE,
-        csqa_rows,
-        description="CommonsenseQA dev (1221)",
-    ),
+    _benchmark(_name, "numeric", f"{_name}/test.jsonl.zst", NUMBER, mawps_rows(_name), _desc)
+_benchmark("aqua", "choice", "aqua/test.jsonl.zst", CHOICE, aqua_rows, "AQuA-RAT test (254)")
+_benchmark(
+    "commonsenseqa", "choice", "commonsenseqa/dev.jsonl.zst", CHOICE, csqa_rows, "CommonsenseQA dev (1221)",
     aliases=("csqa",),
+)  # fmt: skip
+_benchmark(
+    "strategyqa", "yesno", "strategyqa/test.jsonl.zst", YESNO, strategyqa_rows, "StrategyQA (BIG-bench, 2290)"
 )
-register_task(
-    Task(
-        "strategyqa",
-        "yesno",
-        ("strategyqa/test.jsonl.zst",),
-        YESNO,
-        strategyqa_rows,
-        description="StrategyQA (BIG-bench, 2290)",
-    )
-)
-register_task(
-    Task(
-        "date_understanding",
-        "choice",
-        ("date_understanding/test.jsonl.zst",),
-        CHOICE,
-        bigbench_choice_rows("date", "ABCDEF", "Answer Choices:", shuffle=True),
-        description="BIG-bench date understanding, Kojima's shuffled choices (369)",
-    ),
+_benchmark(
+    "date_understanding", "choice", "date_understanding/test.jsonl.zst", CHOICE,
+    bigbench_choice_rows("date", "ABCDEF", "Answer Choices:", shuffle=True),
+    "BIG-bench date understanding, Kojima's shuffled choices (369)",
     aliases=("date", "bigbench_date"),
-)
-register_task(
-    Task(
-        "shuffled_objects",
-        "choice",
-        ("shuffled_objects/test.jsonl.zst",),
-        CHOICE,
-        bigbench_choice_rows(
-            "shuffled_objects", "ABC", "\nWhich choice is true ? Answer Choices:", shuffle=False
-        ),
-        description="BIG-bench tracking shuffled objects, three objects (750)",
-    ),
+)  # fmt: skip
+_benchmark(
+    "shuffled_objects", "choice", "shuffled_objects/test.jsonl.zst", CHOICE,
+    bigbench_choice_rows("shuffled_objects", "ABC", "\nWhich choice is true ? Answer Choices:", shuffle=False),
+    "BIG-bench tracking shuffled objects, three objects (750)",
     aliases=("object_tracking", "tracking_shuffled_objects"),
+)  # fmt: skip
+_benchmark(
+    "coin_flip", "yesno", "coin_flip/test.jsonl.zst", YESNO, kojima_rows("coin_flip"), "Coin flip (500)"
 )
-register_task(
-    Task(
-        "coin_flip",
-        "yesno",
-        ("coin_flip/test.jsonl.zst",),
-        YESNO,
-        kojima_rows("coin_flip"),
-        description="Coin flip (500)",
-    )
-)
-register_task(
-    Task(
-        "last_letters",
-        "exact",
-        ("last_letters/test.jsonl.zst",),
-        STRING,
-        kojima_rows("last_letters"),
-        scorer_options={"normalize": "compact"},
-        description="Last Letter concatenation, 4 words (500)",
-    ),
-    aliases=("last_letter",),
-)
+_benchmark(
+    "last_letters", "exact", "last_letters/test.jsonl.zst", STRING, kojima_rows("last_letters"),
+    "Last Letter concatenation, 4 words (500)",
+    aliases=("last_letter",), scorer_options={"normalize": "compact"},
+)  # fmt: skip
 
 BBH_CHOICE = (
     "date_understanding disambiguation_qa geometric_shapes hyperbaton logical_deduction_five_objects "
@@ -469,7 +403,7 @@ BBH_OTHER = {
 BBH_TASKS = tuple(sorted([*BBH_CHOICE, *BBH_YESNO, *BBH_OTHER]))
 
 
-def _bbh_filter(sub: str):
+def _bbh_filter(sub: str) -> Callable[[Mapping], bool]:
     """Rows of this BBH task; a public file under another name (no known task in it) is taken whole."""
     return lambda row: row.get("task") == sub if row.get("task") in BBH_TASKS else True
 
@@ -479,86 +413,36 @@ for _sub in BBH_TASKS:
         _scorer, _opts, _instr = BBH_OTHER[_sub]
     else:
         _scorer, _opts, _instr = ("choice", {}, CHOICE) if _sub in BBH_CHOICE else ("yesno", {}, YESNO)
-    register_task(
-        Task(
-            f"bbh/{_sub}",
-            _scorer,
-            ("bbh/test.jsonl.zst",),
-            _instr,
-            bbh_rows,
-            scorer_options=_opts,
-            group="bbh",
-            row_filter=_bbh_filter(_sub),
-            description=f"BIG-Bench Hard: {_sub.replace('_', ' ')}",
-        )
-    )
+    _benchmark(
+        f"bbh/{_sub}", _scorer, "bbh/test.jsonl.zst", _instr, bbh_rows,
+        f"BIG-Bench Hard: {_sub.replace('_', ' ')}",
+        scorer_options=_opts, group="bbh", row_filter=_bbh_filter(_sub),
+    )  # fmt: skip
 
-register_task(
-    Task(
-        "ifeval",
-        "ifeval",
-        ("ifeval/test.jsonl.zst",),
-        "",
-        ifeval_rows,
-        description="IFEval (541), strict and loose",
-    )
-)
-register_task(
-    Task(
-        "hotpotqa",
-        "qa",
-        ("hotpotqa/dev.jsonl.zst",),
-        SHORT,
-        qa_rows("hotpotqa", "hotpotqa-dev-{i:05d}"),
-        subtasks=field_subtasks("type", "level"),
-        description="HotpotQA dev distractor questions (7405), by type",
-    ),
-    aliases=("hotpot",),
-)
-register_task(
-    Task(
-        "musique",
-        "qa",
-        ("musique/dev.jsonl.zst",),
-        SHORT,
-        qa_rows("musique", "musique-{i:05d}"),
-        subtasks=_musique_hops,
-        difficulty="hops",
-        row_filter=lambda row: row.get("answerable", True) is not False,
-        description="MuSiQue-Ans dev (2417), by hop count",
-    )
-)
-register_task(
-    Task(
-        "2wikimultihopqa",
-        "qa",
-        ("2wikimultihopqa/dev.jsonl.zst",),
-        SHORT,
-        qa_rows("2wiki", "2wiki-dev-{i:05d}"),
-        subtasks=field_subtasks("type"),
-        description="2WikiMultihopQA dev (12576), no aliases",
-    ),
-    aliases=("2wiki",),
-)
-register_task(
-    Task(
-        "2wikimultihopqa_aliases",
-        "qa",
-        ("2wikimultihopqa/dev1000_aliases.jsonl.zst",),
-        SHORT,
-        qa_rows("2wiki-dev1000", "2wiki-dev1000-{i:04d}"),
-        subtasks=field_subtasks("type"),
-        description="2WikiMultihopQA first 1000 dev questions with answer aliases",
-    ),
-    aliases=("2wiki_aliases",),
-)
-register_task(
-    Task(
-        "bamboogle",
-        "qa",
-        ("bamboogle/test.jsonl.zst",),
-        SHORT,
-        qa_rows("bamboogle", "bamboogle-{i:03d}"),
-        description="Bamboogle (125)",
-    )
-)
+_benchmark("ifeval", "ifeval", "ifeval/test.jsonl.zst", "", ifeval_rows, "IFEval (541), strict and loose")
+_benchmark(
+    "hotpotqa", "qa", "hotpotqa/dev.jsonl.zst", SHORT, qa_rows("hotpotqa", "hotpotqa-dev-{i:05d}"),
+    "HotpotQA dev distractor questions (7405), by type",
+    aliases=("hotpot",), subtasks=field_subtasks("type", "level"),
+)  # fmt: skip
+_benchmark(
+    "musique", "qa", "musique/dev.jsonl.zst", SHORT, qa_rows("musique", "musique-{i:05d}"),
+    "MuSiQue-Ans dev (2417), by hop count",
+    subtasks=_musique_hops, difficulty="hops",
+    row_filter=lambda row: row.get("answerable", True) is not False,
+)  # fmt: skip
+_benchmark(
+    "2wikimultihopqa", "qa", "2wikimultihopqa/dev.jsonl.zst", SHORT, qa_rows("2wiki", "2wiki-dev-{i:05d}"),
+    "2WikiMultihopQA dev (12576), no aliases",
+    aliases=("2wiki",), subtasks=field_subtasks("type"),
+)  # fmt: skip
+_benchmark(
+    "2wikimultihopqa_aliases", "qa", "2wikimultihopqa/dev1000_aliases.jsonl.zst", SHORT,
+    qa_rows("2wiki-dev1000", "2wiki-dev1000-{i:04d}"),
+    "2WikiMultihopQA first 1000 dev questions with answer aliases",
+    aliases=("2wiki_aliases",), subtasks=field_subtasks("type"),
+)  # fmt: skip
+_benchmark(
+    "bamboogle", "qa", "bamboogle/test.jsonl.zst", SHORT, qa_rows("bamboogle", "bamboogle-{i:03d}"),
+    "Bamboogle (125)",
+)  # fmt: skip
