@@ -20,13 +20,15 @@ import tempfile
 from pathlib import Path
 
 import click
-from click.shell_completion import get_completion_class
+from click.shell_completion import BashComplete, FishComplete, ZshComplete
 
 from codeplan_cli.main import COMPLETE_VAR, get_command
 from codeplan_tools import __version__
 
 REPO = Path(__file__).resolve().parents[1]
-SHELLS = {"bash": "codeplan.bash", "zsh": "_codeplan", "fish": "codeplan.fish"}
+# click's own classes, named: typer swaps its classes into click's registry once a typer app builds
+# completion, and the scripts must not depend on what ran before (`make docs` vs the test suite).
+SHELLS = {"codeplan.bash": BashComplete, "_codeplan": ZshComplete, "codeplan.fish": FishComplete}
 # A fixed date keeps the pages reproducible (the staleness test compares bytes).
 MAN_DATE = "2026-11-22"
 SURFACE = REPO / "tests" / "cli_surface.json"
@@ -111,8 +113,8 @@ def render(target: Path) -> None:
     write_man_pages("codeplan", command, version=__version__, target_dir=str(man), date=MAN_DATE)
     completions = target / "completions"
     completions.mkdir(parents=True, exist_ok=True)
-    for shell, filename in SHELLS.items():
-        source = get_completion_class(shell)(command, {}, "codeplan", COMPLETE_VAR).source()
+    for filename, completion in SHELLS.items():
+        source = completion(command, {}, "codeplan", COMPLETE_VAR).source()
         (completions / filename).write_text(source)
     snapshot = target / SURFACE.relative_to(REPO)
     snapshot.parent.mkdir(parents=True, exist_ok=True)

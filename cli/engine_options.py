@@ -1,4 +1,5 @@
-"""Engine options shared by ``extract`` and ``generate``: ``EngineSpec``'s fields and ``SamplingConfig``'s.
+"""Engine options shared by ``extract`` and ``generate``: ``EngineSpec``'s fields and ``SamplingConfig``'s,
+and the one way both run their stage (``EngineOptions.run``).
 
 Help, choices and defaults are the library fields'; only spellings, metavars and bounds are here.
 """
@@ -8,11 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from codeplan_cli import options as o
-from codeplan_tools.engines.runner import SamplingConfig
-from codeplan_tools.engines.spec import EngineSpec
-
-ENGINE_PANEL = "Engine"
-SAMPLING_PANEL = "Sampling"
+from codeplan_tools.engines.spec import EngineSpec, SamplingConfig
 
 Flag = o.Flag
 Model = o.option(EngineSpec, "model", Flag("-m", "--model", metavar="PATH|NAME"))
@@ -53,3 +50,14 @@ class EngineOptions(EngineBundle):
     def sampling(self) -> dict[str, Any]:
         """temperature, top_p, max_tokens, seed and chunk_size: the config fields every engine stage has."""
         return self.of(SamplingConfig)
+
+    def run(self, stage_class: type, config: Any, model: str, io: o.StreamOptions) -> None:
+        """Run the engine stage ``stage_class(config, spec)`` over ``io``, resuming by the config's
+        settings, and print the summary. The stage checks the model when it is made: before any
+        input is read."""
+        from codeplan_tools.core.stage import run_stage
+
+        spec = self.spec(model)
+        stage = stage_class(config, spec)
+        stage_io = io.stage_io(stage.name, require=stage.require, resume_settings=config.settings(spec))
+        o.print_summary(run_stage(stage_io, stage), io.quiet)

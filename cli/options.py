@@ -16,8 +16,9 @@ A library config is the single source of its options. For each field:
 
 ``Flag`` overrides what the command line needs beyond that (spellings, metavar, bounds) and keeps a
 renamed flag's old spelling working as a hidden option for one release. ``bundle`` gathers fields
-of several configs into one group (``cli/engine_options.py``). Help panels are not set: the app
-prints plain click help (``rich_markup_mode=None``), which has none. Float options refuse nan/inf
+of several configs into one group (``cli/engine_options.py``); ``switches`` makes one on/off switch
+per item of a registry (the filter's rules). Help panels are not set: the app prints plain click
+help (``rich_markup_mode=None``), which has none. Float options refuse nan/inf
 through ``refuse_non_finite``, applied once to the whole command tree.
 """
 
@@ -30,7 +31,6 @@ import inspect
 import math
 import sys
 import textwrap
-from enum import Enum
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -38,134 +38,102 @@ import click
 import typer
 from typer.models import OptionInfo
 
-IO_PANEL = "Input and output"
+BadRecordMode = Literal["fail", "skip"]
 
 
-class BadRecordMode(str, Enum):
-    fail = "fail"
-    skip = "skip"
+def declare(hint: Any, *names: str, **settings: Any) -> Any:
+    """An option declared by hand (the shared stream options below, options of commands without a
+    config): the parameter annotation ``Annotated[hint, typer.Option(*names, **settings)]``."""
+    return Annotated[hint, typer.Option(*names, **settings)]
 
 
-Inputs = Annotated[
+Inputs = declare(
     list[str] | None,
-    typer.Option(
-        "-i",
-        "--input",
-        metavar="FILE",
-        help="Input records: zstd (also concatenated shards), gzip, xz, bzip2 or plain JSONL, or Parquet / "
-        "Arrow files, detected from the first bytes; a folder (a datasets save_to_disk folder, or "
-        ".parquet/.arrow shards) is read as one input. Repeatable; '-' is stdin. [default: stdin]",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Output = Annotated[
+    "-i",
+    "--input",
+    metavar="FILE",
+    help="Input records: zstd (also concatenated shards), gzip, xz, bzip2 or plain JSONL, or Parquet / "
+    "Arrow files, detected from the first bytes; a folder (a datasets save_to_disk folder, or "
+    ".parquet/.arrow shards) is read as one input. Repeatable; '-' is stdin. [default: stdin]",
+)
+Output = declare(
     str | None,
-    typer.Option(
-        "-o",
-        "--output",
-        metavar="FILE",
-        help="Write records to FILE instead of stdout; FILE may not be an input, and one run at a time writes "
-        "it. Plain JSONL if FILE ends in .jsonl/.json, gzip for .gz, else zstd; --plain/--zstd force one (a "
-        "resumed FILE keeps the encoding it has). Redirected stdout (> FILE) goes by its name the same way.",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Plain = Annotated[
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write records to FILE instead of stdout; FILE may not be an input, and one run at a time writes "
+    "it. Plain JSONL if FILE ends in .jsonl/.json, gzip for .gz, else zstd; --plain/--zstd force one (a "
+    "resumed FILE keeps the encoding it has). Redirected stdout (> FILE) goes by its name the same way.",
+)
+Plain = declare(
     bool,
-    typer.Option(
-        "--plain",
-        envvar="CODEPLAN_PLAIN",
-        help="Write plain JSONL whatever the output's name (a terminal always gets plain).",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Zstd = Annotated[
+    "--plain",
+    envvar="CODEPLAN_PLAIN",
+    help="Write plain JSONL whatever the output's name (a terminal always gets plain).",
+)
+Zstd = declare(
     bool,
-    typer.Option(
-        "--zstd",
-        help="Write zstd-compressed JSONL whatever the output's name (a pipe gets zstd unless --plain).",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-StatsFile = Annotated[
+    "--zstd",
+    help="Write zstd-compressed JSONL whatever the output's name (a pipe gets zstd unless --plain).",
+)
+StatsFile = declare(
     str | None,
-    typer.Option(
-        "--stats",
-        metavar="FILE",
-        help="Write the run's counters as JSON to FILE (shards merge by summing the counters).",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Rejects = Annotated[
+    "--stats",
+    metavar="FILE",
+    help="Write the run's counters as JSON to FILE (shards merge by summing the counters).",
+)
+Rejects = declare(
     str | None,
-    typer.Option(
-        "--rejects",
-        metavar="FILE",
-        help="Write rejected records, each with meta.<command>.reason, to FILE.",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-OnBadRecord = Annotated[
+    "--rejects",
+    metavar="FILE",
+    help="Write rejected records, each with meta.<command>.reason, to FILE.",
+)
+OnBadRecord = declare(
     BadRecordMode,
-    typer.Option(
-        "--on-bad-record",
-        case_sensitive=False,
-        help="On a malformed line, a missing or wrong-typed field, or damaged compressed input: 'fail' "
-        "writes what was read before it, then stops with exit 65 naming file and line; 'skip' counts a bad "
-        "line and writes it to --rejects (or names it on stderr), and skips damage to the next zstd frame, "
-        "gzip member or input file (the lines in the damaged part are lost and counted in --stats).",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-PromptField = Annotated[
+    "--on-bad-record",
+    case_sensitive=False,
+    help="On a malformed line, a missing or wrong-typed field, or damaged compressed input: 'fail' "
+    "writes what was read before it, then stops with exit 65 naming file and line; 'skip' counts a bad "
+    "line and writes it to --rejects (or names it on stderr), and skips damage to the next zstd frame, "
+    "gzip member or input file (the lines in the damaged part are lost and counted in --stats).",
+)
+PromptField = declare(
     str | None,
-    typer.Option(
-        "--prompt-field",
-        metavar="FIELD",
-        help="Field holding the prompt (dotted path ok). [default: prompt, question, problem, "
-        "instruction+input, or the last user turn of messages]",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-ResponseField = Annotated[
+    "--prompt-field",
+    metavar="FIELD",
+    help="Field holding the prompt (dotted path ok). [default: prompt, question, problem, "
+    "instruction+input, or the last user turn of messages]",
+)
+ResponseField = declare(
     str | None,
-    typer.Option(
-        "--response-field",
-        metavar="FIELD",
-        help="Field holding the response. [default: response, output, solution, or the assistant turn of messages]",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Shard = Annotated[
+    "--response-field",
+    metavar="FIELD",
+    help="Field holding the response. [default: response, output, solution, or the assistant turn of messages]",
+)
+Shard = declare(
     str | None,
-    typer.Option(
-        "--shard",
-        metavar="I/N|auto",
-        help="Process only the records whose id hashes to I mod N; 'auto' reads SLURM_ARRAY_TASK_ID "
-        "and SLURM_ARRAY_TASK_COUNT. The N shard outputs together are exactly the unsharded output.",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Progress = Annotated[
+    "--shard",
+    metavar="I/N|auto",
+    help="Process only the records whose id hashes to I mod N; 'auto' reads SLURM_ARRAY_TASK_ID "
+    "and SLURM_ARRAY_TASK_COUNT. The N shard outputs together are exactly the unsharded output.",
+)
+Progress = declare(
     bool,
-    typer.Option(
-        "--progress/--no-progress",
-        help="Show progress on stderr: a bar on a terminal (extract and generate also print a rate/ETA line to logs).",
-        rich_help_panel=IO_PANEL,
-    ),
-]
-Quiet = Annotated[
-    bool,
-    typer.Option(
-        "-q", "--quiet", help="Do not print the end-of-run summary on stderr.", rich_help_panel=IO_PANEL
-    ),
-]
+    "--progress/--no-progress",
+    help="Show progress on stderr: a bar on a terminal (extract and generate also print a rate/ETA line to logs).",
+)
+Quiet = declare(bool, "-q", "--quiet", help="Do not print the end-of-run summary on stderr.")
 
 
 def print_summary(stats, quiet: bool = False) -> None:
     """The end-of-run summary: one line of counters on stderr."""
     if not quiet:
         print(stats.summary(), file=sys.stderr)
+
+
+# The stream options about reading records: a source (synth, tasks prepare), which makes its records,
+# leaves them out (``@with_options(io=READING)``) and keeps where and how they are written.
+READING = ("inputs", "rejects", "on_bad_record", "prompt_field", "response_field", "shard", "progress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +145,7 @@ class StreamOptions:
     plain: Plain = False
     zstd: Zstd = False
     rejects: Rejects = None
-    on_bad_record: OnBadRecord = BadRecordMode.fail
+    on_bad_record: OnBadRecord = "fail"
     stats: StatsFile = None
     prompt_field: PromptField = None
     response_field: ResponseField = None
@@ -186,24 +154,24 @@ class StreamOptions:
     quiet: Quiet = False
 
     def stage_io(self, stage: str, **settings: Any):
-        """The ``StageIO`` of ``stage`` over these streams; ``settings`` adds require, resume_settings..."""
+        """The ``StageIO`` of ``stage`` over these streams; ``settings`` adds require, resume_settings...
+        or replaces a stream setting (a source names the files it reads as ``inputs``)."""
         from codeplan_tools.core.stage import StageIO
 
-        return StageIO(
-            stage=stage,
-            inputs=self.inputs or ["-"],
-            output=self.output,
-            plain=self.output_kind(),
-            rejects=self.rejects,
-            on_bad_record=self.on_bad_record.value,
-            stats_path=self.stats,
-            prompt_field=self.prompt_field,
-            response_field=self.response_field,
-            shard=self.shard,
-            progress=self.progress,
-            quiet=self.quiet,
-            **settings,
-        )
+        streams = {
+            "inputs": self.inputs or ["-"],
+            "output": self.output,
+            "plain": self.output_kind(),
+            "rejects": self.rejects,
+            "on_bad_record": self.on_bad_record,
+            "stats_path": self.stats,
+            "prompt_field": self.prompt_field,
+            "response_field": self.response_field,
+            "shard": self.shard,
+            "progress": self.progress,
+            "quiet": self.quiet,
+        }
+        return StageIO(stage=stage, **{**streams, **settings})
 
     def output_kind(self) -> bool | str:
         """What ``--plain``/``--zstd`` force, as ``streams.output_kind`` takes it (False: the name decides)."""
@@ -361,6 +329,28 @@ def bundle(name: str, *parts: tuple[type, str], flags: dict[str, Flag] | None = 
         }
 
     return dataclasses.make_dataclass(name, fields, frozen=True, namespace={"of": of})
+
+
+def switches(name: str, items: dict[str, tuple[str, bool]], off: str = "--skip-") -> type:
+    """A frozen dataclass of one ``--KEY/--skip-KEY`` switch per item of a registry: key -> (help,
+    default), in the registry's order. ``switches.on()`` is the keys switched on, in that order.
+
+    The registry is read when the command is defined, so adding an item (a filter rule) adds its
+    switch with no change to the command.
+    """
+    fields = [
+        (
+            key.replace("-", "_"),
+            Annotated[bool, typer.Option(f"--{key}/{off}{key}", help=help)],
+            dataclasses.field(default=default, metadata={"key": key}),
+        )
+        for key, (help, default) in items.items()
+    ]
+
+    def on(self: Any) -> tuple[str, ...]:
+        return tuple(f.metadata["key"] for f in dataclasses.fields(self) if getattr(self, f.name))
+
+    return dataclasses.make_dataclass(name, fields, frozen=True, namespace={"on": on})
 
 
 def _expand(group: type, flags: dict[str, Flag | None], params: list[inspect.Parameter]) -> None:

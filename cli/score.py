@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 
 from codeplan_cli import options as o
+from codeplan_tools.stages.score import ScoreConfig
 
-REPORT_PANEL = "Report and comparison"
-CHECK_PANEL = "Checking"
-
-
-class AverageOver(str, Enum):
-    benchmarks = "benchmarks"
-    tasks = "tasks"
+Flag = o.Flag
+Checking = o.bundle(
+    "Checking",
+    (ScoreConfig, "task timeout workers report gold_plan_field"),
+    flags={
+        "task": Flag(metavar="NAME"),
+        "timeout": Flag(min=0.1, metavar="SECONDS"),
+        "workers": Flag(min=0, metavar="N"),
+        "report": Flag(metavar="FILE"),
+        "gold_plan_field": Flag(metavar="FIELD"),
+    },
+)
+Reporting = o.bundle(
+    "Reporting", (ScoreConfig, "plot average_over"), flags={"plot": Flag(metavar="FILE.png")}
+)
 
 
 @o.with_options(io=("prompt_field", "response_field"))
@@ -29,44 +37,7 @@ def score_command(
         ),
     ] = None,
     io: o.StreamOptions = o.StreamOptions(),
-    task: Annotated[
-        str | None,
-        typer.Option(
-            "--task",
-            metavar="NAME",
-            help="Score every record as this task (for records without a 'task' field); see 'codeplan tasks list'.",
-            rich_help_panel=CHECK_PANEL,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            min=0.1,
-            help="Hard limit for checking one math answer; a check past it is killed and counted as timed out.",
-            rich_help_panel=CHECK_PANEL,
-        ),
-    ] = 5.0,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            metavar="N",
-            min=0,
-            help="Worker processes for math-verify checks; 0 = one per CPU (at most 8).",
-            rich_help_panel=CHECK_PANEL,
-        ),
-    ] = 0,
-    report: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--report",
-            metavar="FILE",
-            help="Also write the report to FILE: JSON for .json, Markdown for .md. Repeatable.",
-            rich_help_panel=REPORT_PANEL,
-        ),
-    ] = None,
+    checking: Checking = Checking(),
     compare: Annotated[
         bool,
         typer.Option(
@@ -74,28 +45,9 @@ def score_command(
             help="Compare the RUN files side by side (no records on stdout): accuracy per task, absolute and "
             "relative improvement over the first run, the average relative improvement, and a paired test "
             "per task (McNemar, or bootstrap with several samples).",
-            rich_help_panel=REPORT_PANEL,
         ),
     ] = False,
-    plot: Annotated[
-        str | None,
-        typer.Option(
-            "--plot",
-            metavar="FILE.png",
-            help="Draw accuracy per task (and per difficulty where a task has one) for the run(s) as a PNG.",
-            rich_help_panel=REPORT_PANEL,
-        ),
-    ] = None,
-    average_over: Annotated[
-        AverageOver,
-        typer.Option(
-            "--average-over",
-            case_sensitive=False,
-            help="Units of the average relative improvement: 'benchmarks' counts BBH's 27 tasks as one "
-            "benchmark; 'tasks' counts every task.",
-            rich_help_panel=REPORT_PANEL,
-        ),
-    ] = AverageOver.benchmarks,
+    reporting: Reporting = Reporting(),
 ) -> None:
     """Check each sample's answer with its task's scorer and write the records with meta.score.
 
@@ -118,20 +70,13 @@ def score_command(
     Example: codeplan score --compare vanilla=vanilla.jsonl.zst codeplan=codeplan.jsonl.zst --report cmp.md --plot cmp.png
     """
     from codeplan_tools.core.errors import UsageError
-    from codeplan_tools.stages.score import ScoreConfig, compare_runs, report_comparison, score_stream
+    from codeplan_tools.stages.score import compare_runs, report_comparison, score_stream
 
-    config = ScoreConfig(
-        task=task,
-        timeout=timeout,
-        workers=workers,
-        report=tuple(report or ()),
-        plot=plot,
-        average_over=average_over.value,
-    )
+    config = ScoreConfig(**checking.of(ScoreConfig), **reporting.of(ScoreConfig))
     if compare:
         if io.inputs:
             raise UsageError("--compare takes the runs as arguments (RUN...), not -i")
-        comparison = compare_runs(runs or [], config, on_bad_record=io.on_bad_record.value)
+        comparison = compare_runs(runs or [], config, on_bad_record=io.on_bad_record)
         report_comparison(comparison, config, quiet=io.quiet)
         return
     if runs:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from codeplan_cli import options as o
-
-VIEW_PANEL = "What to show"
 
 HELP = """Show records for reading: prompt, plan (Python-highlighted), response, answer, samples with
 their verdicts, and meta folded to one line.
@@ -24,46 +20,39 @@ Examples:
 """
 
 
+Fields = o.declare(
+    str | None,
+    "--fields",
+    metavar="F1,F2,...",
+    help="Show only these fields, in this order (dotted paths ok; 'meta' named here is shown unfolded). "
+    "[default: all, meta folded]",
+)
+Where = o.declare(
+    list[str] | None,
+    "--where",
+    metavar="FIELD=VALUE",
+    help="Show only records whose FIELD (dotted path, e.g. meta.filter.reason) equals VALUE; numbers, "
+    "true/false and null compare as JSON. Repeatable: all must hold.",
+)
+Sample = o.declare(
+    int | None,
+    "--sample",
+    metavar="N",
+    min=1,
+    help="Show N of the (matching) records picked at random, in input order. [default: all]",
+)
+Seed = o.declare(int, "--seed", help="Seed of --sample: the same seed picks the same records.")
+Pager = o.declare(bool, "--pager/--no-pager", help="On a terminal, page the output ($PAGER, else less).")
+
+
 def show_command(
     inputs: o.Inputs = None,
-    fields: Annotated[
-        str | None,
-        typer.Option(
-            "--fields",
-            metavar="F1,F2,...",
-            help="Show only these fields, in this order (dotted paths ok; 'meta' named here is shown "
-            "unfolded). [default: all, meta folded]",
-            rich_help_panel=VIEW_PANEL,
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--where",
-            metavar="FIELD=VALUE",
-            help="Show only records whose FIELD (dotted path, e.g. meta.filter.reason) equals VALUE; numbers, "
-            "true/false and null compare as JSON. Repeatable: all must hold.",
-            rich_help_panel=VIEW_PANEL,
-        ),
-    ] = None,
-    sample: Annotated[
-        int | None,
-        typer.Option(
-            "--sample",
-            metavar="N",
-            min=1,
-            help="Show N of the (matching) records picked at random, in input order. [default: all]",
-            rich_help_panel=VIEW_PANEL,
-        ),
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of --sample: the same seed picks the same records.")
-    ] = 0,
-    pager: Annotated[
-        bool,
-        typer.Option("--pager/--no-pager", help="On a terminal, page the output ($PAGER, else less)."),
-    ] = True,
-    on_bad_record: o.OnBadRecord = o.BadRecordMode.fail,
+    fields: Fields = None,
+    where: Where = None,
+    sample: Sample = None,
+    seed: Seed = 0,
+    pager: Pager = True,
+    on_bad_record: o.OnBadRecord = "fail",
     prompt_field: o.PromptField = None,
     response_field: o.ResponseField = None,
 ) -> None:
@@ -76,7 +65,7 @@ def show_command(
     check_inputs(paths)
     records = show.read(
         paths,
-        skip_bad=on_bad_record is o.BadRecordMode.skip,
+        skip_bad=on_bad_record == "skip",
         prompt_field=prompt_field,
         response_field=response_field,
         warn=show.capped(),

@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from codeplan_cli import options as o
-from codeplan_tools.stages.synth import TASKS
+from codeplan_tools.stages.synth import TASKS, SynthConfig
 
 SYNTH_PANEL = "What to make"
+KeepGoldPlan = o.option(SynthConfig, "keep_gold_plan")
 
 
 def _task_table() -> str:
@@ -65,6 +66,7 @@ def synth_command(
             rich_help_panel=SYNTH_PANEL,
         ),
     ] = None,
+    keep_gold_plan: KeepGoldPlan = False,
     list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and exit.")] = False,
     output: o.Output = None,
     plain: o.Plain = False,
@@ -74,7 +76,7 @@ def synth_command(
 ) -> None:
     from codeplan_tools.core.errors import UsageError
     from codeplan_tools.core.stage import StageIO, run_stage
-    from codeplan_tools.stages.synth import SynthConfig, SynthStage, parse_k, parse_tasks
+    from codeplan_tools.stages.synth import SynthStage, parse_k, parse_tasks
 
     if list_tasks:
         for name, t in TASKS.items():
@@ -82,7 +84,14 @@ def synth_command(
         return
     if tasks is None:
         raise UsageError("name the tasks (e.g. last_letter,coin_flip or all); --list shows them")
-    config = SynthConfig(tasks=parse_tasks(tasks), n=n, k=parse_k(k), seed=seed, exclude=tuple(exclude or ()))
+    config = SynthConfig(
+        tasks=parse_tasks(tasks),
+        n=n,
+        k=parse_k(k),
+        seed=seed,
+        exclude=tuple(exclude or ()),
+        keep_gold_plan=keep_gold_plan,
+    )
     stage_io = StageIO(
         stage="synth",
         inputs=list(config.exclude),

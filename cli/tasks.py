@@ -67,6 +67,7 @@ def list_command(
 
 
 @tasks_app.command("prepare")
+@o.with_options(io=(*o.READING, "stats"))
 def prepare_command(
     names: Annotated[
         str,
@@ -113,10 +114,7 @@ def prepare_command(
             "result checks the scorers (it should report 100%).",
         ),
     ] = False,
-    output: o.Output = None,
-    plain: o.Plain = False,
-    zstd: o.Zstd = False,
-    quiet: o.Quiet = False,
+    io: o.StreamOptions = o.StreamOptions(),
 ) -> None:
     """Write records (id, task, prompt, question, answer and the source's extra fields) for the tasks;
     for a training corpus (webinstructsub), prompt/response records with the row's source kept.
@@ -127,21 +125,12 @@ def prepare_command(
 
     Example: codeplan tasks prepare webinstructsub -i WebInstructSub/data > webinstruct.jsonl.zst
     """
-    from codeplan_tools.core.stage import StageIO, run_stage
+    from codeplan_tools.core.stage import run_stage
     from codeplan_tools.eval.tasks import PrepareStage, expand_task_names
 
     stage = PrepareStage(expand_task_names(names), data_dir, inputs, limit, instruction, gold_response)
-    stage_io = StageIO(
-        stage="tasks",
-        inputs=stage.files,
-        output=output,
-        plain=o.output_kind_flag(plain, zstd),
-        progress=False,
-        quiet=quiet,
-        source=True,
-    )
-    result = run_stage(stage_io, stage)
-    if not quiet:
+    result = run_stage(io.stage_io("tasks", inputs=stage.files, progress=False, source=True), stage)
+    if not io.quiet:
         typer.echo(
             f"codeplan tasks prepare: {int(result['written'])} records from {len(stage.tasks)} task(s)",
             err=True,

@@ -159,6 +159,19 @@ def too_long_error(tokens_in: int, context: int) -> str:
 # -- helpers shared by the local engines (hf, vllm); they take a Hugging Face tokenizer ------------
 
 
+def start_result(request: Request, ids: list[int] | None, context: int) -> Result:
+    """The request's ``Result``, with ``error`` set when nothing can be generated from its prompt:
+    special-token text in it (``ids`` None), no tokens, or no room left in the model's context."""
+    result = Result(id=request.id, completions=[], tokens_in=len(ids or ()))
+    if ids is None:
+        result.error = SPECIAL_TOKEN_TEXT
+    elif not ids:
+        result.error = "empty-prompt: the prompt has no tokens"
+    elif len(ids) >= context:
+        result.error = too_long_error(len(ids), context)
+    return result
+
+
 def prompt_token_ids(tokenizer: Tokenizer, request: Request) -> list[int] | None:
     """Token ids of a request's prompt, the same for every local engine (:class:`PromptTokenizer`)."""
     return PromptTokenizer(tokenizer)([request])[0]

@@ -20,14 +20,13 @@ from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
-    SPECIAL_TOKEN_TEXT,
     Completion,
     PromptTokenizer,
     Request,
     Result,
     StopRules,
     sample_seed,
-    too_long_error,
+    start_result,
     truncate_at_stop,
 )
 from codeplan_tools.engines.spec import Dtype
@@ -112,16 +111,9 @@ class HFEngine:
         results: list[Result] = []
         rows: list[_Row] = []
         for ri, (req, ids) in enumerate(zip(requests, self._prompt_ids(requests), strict=True)):
-            res = Result(id=req.id, completions=[], tokens_in=len(ids or ()))
+            res = start_result(req, ids, self.context)
             results.append(res)
-            if ids is None:
-                res.error = SPECIAL_TOKEN_TEXT
-                continue
-            if not ids:
-                res.error = "empty-prompt: the prompt has no tokens"
-                continue
-            if len(ids) >= self.context:
-                res.error = too_long_error(len(ids), self.context)
+            if res.error or ids is None:  # (ids is None only with an error)
                 continue
             limit = min(req.max_tokens, self.context - len(ids))
             stops, tstops = self._stop_rules(req)

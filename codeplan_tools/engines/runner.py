@@ -26,56 +26,27 @@ same stage runs on files (``run_stage``) and in memory (``StageContext``, where 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from codeplan_tools.core.errors import UsageError
-from codeplan_tools.core.progress import EngineProgress, LineCounter
 from codeplan_tools.core.records import normalize
-from codeplan_tools.core.stage import StageContext
+
+# SamplingConfig lives with EngineSpec, light to import (the CLI builds its options from both at
+# start-up); it is re-exported here for the stages.
+from codeplan_tools.engines.spec import EngineSpec, SamplingConfig, check_sampling  # noqa: F401
 
 if TYPE_CHECKING:
+    from codeplan_tools.core.stage import StageContext
     from codeplan_tools.engines.base import Engine, Request, Result
-    from codeplan_tools.engines.spec import EngineSpec
 
 # Records per engine call when --chunk-size is not given. vLLM schedules a large chunk best. The
 # transformers engine sorts a chunk by length into batches of --batch-size, so a chunk much larger than
 # a batch pads less (64 records ran at 0.77x the speed of one sorted 256-record call on the tiny
 # model), while staying small enough to flush often. Over HTTP the chunk only bounds what is pending.
 DEFAULT_CHUNK = {"vllm": 4096, "hf": 1024, "openai": 256}
-
-
-@dataclass(kw_only=True)
-class SamplingConfig:
-    """The sampling settings every engine stage has (``GenerateConfig`` and ``ExtractConfig`` extend it)."""
-
-    temperature: float = 0.0
-    """0 is greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    max_tokens: int = 512
-    """Most tokens generated per sample."""
-    seed: int = 0
-    """Global seed; each record's seed is derived from it and the record id, and recorded."""
-    chunk_size: int | None = None
-    """Records handed to the engine at a time; the output is flushed after each chunk. [default: 4096
-    for vllm, 1024 for hf, 256 for openai]"""
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
-        check_sampling(self.temperature, self.top_p)
-
-
-def check_sampling(temperature: float, top_p: float) -> None:
-    """The sampling settings every engine stage shares: finite, temperature >= 0, 0 < top_p <= 1."""
-    if not (math.isfinite(temperature) and math.isfinite(top_p)):
-        raise UsageError("--temperature and --top-p must be finite numbers (not nan or inf)")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
 
 
 def text_hash(text: str) -> str:
@@ -85,13 +56,8 @@ def text_hash(text: str) -> str:
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
     """Lists of up to ``size`` items of ``items``, in order."""
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
         yield chunk
 
 
@@ -132,6 +98,7 @@ class EngineTask:
 
 def run_engine_task(records: Iterator[dict], ctx: StageContext, task: EngineTask) -> Iterator[dict]:
     """Chunk ``records``, call the engine, reject or yield (see the module docstring)."""
+    from codeplan_tools.core.progress import EngineProgress, LineCounter
     from codeplan_tools.engines.base import stdout_to_stderr
 
     size = task.chunk_size or DEFAULT_CHUNK.get(task.spec.resolved_engine(), 256)

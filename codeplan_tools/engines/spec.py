@@ -1,5 +1,8 @@
 """Which engine and model a stage runs, and how: :class:`EngineSpec`, the one description of an engine
-that ``extract`` and ``generate`` take (and the CLI's engine options fill).
+that ``extract`` and ``generate`` take (and the CLI's engine options fill), and
+:class:`SamplingConfig`, the sampling settings of every engine stage. This module imports only
+``core.errors`` at load, so the CLI can build its options from both without loading the stage
+machinery (``engines.runner`` re-exports ``SamplingConfig``).
 
 The spec is checked and built lazily, so a run checks its outputs and resume state before any model
 is loaded, and a run with nothing left to do never loads one:
@@ -19,10 +22,11 @@ is loaded, and a run with nothing left to do never loads one:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from codeplan_tools.core.errors import InputMissing
+from codeplan_tools.core.errors import InputMissing, UsageError
 
 if TYPE_CHECKING:
     from codeplan_tools.engines.base import Engine
@@ -48,6 +52,36 @@ ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
 ENGINE_FIELDS = sorted({key for keys in ENGINE_OPTIONS.values() for key in keys})
 # Engines that load the model from a local folder (or the hub); others get the name as it is.
 LOCAL_ENGINES = ("hf", "vllm")
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    """The sampling settings every engine stage has (``GenerateConfig`` and ``ExtractConfig`` extend it)."""
+
+    temperature: float = 0.0
+    """0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_tokens: int = 512
+    """Most tokens generated per sample."""
+    seed: int = 0
+    """Global seed; each record's seed is derived from it and the record id, and recorded."""
+    chunk_size: int | None = None
+    """Records handed to the engine at a time; the output is flushed after each chunk. [default: 4096
+    for vllm, 1024 for hf, 256 for openai]"""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        check_sampling(self.temperature, self.top_p)
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    """The sampling settings every engine stage shares: finite, temperature >= 0, 0 < top_p <= 1."""
+    if not (math.isfinite(temperature) and math.isfinite(top_p)):
+        raise UsageError("--temperature and --top-p must be finite numbers (not nan or inf)")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
 
 
 @dataclass(kw_only=True)

@@ -28,14 +28,13 @@ from codeplan_tools.engines import register
 from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
-    SPECIAL_TOKEN_TEXT,
     Completion,
     PromptTokenizer,
     Request,
     Result,
     StopRules,
     sample_seed,
-    too_long_error,
+    start_result,
 )
 from codeplan_tools.engines.spec import Dtype
 
@@ -137,16 +136,9 @@ class VLLMEngine:
         prompts, params, owners = [], [], []
         token_ids = self._prompt_ids(requests)
         for ri, (req, ids) in enumerate(zip(requests, token_ids, strict=True)):
-            res = Result(id=req.id, completions=[], tokens_in=len(ids or ()))
+            res = start_result(req, ids, self.context)
             results.append(res)
-            if ids is None:
-                res.error = SPECIAL_TOKEN_TEXT
-                continue
-            if not ids:
-                res.error = "empty-prompt: the prompt has no tokens"
-                continue
-            if len(ids) >= self.context:
-                res.error = too_long_error(len(ids), self.context)
+            if res.error or ids is None:  # (ids is None only with an error)
                 continue
             prompt = self._TokensPrompt(prompt_token_ids=ids)
             for j in range(1 if req.greedy else req.n):

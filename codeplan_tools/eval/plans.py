@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import keyword
 import re
 import textwrap
@@ -146,7 +147,11 @@ def _source(plan: str) -> str:
     return textwrap.dedent(plan)
 
 
+@functools.lru_cache(maxsize=8)
 def _parse(plan: str) -> ast.Module | None:
+    """The plan's tree (None: it does not parse). Cached: the filter's ``grounded`` and ``consistent``
+    and score's fidelity and plan-following read the same plan one after the other, and parsing is the
+    largest single cost; callers only read the tree."""
     if len(plan) > MAX_PARSE_CHARS:
         return None
     try:
@@ -517,8 +522,12 @@ def _power(base: Fraction, exponent: Fraction) -> Fraction | None:
     return base**n
 
 
-def _arithmetic(node: ast.expr, env: dict[str, Value]) -> Value | None:
-    """The value of a literal / arithmetic expression over literals and known names; None otherwise."""
+def _arithmetic(node: ast.expr, env: dict[str, Value], budget: list[int]) -> Value | None:
+    """The value of a literal / arithmetic expression over literals and known names; None otherwise.
+    Each node visited spends one of ``budget[0]``; raises ``_OverBudget`` when none is left."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _OverBudget
     if isinstance(node, ast.Constant):
         if type(node.value) is str:
             return node.value
@@ -527,13 +536,16 @@ def _arithmetic(node: ast.expr, env: dict[str, Value]) -> Value | None:
     if isinstance(node, ast.Name):
         return env.get(node.id)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        operand = _arithmetic(node.operand, env)
+        operand = _arithmetic(node.operand, env, budget)
         if not isinstance(operand, Fraction):
             return None
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp):
-        left, right = _arithmetic(node.left, env), _arithmetic(node.right, env)
-        if not isinstance(left, Fraction) or not isinstance(right, Fraction):
+        left = _arithmetic(node.left, env, budget)
+        if not isinstance(left, Fraction):
+            return None
+        right = _arithmetic(node.right, env, budget)
+        if not isinstance(right, Fraction):
             return None
         return _apply(node.op, left, right)
     return None
@@ -560,19 +572,36 @@ def _apply(op: ast.operator, left: Fraction, right: Fraction) -> Fraction | None
 
 
 def _evaluate(node: ast.expr, env: dict[str, Value]) -> Value | None:
-    """``_arithmetic`` on an expression of at most ``MAX_EXPR_NODES`` nodes (counted without recursion)."""
-    count = 0
-    for _ in ast.walk(node):
-        count += 1
-        if count > MAX_EXPR_NODES:
-            return None
-    return _arithmetic(node, env)
+    """``_arithmetic`` on an expression of at most ``MAX_EXPR_NODES`` nodes (a budget spent as nodes are
+    visited: no separate walk, and a deep chain stops at the limit instead of recursing on)."""
+    budget = [MAX_EXPR_NODES]
+    try:
+        return _arithmetic(node, env, budget)
+    except _OverBudget:
+        return None
 
 
-def _stored_names(statement: ast.stmt) -> set[str]:
-    """Every name ``statement`` may bind (assignments, loop targets, walrus, defs, imports, deletes)."""
+class _OverBudget(Exception):
+    pass
+
+
+# Statement fields that hold statements (walked by _stored_names) and those that hold binding targets.
+_STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers", "cases")
+_TARGET_FIELDS = ("targets", "target", "items", "names")
+
+
+def _stored_names(statement: ast.stmt, walrus: bool = True) -> set[str]:
+    """Every name ``statement`` may bind (assignments, loop targets, walrus, defs, imports, deletes).
+
+    Without ``walrus`` (the plan has no ``:=``), an expression binds nothing, so only statements and
+    their targets are visited, not every expression node (the full walk is most of the cost of
+    :func:`plan_final_value`); comprehension variables, which do not leak, are then not counted."""
     names: set[str] = set()
-    for node in ast.walk(statement):
+    if walrus:
+        nodes: Iterable[ast.AST] = ast.walk(statement)
+    else:
+        nodes = _statements_and_targets(statement)
+    for node in nodes:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
             names.add(node.id)
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -580,6 +609,24 @@ def _stored_names(statement: ast.stmt) -> set[str]:
         elif isinstance(node, ast.alias):
             names.add((node.asname or node.name).split(".")[0])
     return names
+
+
+def _statements_and_targets(statement: ast.stmt) -> Iterator[ast.AST]:
+    """The statements nested in ``statement`` (itself included) and every node of their targets."""
+    stack: list[ast.AST] = [statement]
+    while stack:
+        node = stack.pop()
+        yield node
+        for name in _STATEMENT_LISTS:
+            stack.extend(getattr(node, name, ()))
+        for name in _TARGET_FIELDS:
+            target = getattr(node, name, None)
+            if isinstance(target, list):
+                for item in target:
+                    if isinstance(item, ast.AST):
+                        yield from ast.walk(item)
+            elif isinstance(target, ast.AST):
+                yield from ast.walk(target)
 
 
 def _printed(statement: ast.stmt) -> ast.expr | None:
@@ -612,6 +659,10 @@ def plan_final_value(plan: str) -> Value | None:
     body = tree.body
     if isinstance(body[-1], ast.FunctionDef | ast.AsyncFunctionDef):
         body = body[-1].body  # a plan that is one function: its return
+    shown = _printed(body[-1])
+    if shown is None:
+        return None
+    walrus = ":=" in plan  # (else expressions bind no names: _stored_names can skip them)
     env: dict[str, Value] = {}
     for statement in body[:-1]:
         value: Value | None = None
@@ -633,12 +684,11 @@ def plan_final_value(plan: str) -> Value | None:
             targets = [target]
         else:
             targets = []
-        for name in _stored_names(statement):
+        for name in _stored_names(statement, walrus):
             env.pop(name, None)
         if value is not None:
             env.update(dict.fromkeys(targets, value))
-    shown = _printed(body[-1])
-    return None if shown is None else _evaluate(shown, env)
+    return _evaluate(shown, env)
 
 
 # ------------------------------------------------------------------------------------- agreement

@@ -20,6 +20,14 @@ any scored file without the task registry.
   by task and id): McNemar's exact binomial test when every record has one sample, else a paired
   bootstrap of the mean difference (2,000 resamples, seed 0).
 
+- **Plans** (only when some record has ``meta.score.plan``; the report is otherwise unchanged, byte for
+  byte): per task and subtask (so per difficulty), over the samples' plans, the share equal to the
+  reference plan (whitespace normalised; and with comments ignored), the mean literal precision and
+  recall (n: plans compared to a reference), and the plan-following rate (the answer equals the value
+  the sample's own plan prints, over the samples where that is computable); the run's overall
+  plan-following rate under the table, and per run in a comparison. JSON: ``plan`` in each row's
+  summary and in the run's.
+
 A comparison is a :class:`Comparison` (rows, averages and paired tests as dataclasses);
 ``Comparison.to_dict`` is its JSON form in ``--report FILE.json``.
 
@@ -128,6 +136,67 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 20
 
 
 @dataclass
+class PlanCell:
+    """Plan measures of one row, over the samples' plans (``meta.score.plan.samples``): fidelity to the
+    reference plan (samples compared to one) and plan-following (samples where it is known)."""
+
+    compared: int = 0
+    exact: int = 0
+    exact_no_comments: int = 0
+    precision_sum: float = 0.0
+    precision_n: int = 0
+    recall_sum: float = 0.0
+    recall_n: int = 0
+    followed: int = 0
+    following_n: int = 0
+
+    def add(self, plan: Mapping[str, Any]) -> None:
+        for sample in plan.get("samples") or ():
+            if sample is None:
+                continue
+            follows = sample.get("follows")
+            if follows is not None:
+                self.following_n += 1
+                self.followed += bool(follows)
+            if "exact" in sample:
+                self.compared += 1
+                self.exact += bool(sample["exact"])
+                self.exact_no_comments += bool(sample.get("exact_no_comments"))
+                for key, total, count in (
+                    ("literal_precision", "precision_sum", "precision_n"),
+                    ("literal_recall", "recall_sum", "recall_n"),
+                ):
+                    value = sample.get(key)
+                    if value is not None:
+                        setattr(self, total, getattr(self, total) + float(value))
+                        setattr(self, count, getattr(self, count) + 1)
+
+    def merge(self, other: PlanCell) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def following(self) -> float | None:
+        return self.followed / self.following_n if self.following_n else None
+
+    def summary(self) -> dict[str, Any]:
+        def share(part: float, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        out: dict[str, Any] = {}
+        if self.compared:
+            out.update(
+                compared=self.compared,
+                exact=share(self.exact, self.compared),
+                exact_no_comments=share(self.exact_no_comments, self.compared),
+                literal_precision=share(self.precision_sum, self.precision_n),
+                literal_recall=share(self.recall_sum, self.recall_n),
+            )
+        out.update(following=self.following, following_n=self.following_n)
+        return out
+
+
+@dataclass
 class Cell:
     """Counts of one row of the report (a task, a subtask value or a group)."""
 
@@ -149,6 +218,8 @@ class Cell:
     instructions: int = 0
     instructions_strict: int = 0
     instructions_loose: int = 0
+    plan: PlanCell | None = None
+    """Plan measures, when a record of the row has ``meta.score.plan``."""
 
     def add(self, s: Mapping[str, Any]) -> None:
         self.records += 1
@@ -172,6 +243,10 @@ class Cell:
         self.instructions += int(s.get("instructions", 0))
         self.instructions_strict += int(s.get("instructions_strict", 0))
         self.instructions_loose += int(s.get("instructions_loose", 0))
+        if s.get("plan") is not None:
+            if self.plan is None:
+                self.plan = PlanCell()
+            self.plan.add(s["plan"])
 
     @property
     def accuracy(self) -> float:
@@ -211,6 +286,8 @@ class Cell:
         if self.instructions:
             out["instruction_accuracy_strict"] = self.instructions_strict / self.instructions
             out["instruction_accuracy_loose"] = self.instructions_loose / self.instructions
+        if self.plan is not None:
+            out["plan"] = self.plan.summary()
         return out
 
 
@@ -245,6 +322,15 @@ _SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "instructions": (_INTEGER, "an integer"),
     "instructions_strict": (_INTEGER, "an integer"),
     "instructions_loose": (_INTEGER, "an integer"),
+    "plan": ((dict,), "an object"),
+}
+# meta.score.plan.samples[j]: the fields a report reads and their types (or null).
+_PLAN_SAMPLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "follows": ((bool,), "a boolean"),
+    "exact": ((bool,), "a boolean"),
+    "exact_no_comments": ((bool,), "a boolean"),
+    "literal_precision": (_NUMBER, "a number"),
+    "literal_recall": (_NUMBER, "a number"),
 }
 
 
@@ -261,6 +347,16 @@ def score_type_error(score: Mapping) -> str | None:
         for k, value in (score.get(key) or {}).items():
             if not k.isdigit() or type(value) not in (int, float, bool):
                 return f"meta.score.{key} must map k (digits) to numbers, not {k!r}: {json_type(value)}"
+    samples = (score.get("plan") or {}).get("samples")
+    if samples is not None and type(samples) is not list:
+        return f"meta.score.plan.samples is {json_type(samples)}, not a list"
+    for j, sample in enumerate(samples or ()):
+        if sample is not None and type(sample) is not dict:
+            return f"meta.score.plan.samples[{j}] is {json_type(sample)}, not an object"
+        for key, (types, expected) in _PLAN_SAMPLE_FIELDS.items():
+            value = (sample or {}).get(key)
+            if value is not None and type(value) not in types:
+                return f"meta.score.plan.samples[{j}].{key} is {json_type(value)}, not {expected}"
     return None
 
 
@@ -287,6 +383,15 @@ class RunReport:
         for dim, value in (s.get("subtasks") or {}).items():
             rows.subtasks.setdefault(dim, {}).setdefault(str(value), Cell()).add(s)
         rows.per_record[str(record_id)] = (float(s.get("accuracy", 0.0)), int(s.get("n", 1)))
+
+    def plans(self) -> PlanCell | None:
+        """The plan measures of the whole run (None when no record had ``meta.score.plan``)."""
+        total: PlanCell | None = None
+        for rows in self.tasks.values():
+            if rows.cell.plan is not None:
+                total = total or PlanCell()
+                total.merge(rows.cell.plan)
+        return total
 
     def groups(self) -> dict[str, Cell]:
         out: dict[str, Cell] = {}
@@ -341,6 +446,9 @@ class RunReport:
             out["groups"] = {g: c.summary() for g, c in groups.items()}
         if self.unscored:
             out["unscored_records"] = self.unscored
+        plans = self.plans()
+        if plans is not None:
+            out["plan"] = plans.summary()
         return out
 
 
@@ -366,6 +474,10 @@ def _merge(into: Cell, other: Cell) -> None:
         mine, theirs = getattr(into, name), getattr(other, name)
         for k, v in theirs.items():
             mine[k] = mine.get(k, 0) + v
+    if other.plan is not None:
+        if into.plan is None:
+            into.plan = PlanCell()
+        into.plan.merge(other.plan)
 
 
 def _sort_key(value: str):
@@ -575,6 +687,50 @@ def _full_ks(report: RunReport) -> list[int]:
     )
 
 
+def _plan_rows(report: RunReport) -> list[tuple[str, PlanCell, int]]:
+    """The rows of ``_rows_of`` that have plan measures."""
+    return [(label, cell.plan, depth) for label, cell, depth in _rows_of(report) if cell.plan is not None]
+
+
+def _plan_values(plan: PlanCell) -> list[str]:
+    """compared, exact %, exact (comments ignored) %, literal precision %, recall %, following %, known."""
+    s = plan.summary()
+    return [
+        str(plan.compared),
+        _pct(s.get("exact")),
+        _pct(s.get("exact_no_comments")),
+        _pct(s.get("literal_precision")),
+        _pct(s.get("literal_recall")),
+        _pct(plan.following),
+        str(plan.following_n),
+    ]
+
+
+def _following_line(name: str, plan: PlanCell) -> str:
+    return (
+        f"plan-following of {name}: {_pct(plan.following)}% of {plan.following_n} samples whose plan's "
+        "printed value is computable"
+    )
+
+
+def format_plans(report: RunReport) -> str | None:
+    """The plan table of one run (stderr): fidelity to the reference plan per task and subtask, and
+    plan-following; None when no record had plan measures."""
+    plans = report.plans()
+    if plans is None:
+        return None
+    heads = ("compared", "exact%", "nocomm%", "litP%", "litR%", "follow%", "known")
+    lines = [f"{'plans':<48}" + "".join(f" {h:>8}" for h in heads)]
+    for label, plan, depth in _plan_rows(report):
+        lines.append(f"{'  ' * depth + label:<48.48}" + "".join(f" {v:>8}" for v in _plan_values(plan)))
+    lines.append(
+        "(exact: equal to the reference plan, whitespace normalised; nocomm: comments ignored too; litP/litR: "
+        "precision/recall of its value literals; follow: the answer equals the value the sample's plan prints)"
+    )
+    lines.append(_following_line(report.name, plans))
+    return "\n".join(lines)
+
+
 def format_table(report: RunReport) -> str:
     """One run as a text table (stderr)."""
     ks = _full_ks(report)
@@ -599,6 +755,9 @@ def format_table(report: RunReport) -> str:
         lines.append(line)
     if report.unscored:
         lines.append(f"({report.unscored} records without meta.score were left out)")
+    plans = format_plans(report)
+    if plans is not None:
+        lines.append(plans)
     return "\n".join(lines)
 
 
@@ -632,6 +791,10 @@ def format_comparison(cmp: Comparison) -> str:
     methods = {test.method for row in cmp.rows for r in others if (test := row.test.get(r)) and test.method}
     if methods:
         lines.append("p: paired test on records in both runs (" + ", ".join(sorted(methods)) + ")")
+    for run in cmp.runs:
+        plans = run.plans()
+        if plans is not None:
+            lines.append(_following_line(run.name, plans))
     return "\n".join(lines)
 
 
@@ -703,6 +866,14 @@ def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) ->
                 f"Average relative improvement of **{r}** over {comparison.baseline}: "
                 f"**{'-' if v is None else f'{100 * v:+.1f}%'}** across {len(comparison.averages[r].over)} {comparison.average_over}."
             )
+        following = [(run.name, plans) for run in comparison.runs if (plans := run.plans()) is not None]
+        if following:
+            parts.append("")
+            parts.append(
+                "Plan-following (the answer equals the value the sample's plan prints): "
+                + "; ".join(f"**{name}** {_pct(p.following)}% of {p.following_n}" for name, p in following)
+                + "."
+            )
         parts.append("")
     for run in runs:
         ks = _full_ks(run)
@@ -726,6 +897,26 @@ def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) ->
             line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k)))} |" for k in ks if k > 1)
             parts.append(line)
         parts.append("")
+        plans = run.plans()
+        if plans is not None:
+            parts.append(f"### Plans: {run.name}\n")
+            parts.append(
+                "| task | plans compared | exact % | exact, comments ignored % | literal precision % | "
+                "literal recall % | plan-following % | following known |"
+            )
+            parts.append("|---|---|---|---|---|---|---|---|")
+            for label, plan, depth in _plan_rows(run):
+                parts.append(f"| {'&nbsp;&nbsp;' * depth + label} | " + " | ".join(_plan_values(plan)) + " |")
+            parts.append("")
+            parts.append(
+                "Exact: the sample's plan equals the reference plan (whitespace normalised; comments and blank "
+                "lines also ignored in the next column); literal precision/recall: of its numbers, strings and "
+                "booleans against the reference's. Plan-following: the sample's answer equals the value its "
+                "own plan prints, over the samples where that value is computable without running the plan."
+            )
+            parts.append("")
+            parts.append(_following_line(run.name, plans).capitalize() + ".")
+            parts.append("")
     return "\n".join(parts)
 
 

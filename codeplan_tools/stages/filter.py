@@ -7,6 +7,19 @@ rule, counts, annotates and routes: a rejected record goes to ``--rejects`` with
 ``meta.filter.reason`` naming the first rule that failed (rules run in ``RULES`` order), and
 ``rejected.<rule>`` is counted; ``--annotate`` keeps every record and lists all failing rules.
 
+Plan quality (``grounded``, ``consistent``; off by default, see their help). Both parse the plan with
+``ast`` and never run it (``codeplan_tools.eval.plans``): ``grounded`` rejects a plan when under
+``--grounded-min`` of its distinct literals occur in the prompt or response (the reason gives the share
+and the literals not found); ``consistent`` rejects a plan whose printed value disagrees with the
+response's final answer (the reason gives both). A plan with no literals, or whose value or whose
+response's answer cannot be read, passes. They are opt-in because parsing costs ~10x the default rules,
+and filter's throughput matters at corpus scale. Each counts what it saw over every record it checked
+(it runs only on records the rules before it passed, all records with ``--annotate``):
+``grounded.share_<bin>`` / ``grounded.none`` / ``grounded.share_sum_1e4`` and ``consistent.agree`` /
+``.disagree`` / ``.unknown``. They are counters, so worker processes' and shards' counts add up;
+``--stats`` also shows them as ``derived.grounded`` (the share histogram: n, none, mean, bins) and
+``derived.consistent``.
+
 ``--stats`` also describes what passed: mean / median / 95th-percentile word lengths of prompt,
 plan and response (the paper reports means of 36.2 / 45.7 / 134.7 words) and the share of plans
 that use functions, conditions and loops.
@@ -38,8 +51,9 @@ import hashlib
 import re
 import statistics
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from codeplan_tools.core.records import WrongType
@@ -94,7 +108,7 @@ def _extract_meta(record: dict) -> dict:
     return extract
 
 
-RuleName = Literal["terminated", "nonempty", "length", "code", "no-leak", "dedup"]
+RuleName = Literal["terminated", "nonempty", "length", "code", "no-leak", "grounded", "consistent", "dedup"]
 
 
 @dataclass
@@ -102,7 +116,7 @@ class FilterConfig:
     """Settings of every rule; ``enabled`` lists the rules that run."""
 
     enabled: tuple[RuleName, ...] = ("terminated", "nonempty", "length", "code", "no-leak", "dedup")
-    """The rules that run (each on by default; --skip-RULE turns one off)."""
+    """The rules that run (all but grounded and consistent by default; --RULE / --skip-RULE turn one on / off)."""
     min_plan_words: int = 3
     """length: fewest words a plan may have."""
     max_plan_words: int = 200
@@ -117,6 +131,11 @@ class FilterConfig:
     """no-leak: word n-gram size compared."""
     leak_max_overlap: float = 0.5
     """no-leak: reject at this share of the response's n-grams found in the plan."""
+    grounded_min: float = 0.5
+    """grounded: least share of the plan's distinct literals that occur in the prompt or response.
+    Measured on synth gold plans and on plans built from SVAMP/MultiArith/AddSub/GSM8K: gold plans have a
+    mean share >= 0.996 and none is rejected at 0.5; plans of the wrong problem (shifted) are 73-90%
+    rejected."""
     workers: int | None = None
     """Processes that parse, check and serialise records read from files (stdin is read in one
     process); the output is the same for every N. 1 = no worker processes. [default: usable CPUs, at most 4]"""
@@ -251,6 +270,91 @@ def no_leak(record: dict, config: FilterConfig) -> str | None:
     return None
 
 
+# grounded and consistent parse the plan (codeplan_tools.eval.plans, imported when they first run: it
+# costs ~50 ms that the default rules do not need). With a Stats (the stage passes its own), each also
+# counts what it saw: additive counters, so workers' and shards' counts merge by summing.
+_NOT_FOUND_SHOWN = 5  # literals named in a grounded reason; the rest are counted
+
+
+def _text_field(record: dict, name: str) -> str | None:
+    value = record.get(name)
+    if value is not None and value.__class__ is not str:
+        raise WrongType(name, value, "a string")
+    return value
+
+
+def grounded(record: dict, config: FilterConfig, stats: Stats | None = None) -> str | None:
+    """Reject plans whose literals (numbers, strings, names of the prompt's entities) mostly do not occur in the prompt or response: a share under --grounded-min (a plan with no literals passes). Off by default: it parses each plan, ~10x the cost of the default rules."""
+    from codeplan_tools.eval.plans import grounding
+
+    prompt, response = _text_field(record, "prompt"), _text_field(record, "response")
+    found = grounding(record.get("plan") or "", prompt, response)
+    share = found.share
+    if stats is not None:
+        count_share(stats, share)
+    if share is None or share >= config.grounded_min:
+        return None
+    missing = ", ".join(found.ungrounded[:_NOT_FOUND_SHOWN])
+    if len(found.ungrounded) > _NOT_FOUND_SHOWN:
+        missing += f" and {len(found.ungrounded) - _NOT_FOUND_SHOWN} more"
+    return (
+        f"grounded: {share:.2f} of the plan's literals occur in the prompt or response "
+        f"(< {config.grounded_min}; not found: {missing})"
+    )
+
+
+def consistent(record: dict, config: FilterConfig, stats: Stats | None = None) -> str | None:
+    """Reject plans whose printed value (a final print/return of literal arithmetic, computed without running the plan) disagrees with the response's final answer; plans or responses without one pass. Off by default: it parses each plan, ~10x the cost of the default rules."""
+    from codeplan_tools.eval.plans import plan_final_value, response_answer, values_agree
+    from codeplan_tools.eval.scorers.numeric import number_key
+
+    answer = response_answer(_text_field(record, "response"))
+    value = plan_final_value(record.get("plan") or "") if answer is not None and answer.strip() else None
+    reason = None
+    if value is None or answer is None:
+        outcome = "unknown"
+    elif values_agree(value, answer):
+        outcome = "agree"
+    else:
+        outcome = "disagree"
+        shown = value if isinstance(value, str) else number_key(value)
+        said = answer.strip().rstrip(".")  # "The answer is 7." marks "7."
+        reason = f"consistent: the plan prints {shown!r} but the response's answer is {said!r}"
+    if stats is not None:
+        stats.inc(f"consistent.{outcome}")
+    return reason
+
+
+def count_share(stats: Stats, share: float | None) -> None:
+    """Count one grounded share: ``grounded.none``, or ``grounded.share_<bin>`` and ``grounded.share_sum_1e4``
+    (the share in units of 1/10,000, an integer: float sums would differ in the last digits with the
+    order the workers' counts are added in)."""
+    from codeplan_tools.eval.plans import bin_label
+
+    if share is None:
+        stats.inc("grounded.none")
+    else:
+        stats.inc(f"grounded.share_{bin_label(share)}")
+        stats.inc("grounded.share_sum_1e4", round(share * 10_000))
+
+
+def plan_quality_summary(counters: Mapping[str, float]) -> dict[str, Any]:
+    """``--stats`` ``derived`` of grounded and consistent, from their counters (those that ran)."""
+    from codeplan_tools.eval.plans import BINS, bin_label
+
+    out: dict[str, Any] = {}
+    labels = [bin_label(i / BINS) for i in range(BINS)]
+    bins = {label: int(counters.get(f"grounded.share_{label}", 0)) for label in labels}
+    n, none = sum(bins.values()), int(counters.get("grounded.none", 0))
+    if n or none:
+        mean = round(counters.get("grounded.share_sum_1e4", 0) / 10_000 / n, 4) if n else None
+        out["grounded"] = {"n": n, "none": none, "mean": mean, "bins": bins}
+    agreement = {k: int(counters.get(f"consistent.{k}", 0)) for k in ("agree", "disagree", "unknown")}
+    if any(agreement.values()):
+        out["consistent"] = agreement
+    return out
+
+
 def normalize_prompt(prompt: str) -> str:
     if prompt.isascii():
         # ASCII is NFKC-stable and casefolds as lower(); printable ASCII has no whitespace but " ".
@@ -301,9 +405,15 @@ RULES: dict[str, Rule] = {
         Rule("length", length, True, True),
         Rule("code", code, True, True),
         Rule("no-leak", no_leak, True, True),
+        Rule("grounded", grounded, False, True),
+        Rule("consistent", consistent, False, True),
         Rule("dedup", dedup, True, False, ordered=True),
     )
 }
+
+
+# The rules that take the stage's Stats to count what they measure.
+_COUNTING = frozenset({grounded, consistent})
 
 
 def required_fields(config: FilterConfig) -> tuple[str, ...]:
@@ -423,7 +533,9 @@ class FilterStage(PerRecordStage):
         """Every rule but dedup; yields ``(record, (passed, digest, measured, earlier))``: whether it
         passed them, what dedup compares (when dedup will look), its ``--stats`` measure (when it
         passed) and the ``meta.filter`` it was read with (restored if dedup rejects it)."""
-        config, checks, stats = self.config, self.checks, ctx.stats
+        config, stats = self.config, ctx.stats
+        # The plan-quality rules count what they measure into this run's (this batch's) counters.
+        checks = [partial(c, stats=stats) if c in _COUNTING else c for c in self.checks]
         annotate, profile_on = config.annotate, config.profile
         dedup_on = "dedup" in config.enabled
         for index, record in enumerate(records, 1):
@@ -475,6 +587,9 @@ class FilterStage(PerRecordStage):
                 stats.inc("kept", kept)
         if self.config.profile:
             stats.derived["passed"] = profile.summary()
+        if not _COUNTING.isdisjoint(self.checks):
+            # Every batch's counters are in by now (the workers' too): their distributions, once.
+            stats.derived.update(plan_quality_summary(stats.counters))
 
     def _duplicate(self, record: dict, passed: bool, earlier: Any, ctx: StageContext) -> dict | None:
         """Mark (``--annotate``) or reject a duplicate, as dedup's place last among the rules does."""

@@ -54,6 +54,9 @@ The tokenizer part of the fingerprint hashes the tokenizer files of the model fo
 copies them byte for byte into its export, so an exported model keeps the fingerprint): see
 :mod:`codeplan_tools.formats.tokenizer`. Rejects (``overlong``, ``no-loss-tokens``, the format's
 reasons) and counters go through the stage's context (:class:`PackStage`, :func:`pack_records`).
+
+numpy and the stage machinery are imported when packing starts, not with this module: the CLI
+imports :class:`PackConfig` at start-up to build ``pack``'s options.
 """
 
 from __future__ import annotations
@@ -63,13 +66,9 @@ import os
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from codeplan_tools.core.errors import UsageError
-from codeplan_tools.core.stage import StageContext
-from codeplan_tools.core.stats import Stats
 
 # The tokenizer helpers live in codeplan_tools.formats.tokenizer; older callers import
 # TOKENIZER_FILES, check_model_path and read_fingerprint from here too.
@@ -82,6 +81,12 @@ from codeplan_tools.formats.tokenizer import (
     read_fingerprint,  # noqa: F401
     tokenizer_fingerprint,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from codeplan_tools.core.stage import StageContext
+    from codeplan_tools.core.stats import Stats
 
 IGNORE = -100
 FINGERPRINT_VERSION = 1
@@ -211,6 +216,8 @@ class Encoder:
 
         Ordinary records are tokenized in batches; those longer than ``max_chars`` or whose text holds
         a special-token string one by one (:meth:`_encode_one`)."""
+        import numpy as np
+
         out: list[tuple[np.ndarray, int] | str | TooLong] = []
         prompts, targets, where = [], [], []
         holds_special = self.records.holds_special
@@ -251,6 +258,8 @@ class Encoder:
         ``truncate`` keeps only the first ``max_chars`` characters of prompt and target (more than
         the ``max_len`` tokens it keeps, so those tokens are the same); ``split`` keeps everything and
         tokenizes it in pieces of ``max_chars`` characters, so memory stays bounded."""
+        import numpy as np
+
         cut = piece = None
         chars = len(p) + len(t)
         if chars > self.max_chars:
@@ -328,6 +337,8 @@ class _Example:
 
 
 def _labels(ids: np.ndarray, n_prompt: int, loss: str) -> np.ndarray:
+    import numpy as np
+
     labels: np.ndarray = ids.astype(np.int32, copy=True)
     if loss == "assistant":
         labels[:n_prompt] = IGNORE
@@ -420,6 +431,8 @@ class Packer:
 
     # -- packing -------------------------------------------------------------------------------
     def _packs(self, examples: list[_Example]) -> Iterator[dict]:
+        import numpy as np
+
         stats, max_len = self.stats, self.config.max_len
         for members in best_fit_decreasing([len(e.ids) for e in examples], max_len):
             exs = [examples[i] for i in members]
@@ -530,4 +543,6 @@ def pack_records(
     efficiency) and the rejected records (``ctx.rejected``, each with ``meta.pack.reason``).
     ``tokenizer``: an already loaded one.
     """
+    from codeplan_tools.core.stage import StageContext
+
     return PackStage(config, tokenizer=tokenizer).run(records, ctx or StageContext("pack"))

@@ -22,6 +22,27 @@ by default). For each record:
    single sample's verdict, or with several samples whether the majority answer is right (a tie is no
    majority). ``subtasks`` and ``difficulty`` carry what the report splits by.
 
+Plans (``meta.score.plan``; ``codeplan_tools.eval.plans``: plans are parsed, never run). A record gets
+it when it carries a reference plan (the field ``config.gold_plan_field``, ``gold_plan`` by default:
+what ``synth --keep-gold-plan`` writes) or when one of its samples has a ``plan``; a record scored on its
+``response`` counts its own ``plan`` as that one sample's. The layout::
+
+    "plan": {
+      "record": {exact, exact_no_comments, literal_precision, literal_recall},  # the record's plan vs the reference
+      "samples": [{"follows": true|false|null, exact, ...} | null, ...],       # per sample, null: no plan
+      "following_rate": 0.75 | null,          # of the samples whose "follows" is known
+      "exact_rate": 0.5 | null, "exact_no_comments_rate": 1.0 | null           # of the samples with a plan
+    }
+
+``follows`` is plan-following (:func:`~codeplan_tools.eval.plans.follows_plan`): whether the sample's
+extracted (lenient) answer equals the value its own plan prints, null where that value cannot be
+computed without running the plan or there is no answer. The fidelity keys (``record``, a sample's
+``exact`` ... ``literal_recall``, the ``_rate`` keys) appear only with a reference plan
+(:func:`~codeplan_tools.eval.plans.plan_fidelity`: exact after whitespace normalisation, exact with
+comments also ignored, precision/recall of the value literals). A reference or a plan that is not a
+string is a bad record. The run counts ``samples_plan_followed`` / ``_not_followed`` / ``_unknown`` and
+``plans_compared`` / ``plans_exact`` / ``plans_exact_no_comments`` (only when some record has plans).
+
 Unscorable records. A record whose ``task`` is unknown or that has no usable gold answer (reasons
 ``unknown-task`` and ``no-gold``; an ``answer`` of the wrong type is ``no-gold`` naming its type) is
 rejected (``ctx.reject``, with its file and line) when the context skips bad records
@@ -89,7 +110,7 @@ from codeplan_tools.eval.report import (
 from codeplan_tools.eval.scorers import NoGold, Scorer, Verdict, get_scorer
 from codeplan_tools.eval.tasks import Task, resolve_task
 
-SCORE_VERSION = 2  # bump when verdicts of the same input could change; part of the resume key
+SCORE_VERSION = 3  # bump when verdicts of the same input could change; part of the resume key
 
 
 @dataclass(kw_only=True)
@@ -111,6 +132,9 @@ class ScoreConfig:
     average_over: Literal["benchmarks", "tasks"] = "benchmarks"
     """Units of the average relative improvement: 'benchmarks' counts BBH's 27 tasks as one benchmark;
     'tasks' counts every task."""
+    gold_plan_field: str = "gold_plan"
+    """Field holding a reference plan: records that have it get meta.score.plan (fidelity of the record's
+    plan and of each sample's plan to it)."""
 
     def __post_init__(self) -> None:
         for path in self.report:
@@ -129,6 +153,7 @@ class ScoreConfig:
             "task": self.task,
             "timeout": self.timeout,
             "ks": list(self.ks or ()),
+            "gold_plan_field": self.gold_plan_field,
             "version": SCORE_VERSION,
         }
 
@@ -148,6 +173,64 @@ def sample_texts(record: Mapping) -> tuple[list[str | None], str]:
     if type(samples) is not list:
         raise WrongType("samples", samples, "a list")
     return ([_sample_text(s, j) for j, s in enumerate(samples)] or [None]), "samples"
+
+
+def sample_plans(record: Mapping, source: str) -> list[str | None]:
+    """The plan of each text ``sample_texts`` gives: each sample's ``plan`` (None for a sample without
+    one, a blank one, or a string sample), or the record's ``plan`` when its ``response`` is scored.
+
+    Raises :class:`WrongType` for a plan that is neither a string nor null."""
+    if source == "response":
+        return [_plan_text(record.get("plan"), "plan")]
+    samples = record.get("samples") or ()
+    plans = [
+        _plan_text(s.get("plan"), f"samples[{j}].plan") if type(s) is dict else None
+        for j, s in enumerate(samples)
+    ]
+    return plans or [None]
+
+
+def reference_plan(record: Mapping, field: str) -> str | None:
+    """The record's reference plan (the field ``field``, e.g. ``gold_plan``); None when absent or blank."""
+    return _plan_text(record.get(field), field)
+
+
+def _plan_text(value: Any, name: str) -> str | None:
+    """A plan field's text; None for a blank one (a format without plans writes ``""``)."""
+    if value is not None and type(value) is not str:
+        raise WrongType(name, value, "a string")
+    return value if value and not value.isspace() else None
+
+
+def plan_scores(
+    record_plan: Any, reference: str | None, plans: Sequence[str | None], verdicts: Sequence[Verdict]
+) -> dict[str, Any] | None:
+    """``meta.score.plan`` of one record (module docstring); None when it has no reference plan and
+    none of its samples has a plan."""
+    if reference is None and all(p is None for p in plans):
+        return None
+    from codeplan_tools.eval.plans import follows_plan, plan_fidelity
+
+    samples: list[dict[str, Any] | None] = []
+    for plan, verdict in zip(plans, verdicts, strict=True):
+        if plan is None:
+            samples.append(None)
+            continue
+        sample: dict[str, Any] = {"follows": follows_plan(plan, verdict.extracted)}
+        if reference is not None:
+            sample.update(plan_fidelity(plan, reference))
+        samples.append(sample)
+    planned = [s for s in samples if s is not None]
+    known = [s["follows"] for s in planned if s["follows"] is not None]
+    out: dict[str, Any] = {}
+    if reference is not None and isinstance(record_plan, str):
+        out["record"] = plan_fidelity(record_plan, reference)
+    out["samples"] = samples
+    out["following_rate"] = sum(known) / len(known) if known else None
+    if reference is not None:
+        for key in ("exact", "exact_no_comments"):
+            out[f"{key}_rate"] = sum(s[key] for s in planned) / len(planned) if planned else None
+    return out
 
 
 def _sample_text(sample: Any, j: int) -> str | None:
@@ -252,8 +335,10 @@ class _Unscorable(Exception):
         self.code, self.detail = code, detail
 
 
-# A record to score: the record, its task and scorer, the texts to check and where they came from.
-_Plan = tuple[dict, Task, Scorer, list[str | None], str]
+# A record to score: the record, its task and scorer, the texts to check and where they came from, and
+# the plans to measure: each text's plan and the reference plan (see ``plan_scores``).
+_Plans = tuple[list[str | None], str | None]
+_Plan = tuple[dict, Task, Scorer, list[str | None], str, _Plans]
 
 
 def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
@@ -265,6 +350,7 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
         if own_task is not None and type(own_task) is not str:
             raise WrongType("task", own_task, "a string")
         texts, source = sample_texts(record)
+        plans = (sample_plans(record, source), reference_plan(record, config.gold_plan_field))
     except WrongType as exc:
         raise _Unscorable("bad-record", str(exc)) from None
     try:
@@ -275,7 +361,7 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
         raise _Unscorable("unknown-task", str(exc)) from None
     except NoGold as exc:
         raise _Unscorable("no-gold", str(exc)) from None
-    return record, task, scorer, texts, source
+    return record, task, scorer, texts, source, plans
 
 
 def _score_chunk(
@@ -283,7 +369,7 @@ def _score_chunk(
 ) -> Iterator[dict]:
     """Score the records of a chunk together (a scorer checks all its samples of the chunk at once)."""
     batches: dict[str, list[tuple[int, int, tuple]]] = {}
-    for i, (record, task, _scorer, texts, _source) in enumerate(chunk):
+    for i, (record, task, _scorer, texts, _source, _plans) in enumerate(chunk):
         for j, text in enumerate(texts):
             batches.setdefault(task.scorer, []).append((i, j, (text, record, task.scorer_options)))
     verdicts: dict[tuple[int, int], Verdict] = {}
@@ -292,9 +378,14 @@ def _score_chunk(
             items, scorers.get(name).score_many([it for _i, _j, it in items]), strict=True
         ):
             verdicts[(i, j)] = verdict
-    for i, (record, task, scorer, texts, source) in enumerate(chunk):
-        values = summarize(task, scorer, [verdicts[(i, j)] for j in range(len(texts))], record, config.ks)
+    for i, (record, task, scorer, texts, source, (plans, reference)) in enumerate(chunk):
+        record_verdicts = [verdicts[(i, j)] for j in range(len(texts))]
+        values = summarize(task, scorer, record_verdicts, record, config.ks)
         values["source"] = source
+        plan = plan_scores(record.get("plan"), reference, plans, record_verdicts)
+        if plan is not None:
+            values["plan"] = plan
+            _count_plans(ctx.stats, plan)
         _count(ctx.stats, values)
         ctx.stamp(record, values)
         yield record
@@ -379,6 +470,21 @@ def _count(stats: Stats, values: Mapping) -> None:
     stats.inc("samples_invalid", values["invalid"])
     if values.get("source") == "response":
         stats.inc("records_without_samples")
+
+
+def _count_plans(stats: Stats, plan: Mapping) -> None:
+    """Counters of ``meta.score.plan`` (only records that have one: other runs' counters are unchanged)."""
+    for sample in plan["samples"]:
+        if sample is None:
+            continue
+        follows = sample["follows"]
+        stats.inc(
+            "samples_plan_" + ("unknown" if follows is None else "followed" if follows else "not_followed")
+        )
+        if "exact" in sample:
+            stats.inc("plans_compared")
+            stats.inc("plans_exact", sample["exact"])
+            stats.inc("plans_exact_no_comments", sample["exact_no_comments"])
 
 
 def run_names(specs: Iterable[str]) -> list[tuple[str, str]]:

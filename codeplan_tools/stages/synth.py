@@ -13,7 +13,9 @@ scratch on them (see ENV-NOTES, "How fast a tiny from-scratch model learns").
 Records (:class:`SynthStage`, :func:`synth_records`) carry ``id``
 (``synth/<task>/k<k>/s<seed>/<index>``, stable), ``task`` (``synth/<task>``), ``prompt``, ``plan``,
 ``response``, ``answer``, ``difficulty`` (= k) and ``meta.synth`` = ``{"k", "seed", "index"}``. The same (task, k, seed, index) always gives the same
-record, whatever other tasks or counts are asked for in the same run.
+record, whatever other tasks or counts are asked for in the same run. With ``keep_gold_plan``
+(``--keep-gold-plan``) a record also carries ``gold_plan``, a copy of ``plan`` that ``extract`` leaves
+alone (it sets ``plan`` only), so ``score`` can measure a mined plan against it (``meta.score.plan``).
 """
 
 from __future__ import annotations
@@ -285,6 +287,9 @@ class SynthConfig:
     set). Read when the stage runs, as its inputs."""
     exclude_prompts: frozenset[str] = frozenset()
     """Prompts not to produce, given directly (library use)."""
+    keep_gold_plan: bool = False
+    """Also write the gold plan as 'gold_plan': extract replaces 'plan' with a mined one and keeps other
+    fields, so 'codeplan score' can then measure the mined plans' fidelity (meta.score.plan)."""
 
     def __post_init__(self) -> None:
         for task in self.tasks:
@@ -373,6 +378,8 @@ class SynthStage:
             k = config.k[index % len(config.k)]
             for task in config.tasks:
                 record = make_record(task, k, config.seed, index, exclude)
+                if config.keep_gold_plan:
+                    record["gold_plan"] = record["plan"]
                 stats.inc(f"written.{task}")
                 yield record
 

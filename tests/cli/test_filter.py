@@ -50,6 +50,19 @@ def mixed_records():
     ]
 
 
+def plan_quality_records():
+    """One record each that only grounded and only consistent reject (both rules are off by default)."""
+    return [
+        good(8, plan="def solve():\n    total = 17 + 29\n    return total"),  # grounded
+        good(
+            9,
+            prompt="Add 3 and 4 for list 9.",
+            plan="total = 3 + 4\nprint(total)",
+            response="We add 3 and 4 of list 9 one after another. The answer is 8.",
+        ),  # consistent
+    ]
+
+
 def test_malformed_line_1042_exits_65_naming_the_line(tmp_path):
     lines = [orjson.dumps(good(i, prompt=f"p{i}")) for i in range(1041)] + [b'{"id": "broken"'] + [b"{}"]
     path = tmp_path / "data.jsonl"
@@ -81,13 +94,18 @@ def test_missing_plan_is_a_bad_record_unless_skipped(tmp_path, flags, exit_code,
     assert len(result.records()) == kept
 
 
+# Every rule alone, every pair, every set with one or two left out, none and all: each pair of rules
+# meets on and off (the whole power set grows 2x per rule and adds nothing a pair does not show).
+SIZES = sorted({0, 1, 2, len(RULES) - 2, len(RULES) - 1, len(RULES)})
+
+
 @pytest.mark.parametrize(
     "on",
-    [c for n in range(len(RULES) + 1) for c in itertools.combinations(RULES, n)],
+    [c for n in SIZES for c in itertools.combinations(RULES, n)],
     ids=lambda c: "+".join(c) or "none",
 )
 def test_every_line_is_accounted_for_with_skip(tmp_path, on):
-    records = mixed_records()
+    records = mixed_records() + plan_quality_records()
     raw = b"".join(orjson.dumps(r) + b"\n" for r in records) + b"not json\n[1, 2]\n"
     path = tmp_path / "in.jsonl"
     path.write_bytes(raw)
@@ -112,7 +130,7 @@ def test_every_line_is_accounted_for_with_skip(tmp_path, on):
     assert result.exit_code == 0, result.stderr
     counters = json.loads(stats.read_text())["counters"]
     written, rejected = read_records(out), read_records(rej)
-    assert counters["read"] == 10 == counters["written"] + counters["rejected"]
+    assert counters["read"] == len(records) + 2 == counters["written"] + counters["rejected"]
     assert (len(written), len(rejected)) == (counters["written"], counters["rejected"])
     reasons = {r["meta"]["filter"]["reason"].split(":")[0] for r in rejected}
     assert reasons <= set(on) | {"bad-record"} and "bad-record" in reasons
@@ -125,6 +143,8 @@ def test_every_line_is_accounted_for_with_skip(tmp_path, on):
         "length": "r5",
         "code": "r6",
         "no-leak": "r7",
+        "grounded": "r8",
+        "consistent": "r9",
     }
     assert not {designated[n] for n in on} & kept
     assert sum(v for k, v in counters.items() if k.startswith("rejected.")) == counters["rejected"]
@@ -146,6 +166,31 @@ def test_rejects_carry_the_rule_and_annotate_keeps_all(tmp_path):
         "r6": "code",
         "r7": "no-leak",
     }
+
+
+@pytest.mark.parametrize(
+    ("flags", "rejected"),
+    [
+        ([], {}),  # grounded and consistent are off by default (their rules' default)
+        (["--grounded", "--consistent"], {"r8": "grounded", "r9": "consistent"}),
+        (["--grounded", "--grounded-min", "0"], {}),  # the setting reaches the rule
+    ],
+    ids=["defaults", "switched on", "grounded-min 0"],
+)
+def test_rule_switches_and_settings_follow_the_rules_registry(tmp_path, flags, rejected):
+    from codeplan_cli.main import get_command
+
+    switches = {p.opts[0]: p for p in get_command().commands["filter"].params if p.secondary_opts}
+    for rule in RULES.values():
+        switch = switches[f"--{rule.name}"]
+        assert switch.secondary_opts == [f"--skip-{rule.name}"] and switch.default is rule.default
+    path = write_jsonl(tmp_path / "in.jsonl", plan_quality_records())
+    rejects = tmp_path / "rejects.jsonl"
+    result = invoke(["filter", "-i", str(path), "--plain", "--rejects", str(rejects), *flags])
+    assert result.exit_code == 0, result.stderr
+    reasons = {r["id"]: r["meta"]["filter"]["reason"].split(":")[0] for r in read_records(rejects)}
+    assert reasons == rejected
+    assert {r["id"] for r in result.records()} == {"r8", "r9"} - set(rejected)
 
 
 @pytest.mark.parametrize(

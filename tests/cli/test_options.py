@@ -38,6 +38,14 @@ class Toy:
     """Not on the command line."""
 
 
+def _click(function) -> click.Command:
+    """The click command typer makes of ``function``."""
+    app = typer.Typer()
+    app.command()(function)
+    app.callback()(lambda: None)
+    return typer.main.get_command(app).commands[function.__name__]
+
+
 def _command(**flags):
     seen = {}
 
@@ -46,10 +54,7 @@ def _command(**flags):
         """Toy command."""
         seen["config"] = config
 
-    app = typer.Typer()
-    app.command()(toy)
-    app.callback()(lambda: None)
-    return typer.main.get_command(app).commands["toy"], seen
+    return _click(toy), seen
 
 
 FLAGS = {"library_only": None, "every": o.Flag("--save-every", min=1, old=("--checkpoint-every",))}
@@ -118,3 +123,69 @@ def test_field_docs_fold_whitespace_and_read_base_classes():
         two lines."""
 
     assert o.field_docs(Child) == {"every": "How often.", "more": "Spread over two lines."}
+
+
+Switches = o.switches("Switches", {"alpha": ("First.", True), "beta-two": ("Second.", False)})
+
+
+def test_switches_make_one_on_off_flag_per_registry_item_in_order():
+    seen = {}
+
+    @o.with_options()
+    def toy(switches: Switches) -> None:
+        seen["on"] = switches.on()
+
+    command = _click(toy)
+    by_flag = {p.opts[0]: p for p in command.params}
+    assert list(by_flag) == ["--alpha", "--beta-two"]
+    assert (
+        by_flag["--beta-two"].secondary_opts == ["--skip-beta-two"]
+        and by_flag["--beta-two"].help == "Second."
+    )
+    for args, on in [([], ("alpha",)), (["--skip-alpha", "--beta-two"], ("beta-two",))]:
+        result = CliRunner().invoke(command, args, standalone_mode=False, catch_exceptions=False)
+        assert result.exit_code == 0 and seen["on"] == on
+
+
+def test_stage_io_takes_the_stream_options_and_a_source_replaces_its_inputs():
+    io = o.StreamOptions(output="out.zst", zstd=True, on_bad_record="skip", stats="s.json", quiet=True)
+    stage_io = io.stage_io("toy", require=("prompt",))
+    assert (stage_io.inputs, stage_io.plain, stage_io.on_bad_record, stage_io.stats_path) == (
+        ["-"],
+        "zstd",
+        "skip",
+        "s.json",
+    )
+    assert stage_io.require == ("prompt",) and stage_io.quiet
+    source = io.stage_io("toy", inputs=["held-out.jsonl"], progress=False, source=True)
+    assert source.inputs == ["held-out.jsonl"] and not source.progress and source.output == "out.zst"
+
+
+def test_on_bad_record_is_a_choice_in_any_case_given_as_written_in_the_choices():
+    seen = {}
+
+    @o.with_options()
+    def toy(io: o.StreamOptions) -> None:
+        seen["mode"] = io.on_bad_record
+
+    command = _click(toy)
+    result = CliRunner().invoke(command, ["--on-bad-record", "SKIP"], standalone_mode=False)
+    assert result.exit_code == 0 and seen["mode"] == "skip"
+
+
+def test_the_command_line_starts_without_numpy_torch_or_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, codeplan_cli.main as m; m.get_command(); "
+        "print(sorted({'numpy', 'torch', 'transformers'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_sampling_config_is_one_class_for_the_runner_and_the_spec():
+    from codeplan_tools.engines import runner, spec
+
+    assert runner.SamplingConfig is spec.SamplingConfig

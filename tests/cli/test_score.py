@@ -199,3 +199,15 @@ def test_zstd_output_by_default(tmp_path):
     assert result.exit_code == 0 and result.stdout.startswith(b"\x28\xb5\x2f\xfd")
     assert decode_records(result.stdout)[0]["meta"]["score"]["correct"] is True
     assert orjson.loads(orjson.dumps(decode_records(result.stdout)[0]))["task"] == "coin_flip"
+
+
+@pytest.mark.parametrize(("flags", "compared"), [([], False), (["--gold-plan-field", "reference"], True)])
+def test_gold_plan_field_names_the_reference_plan(tmp_path, flags, compared):
+    plan = "total = 3 + 4\nprint(total)"
+    record = {"id": "a", "answer": "7", "plan": plan, "reference": plan, "response": "The answer is 7."}
+    path = write_jsonl(tmp_path / "in.jsonl", [record])
+    result = invoke(["score", "-i", str(path), "--task", "gsm8k", "--plain", *flags])
+    assert result.exit_code == 0, result.stderr
+    score = result.records()[0]["meta"]["score"]
+    assert score["plan"]["samples"][0]["follows"] is True  # measured with or without a reference
+    assert score["plan"].get("record", {}).get("exact") is (True if compared else None)

@@ -418,3 +418,40 @@ def test_share_histogram_is_streamable():
         histogram.add(v)
     assert histogram.summary() == share_histogram([0.5, None, 0.25])
     assert share_histogram([])["mean"] is None
+
+
+@pytest.mark.parametrize(
+    "plan, value",
+    [
+        # A comprehension's variable does not leak (Python 3): x keeps its value.
+        ("x = 5\nys = [x for x in range(3)]\nprint(x)", Fraction(5)),
+        # A walrus anywhere binds its name: unknown from there on.
+        ("x = 5\nys = (x := 6)\nprint(x)", None),
+        ("x = 5\nif (x := 7):\n    pass\nprint(x)", None),
+        # Names bound inside compound statements (loop targets, with, except bodies, imports, defs).
+        ("x = 5\nfor x in [1]:\n    pass\nprint(x)", None),
+        ("x = 5\nwith open('f') as x:\n    pass\nprint(x)", None),
+        ("x = 5\ntry:\n    pass\nexcept ValueError:\n    x = 1\nprint(x)", None),
+        ("x = 5\nif True:\n    import x\nprint(x)", None),
+        ("x = 5\nwhile False:\n    def x():\n        pass\nprint(x)", None),
+        ("x = 5\nfor i in [1]:\n    y = i\nprint(x)", Fraction(5)),
+        # An expression over the node limit is not computed, however it starts.
+        ("print(" + " + ".join(["1"] * 300) + ")", None),
+        ("print(" + " + ".join(["1"] * 100) + ")", Fraction(100)),
+    ],
+    ids=[
+        "comprehension",
+        "walrus in an assignment",
+        "walrus in a condition",
+        "loop target",
+        "with target",
+        "except body",
+        "import",
+        "def",
+        "untouched by a loop",
+        "over the node limit",
+        "under the node limit",
+    ],
+)
+def test_final_value_tracks_every_way_a_name_is_bound(plan, value):
+    assert plan_final_value(plan) == value

@@ -231,3 +231,103 @@ def test_hedged_and_invalid_columns_beside_unextracted_and_timed_out(tmp_path):
     assert "| unextracted | hedged | invalid | timed out |" in md and "| 0 | 3 | 1 | 0 |" in md
     assert score_type_error({"task": "t", "hedged": "2"}) == "meta.score.hedged is a string, not an integer"
     assert score_type_error({"task": "t", "invalid": 1.5}) == "meta.score.invalid is a number, not an integer"
+
+
+# ------------------------------------------------------------------------------------- plan measures
+
+
+def _planned_run(name: str, wrong_every: int) -> list[dict]:
+    """Scored synth arithmetic records at two difficulties carrying their gold plan; every
+    ``wrong_every``-th sample's plan has a wrong start value (and its answer follows that plan)."""
+    from codeplan_tools.eval.plans import plan_final_value
+    from codeplan_tools.eval.scorers.numeric import number_key
+    from codeplan_tools.stages.synth import make_record
+
+    records = []
+    for i in range(8):
+        r = make_record("arithmetic", 2 + i % 2, seed=1, index=i)
+        r["gold_plan"] = r["plan"]
+        wrong = i % wrong_every == 0
+        plan = r["plan"].replace("= ", "= 1000 + ", 1) if wrong else r["plan"]
+        answer = number_key(plan_final_value(plan))
+        r["samples"] = [{"plan": plan, "response": f"The answer is {answer}."}]
+        records.append(r)
+    return list(score_records(records, ScoreConfig(workers=1)))
+
+
+def test_plan_table_per_task_and_difficulty_and_following_per_run(tmp_path):
+    scored = _planned_run("mined", wrong_every=4)
+    run = build_report(scored, "mined")
+    task = run.to_dict()["tasks"]["synth/arithmetic"]
+    assert task["plan"]["compared"] == 8 and task["plan"]["exact"] == 0.75
+    assert task["plan"]["following"] == 1.0 and task["plan"]["following_n"] == 8
+    # The wrong plans add a literal (1000) and keep the gold ones.
+    assert task["plan"]["literal_recall"] == 1.0 and task["plan"]["literal_precision"] < 1.0
+    by_k = task["subtasks"]["difficulty"]
+    assert {k: v["plan"]["compared"] for k, v in by_k.items()} == {"2": 4, "3": 4}
+    assert by_k["2"]["plan"]["exact"] == 0.5 and by_k["3"]["plan"]["exact"] == 1.0  # wrong at i = 0, 4
+    assert run.to_dict()["plan"]["following"] == 1.0
+    table = format_table(run)
+    assert "exact%" in table and "plan-following of mined: 100.0% of 8 samples" in table
+    plan_rows = table[table.index("exact%") :].splitlines()
+    assert any(line.split()[:3] == ["synth/arithmetic", "8", "75.0"] for line in plan_rows)
+    assert any(line.split()[:3] == ["difficulty=2", "4", "50.0"] for line in plan_rows)
+    write_markdown(tmp_path / "r.md", [run])
+    md = (tmp_path / "r.md").read_text()
+    indent = "&nbsp;&nbsp;"  # (synth tasks are a group: rows are indented under "synth (all)")
+    assert "### Plans: mined" in md and "| synth (all) | 8 | 75.0 | 75.0 |" in md
+    assert (
+        f"| {indent}synth/arithmetic | 8 | 75.0 |" in md and f"| {indent * 2}difficulty=3 | 4 | 100.0 |" in md
+    )
+
+
+def test_comparison_shows_each_runs_plan_following(tmp_path):
+    gold = build_report(_planned_run("gold", wrong_every=100), "gold")
+    mined = build_report(_planned_run("mined", wrong_every=2), "mined")
+    # A sample whose answer does not follow its plan.
+    broken = _planned_run("broken", wrong_every=100)
+    broken[0]["meta"]["score"]["plan"]["samples"][0]["follows"] = False
+    cmp = compare([gold, mined, build_report(broken, "broken")])
+    text = format_comparison(cmp)
+    assert "plan-following of gold: 100.0% of 8" in text and "plan-following of broken: 87.5% of 8" in text
+    write_markdown(tmp_path / "c.md", cmp.runs, cmp)
+    md = (tmp_path / "c.md").read_text()
+    assert "Plan-following (the answer equals" in md and "**broken** 87.5% of 8" in md
+    assert md.count("### Plans:") == 3
+
+
+def test_no_plan_data_leaves_the_report_as_it_was(tmp_path):
+    records = [
+        {"id": str(i), "task": "gsm8k", "answer": "7", "samples": [{"plan": "", "response": "7"}]}
+        for i in range(3)
+    ]
+    scored = list(score_records(records, ScoreConfig(workers=1)))
+    assert all("plan" not in r["meta"]["score"] for r in scored)
+    a, b = build_report(scored, "a"), build_report(scored, "b")
+    assert '"plan"' not in json.dumps(a.to_dict())
+    cmp = compare([a, b])
+    for text in (format_table(a), format_comparison(cmp)):
+        assert "plan-following" not in text and "exact%" not in text
+    write_markdown(tmp_path / "r.md", [a, b], cmp)
+    md = (tmp_path / "r.md").read_text()
+    assert "Plan" not in md and "plan" not in md
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ([], "meta.score.plan is a list, not an object"),
+        ({"samples": {}}, "meta.score.plan.samples is an object, not a list"),
+        ({"samples": [None, 3]}, "meta.score.plan.samples[1] is a number, not an object"),
+        ({"samples": [{"follows": "yes"}]}, "meta.score.plan.samples[0].follows is a string, not a boolean"),
+        (
+            {"samples": [{"literal_recall": True}]},
+            "meta.score.plan.samples[0].literal_recall is true/false, not a number",
+        ),
+    ],
+)
+def test_plan_fields_of_the_wrong_type_are_named(plan, message):
+    from codeplan_tools.eval.report import score_type_error
+
+    reason = score_type_error({"task": "t", "plan": plan})
+    assert reason is not None and reason.startswith(message)

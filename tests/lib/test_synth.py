@@ -338,3 +338,14 @@ def test_registered_scorer_accepts_gold_and_rejects_a_wrong_answer(task):
         wrong = r["response"].rsplit("\n", 1)[0] + "\n" + final_line(_wrong(r["answer"]))
         v = scorer.score(wrong, r, spec.scorer_options)
         assert not v.correct and not v.correct_strict, (wrong, v)
+
+
+def test_keep_gold_plan_adds_a_copy_of_the_plan_and_changes_nothing_else():
+    from codeplan_tools.stages.synth import SynthConfig, synth_records
+
+    plain = list(synth_records(SynthConfig(tasks=("arithmetic", "sort"), n=3)))
+    kept = list(synth_records(SynthConfig(tasks=("arithmetic", "sort"), n=3, keep_gold_plan=True)))
+    assert all("gold_plan" not in r for r in plain)
+    for before, after in zip(plain, kept, strict=True):
+        assert after.pop("gold_plan") == after["plan"]
+        assert after == before
