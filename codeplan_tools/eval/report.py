@@ -658,6 +658,51 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _points(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}"
+
+
+def _relative(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}%"
+
+
+# The tables below are built once as values (``_Table``) and rendered twice: ``_text`` for stderr and
+# ``_markdown_table`` for ``--report FILE.md``. ``markdown=True`` picks the few values the two show
+# differently (the interval's brackets, the test's name beside p, a missing n).
+
+
+@dataclass
+class _Column:
+    text: str  # the stderr head (short)
+    markdown: str  # the Markdown head (spelt out)
+    width: int  # stderr width: the first column is left-aligned and cut to it, the others right-aligned
+
+
+@dataclass
+class _Table:
+    columns: list[_Column]
+    rows: list[tuple[str, int, list[str]]] = field(default_factory=list)  # (label, depth, values)
+
+
+def _text(table: _Table) -> list[str]:
+    first, others = table.columns[0], table.columns[1:]
+
+    def line(label: str, values: Sequence[str]) -> str:
+        cells = "".join(f" {v:>{c.width}}" for v, c in zip(values, others, strict=True))
+        return f"{label:<{first.width}.{first.width}}" + cells
+
+    head = line(first.text, [c.text for c in others])
+    return [head, *(line("  " * depth + label, values) for label, depth, values in table.rows)]
+
+
+def _markdown_table(table: _Table) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    head = [line([c.markdown for c in table.columns]), "|" + "---|" * len(table.columns)]
+    return head + [line(["&nbsp;&nbsp;" * depth + label, *values]) for label, depth, values in table.rows]
+
+
 def _rows_of(report: RunReport) -> list[tuple[str, Cell, int]]:
     """(label, cell, depth) in display order: tasks, their subtasks indented, group rows."""
     out = []
@@ -687,23 +732,102 @@ def _full_ks(report: RunReport) -> list[int]:
     )
 
 
-def _plan_rows(report: RunReport) -> list[tuple[str, PlanCell, int]]:
-    """The rows of ``_rows_of`` that have plan measures."""
-    return [(label, cell.plan, depth) for label, cell, depth in _rows_of(report) if cell.plan is not None]
+_RUN_COLUMNS = [
+    _Column("task", "task", 48),
+    _Column("n", "n", 6),
+    _Column("acc%", "accuracy %", 6),
+    _Column("95% CI", "95% CI", 13),
+    _Column("strict%", "strict %", 7),
+    _Column("unextr", "unextracted", 6),
+    _Column("hedged", "hedged", 6),
+    _Column("invalid", "invalid", 7),
+    _Column("timeout", "timed out", 7),
+]
 
 
-def _plan_values(plan: PlanCell) -> list[str]:
-    """compared, exact %, exact (comments ignored) %, literal precision %, recall %, following %, known."""
-    s = plan.summary()
-    return [
-        str(plan.compared),
-        _pct(s.get("exact")),
-        _pct(s.get("exact_no_comments")),
-        _pct(s.get("literal_precision")),
-        _pct(s.get("literal_recall")),
-        _pct(plan.following),
-        str(plan.following_n),
-    ]
+def _run_table(report: RunReport, markdown: bool) -> _Table:
+    """One run's accuracy table: a row per task, subtask value and group; pass@k and maj@k columns for
+    the k every record of some task has."""
+    ks = _full_ks(report)
+    majs = [k for k in ks if k > 1]
+    table = _Table(
+        _RUN_COLUMNS
+        + [_Column(f"pass@{k}", f"pass@{k}", 7) for k in ks]
+        + [_Column(f"maj@{k}", f"maj@{k}", 6) for k in majs]
+    )
+    interval = "{}–{}" if markdown else "[{}, {}]"
+    for label, cell, depth in _rows_of(report):
+        s = cell.summary()
+        lo, hi = s["ci95"]
+        values = [str(cell.records), _pct(s["accuracy"]), interval.format(_pct(lo), _pct(hi))]
+        values += [_pct(s["accuracy_strict"]), str(cell.unextracted), str(cell.hedged), str(cell.invalid)]
+        values.append(str(cell.timed_out))
+        values += [_pct(s.get("pass@k", {}).get(str(k))) for k in ks]
+        values += [_pct(s.get("maj@k", {}).get(str(k))) for k in majs]
+        table.rows.append((label, depth, values))
+    return table
+
+
+_PLAN_COLUMNS = [
+    _Column("plans", "task", 48),
+    _Column("compared", "plans compared", 8),
+    _Column("exact%", "exact %", 8),
+    _Column("nocomm%", "exact, comments ignored %", 8),
+    _Column("litP%", "literal precision %", 8),
+    _Column("litR%", "literal recall %", 8),
+    _Column("follow%", "plan-following %", 8),
+    _Column("known", "following known", 8),
+]
+
+
+def _plan_table(report: RunReport) -> _Table:
+    """Fidelity to the reference plan and plan-following, for the rows of ``_rows_of`` that have them."""
+    table = _Table(_PLAN_COLUMNS)
+    for label, cell, depth in _rows_of(report):
+        if (plan := cell.plan) is not None:
+            s = plan.summary()
+            values = [str(plan.compared), _pct(s.get("exact")), _pct(s.get("exact_no_comments"))]
+            values += [_pct(s.get("literal_precision")), _pct(s.get("literal_recall")), _pct(plan.following)]
+            values.append(str(plan.following_n))
+            table.rows.append((label, depth, values))
+    return table
+
+
+def _comparison_table(cmp: Comparison, markdown: bool) -> _Table:
+    """A row per benchmark: n, each run's accuracy, and every other run against the baseline (points,
+    relative improvement, the paired test's p). Stderr cuts run names to fit; a Markdown n is blank
+    where the baseline lacks the benchmark (stderr shows the largest n) and p names its test."""
+    runs, base = cmp.names, cmp.baseline
+    others = runs[1:]
+    columns = [_Column("task", "task", 36), _Column("n", "n", 6)]
+    columns += [_Column(r[:12], r, 12) for r in runs]
+    for r in others:
+        columns += [_Column(f"abs {r[:8]}", f"abs {r}", 13), _Column(f"rel {r[:8]}", f"rel {r}", 13)]
+        columns.append(_Column("p", f"p ({r})", 8))
+    table = _Table(columns)
+    for row in cmp.rows:
+        n = row.n.get(base, "" if markdown else max(row.n.values(), default=0))
+        values = [str(n)] + [_pct(row.accuracy.get(r)) for r in runs]
+        for r in others:
+            test = row.test.get(r)
+            p = "-"
+            if test is not None and test.p is not None:
+                p = f"{test.p:.3g} ({test.method})" if markdown else f"{test.p:.3g}"
+            values += [_points(row.absolute.get(r)), _relative(row.relative.get(r)), p]
+        table.rows.append((row.task, 0, values))
+    return table
+
+
+_PLAN_LEGEND = (
+    "(exact: equal to the reference plan, whitespace normalised; nocomm: comments ignored too; litP/litR: "
+    "precision/recall of its value literals; follow: the answer equals the value the sample's plan prints)"
+)
+_PLAN_LEGEND_MARKDOWN = (
+    "Exact: the sample's plan equals the reference plan (whitespace normalised; comments and blank "
+    "lines also ignored in the next column); literal precision/recall: of its numbers, strings and "
+    "booleans against the reference's. Plan-following: the sample's answer equals the value its "
+    "own plan prints, over the samples where that value is computable without running the plan."
+)
 
 
 def _following_line(name: str, plan: PlanCell) -> str:
@@ -719,40 +843,12 @@ def format_plans(report: RunReport) -> str | None:
     plans = report.plans()
     if plans is None:
         return None
-    heads = ("compared", "exact%", "nocomm%", "litP%", "litR%", "follow%", "known")
-    lines = [f"{'plans':<48}" + "".join(f" {h:>8}" for h in heads)]
-    for label, plan, depth in _plan_rows(report):
-        lines.append(f"{'  ' * depth + label:<48.48}" + "".join(f" {v:>8}" for v in _plan_values(plan)))
-    lines.append(
-        "(exact: equal to the reference plan, whitespace normalised; nocomm: comments ignored too; litP/litR: "
-        "precision/recall of its value literals; follow: the answer equals the value the sample's plan prints)"
-    )
-    lines.append(_following_line(report.name, plans))
-    return "\n".join(lines)
+    return "\n".join([*_text(_plan_table(report)), _PLAN_LEGEND, _following_line(report.name, plans)])
 
 
 def format_table(report: RunReport) -> str:
     """One run as a text table (stderr)."""
-    ks = _full_ks(report)
-    head = (
-        f"{'task':<48} {'n':>6} {'acc%':>6} {'95% CI':>13} {'strict%':>7} {'unextr':>6} {'hedged':>6} "
-        f"{'invalid':>7} {'timeout':>7}"
-    )
-    head += "".join(f" {'pass@' + str(k):>7}" for k in ks) + "".join(
-        f" {'maj@' + str(k):>6}" for k in ks if k > 1
-    )
-    lines = [f"codeplan score: {report.name}", head]
-    for label, cell, depth in _rows_of(report):
-        s = cell.summary()
-        lo, hi = s["ci95"]
-        line = (
-            f"{'  ' * depth + label:<48.48} {cell.records:>6} {_pct(s['accuracy']):>6} "
-            f"{'[' + _pct(lo) + ', ' + _pct(hi) + ']':>13} {_pct(s['accuracy_strict']):>7} "
-            f"{cell.unextracted:>6} {cell.hedged:>6} {cell.invalid:>7} {cell.timed_out:>7}"
-        )
-        line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k))):>7}" for k in ks)
-        line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k))):>6}" for k in ks if k > 1)
-        lines.append(line)
+    lines = [f"codeplan score: {report.name}", *_text(_run_table(report, markdown=False))]
     if report.unscored:
         lines.append(f"({report.unscored} records without meta.score were left out)")
     plans = format_plans(report)
@@ -763,30 +859,13 @@ def format_table(report: RunReport) -> str:
 
 def format_comparison(cmp: Comparison) -> str:
     """A comparison as a text table (stderr)."""
-    runs, base = cmp.names, cmp.baseline
-    others = runs[1:]
-    head = f"{'task':<36} {'n':>6}" + "".join(f" {r[:12]:>12}" for r in runs)
-    for r in others:
-        head += f" {'abs ' + r[:8]:>13} {'rel ' + r[:8]:>13} {'p':>8}"
-    lines = [f"codeplan score --compare (baseline: {base})", head]
-    for row in cmp.rows:
-        n = row.n.get(base, max(row.n.values(), default=0))
-        line = f"{row.task:<36.36} {n:>6}" + "".join(f" {_pct(row.accuracy.get(r)):>12}" for r in runs)
-        for r in others:
-            d = row.absolute.get(r)
-            rel = row.relative.get(r)
-            test = row.test.get(r)
-            p = test.p if test is not None else None
-            line += (
-                f" {'-' if d is None else f'{d:+.1f}':>13} {'-' if rel is None else f'{100 * rel:+.1f}%':>13}"
-            )
-            line += f" {'-' if p is None else f'{p:.3g}':>8}"
-        lines.append(line)
+    base, others = cmp.baseline, cmp.names[1:]
+    lines = [f"codeplan score --compare (baseline: {base})", *_text(_comparison_table(cmp, markdown=False))]
     for r in others:
         avg = cmp.averages[r]
-        shown = "-" if avg.relative is None else f"{100 * avg.relative:+.1f}%"
         lines.append(
-            f"average relative improvement of {r} over {base}: {shown} across {len(avg.over)} {cmp.average_over}"
+            f"average relative improvement of {r} over {base}: {_relative(avg.relative)} across "
+            f"{len(avg.over)} {cmp.average_over}"
         )
     methods = {test.method for row in cmp.rows for r in others if (test := row.test.get(r)) and test.method}
     if methods:
@@ -796,6 +875,38 @@ def format_comparison(cmp: Comparison) -> str:
         if plans is not None:
             lines.append(_following_line(run.name, plans))
     return "\n".join(lines)
+
+
+def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) -> str:
+    parts = []
+    if comparison is not None:
+        parts.append(f"## Comparison (baseline: {comparison.baseline})\n")
+        parts += _markdown_table(_comparison_table(comparison, markdown=True))
+        parts.append("")
+        for r in comparison.names[1:]:
+            avg = comparison.averages[r]
+            parts.append(
+                f"Average relative improvement of **{r}** over {comparison.baseline}: "
+                f"**{_relative(avg.relative)}** across {len(avg.over)} {comparison.average_over}."
+            )
+        following = [(run.name, plans) for run in comparison.runs if (plans := run.plans()) is not None]
+        if following:
+            parts.append("")
+            parts.append(
+                "Plan-following (the answer equals the value the sample's plan prints): "
+                + "; ".join(f"**{name}** {_pct(p.following)}% of {p.following_n}" for name, p in following)
+                + "."
+            )
+        parts.append("")
+    for run in runs:
+        parts.append(f"## {run.name}\n")
+        parts += [*_markdown_table(_run_table(run, markdown=True)), ""]
+        plans = run.plans()
+        if plans is not None:
+            parts.append(f"### Plans: {run.name}\n")
+            parts += [*_markdown_table(_plan_table(run)), "", _PLAN_LEGEND_MARKDOWN, ""]
+            parts += [_following_line(run.name, plans).capitalize() + ".", ""]
+    return "\n".join(parts)
 
 
 def report_dict(runs: Sequence[RunReport], comparison: Comparison | None = None) -> dict[str, Any]:
@@ -831,93 +942,6 @@ def write_reports(
             write_markdown(path, runs, comparison)
     if plot:
         plot_runs(runs, plot, average_over)
-
-
-def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) -> str:
-    parts = []
-    if comparison is not None:
-        names = comparison.names
-        others = names[1:]
-        parts.append(f"## Comparison (baseline: {comparison.baseline})\n")
-        head = (
-            "| task | n | "
-            + " | ".join(names)
-            + " | "
-            + " | ".join(f"abs {r} | rel {r} | p ({r})" for r in others)
-            + " |"
-        )
-        parts.append(head)
-        parts.append("|" + "---|" * (2 + len(names) + 3 * len(others)))
-        for row in comparison.rows:
-            n = row.n.get(comparison.baseline, "")
-            cells = [row.task, str(n)] + [_pct(row.accuracy.get(r)) for r in names]
-            for r in others:
-                d, rel, t = row.absolute.get(r), row.relative.get(r), row.test.get(r)
-                cells += [
-                    "-" if d is None else f"{d:+.1f}",
-                    "-" if rel is None else f"{100 * rel:+.1f}%",
-                    "-" if t is None or t.p is None else f"{t.p:.3g} ({t.method})",
-                ]
-            parts.append("| " + " | ".join(cells) + " |")
-        parts.append("")
-        for r in others:
-            v = comparison.averages[r].relative
-            parts.append(
-                f"Average relative improvement of **{r}** over {comparison.baseline}: "
-                f"**{'-' if v is None else f'{100 * v:+.1f}%'}** across {len(comparison.averages[r].over)} {comparison.average_over}."
-            )
-        following = [(run.name, plans) for run in comparison.runs if (plans := run.plans()) is not None]
-        if following:
-            parts.append("")
-            parts.append(
-                "Plan-following (the answer equals the value the sample's plan prints): "
-                + "; ".join(f"**{name}** {_pct(p.following)}% of {p.following_n}" for name, p in following)
-                + "."
-            )
-        parts.append("")
-    for run in runs:
-        ks = _full_ks(run)
-        parts.append(f"## {run.name}\n")
-        extra = "".join(f" pass@{k} |" for k in ks) + "".join(f" maj@{k} |" for k in ks if k > 1)
-        parts.append(
-            "| task | n | accuracy % | 95% CI | strict % | unextracted | hedged | invalid | timed out |"
-            + extra
-        )
-        parts.append("|---|---|---|---|---|---|---|---|---|" + "---|" * (len(ks) + sum(k > 1 for k in ks)))
-        for label, cell, depth in _rows_of(run):
-            s = cell.summary()
-            lo, hi = s["ci95"]
-            name = ("&nbsp;&nbsp;" * depth) + label
-            line = (
-                f"| {name} | {cell.records} | {_pct(s['accuracy'])} | {_pct(lo)}–{_pct(hi)} | "
-                f"{_pct(s['accuracy_strict'])} | {cell.unextracted} | {cell.hedged} | {cell.invalid} | "
-                f"{cell.timed_out} |"
-            )
-            line += "".join(f" {_pct(s.get('pass@k', {}).get(str(k)))} |" for k in ks)
-            line += "".join(f" {_pct(s.get('maj@k', {}).get(str(k)))} |" for k in ks if k > 1)
-            parts.append(line)
-        parts.append("")
-        plans = run.plans()
-        if plans is not None:
-            parts.append(f"### Plans: {run.name}\n")
-            parts.append(
-                "| task | plans compared | exact % | exact, comments ignored % | literal precision % | "
-                "literal recall % | plan-following % | following known |"
-            )
-            parts.append("|---|---|---|---|---|---|---|---|")
-            for label, plan, depth in _plan_rows(run):
-                parts.append(f"| {'&nbsp;&nbsp;' * depth + label} | " + " | ".join(_plan_values(plan)) + " |")
-            parts.append("")
-            parts.append(
-                "Exact: the sample's plan equals the reference plan (whitespace normalised; comments and blank "
-                "lines also ignored in the next column); literal precision/recall: of its numbers, strings and "
-                "booleans against the reference's. Plan-following: the sample's answer equals the value its "
-                "own plan prints, over the samples where that value is computable without running the plan."
-            )
-            parts.append("")
-            parts.append(_following_line(run.name, plans).capitalize() + ".")
-            parts.append("")
-    return "\n".join(parts)
 
 
 def plot_runs(runs: Sequence[RunReport], path: str | Path, average_over: str = "benchmarks") -> None:

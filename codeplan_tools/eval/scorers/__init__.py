@@ -47,7 +47,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from codeplan_tools.core.errors import UsageError
 
@@ -351,6 +351,42 @@ def answer_span(
             if candidate and bare(candidate):
                 return candidate
     return None
+
+
+A = TypeVar("A")
+
+
+def marked_or_guessed(
+    body: str,
+    gold: Any,
+    bare: Callable[[str], bool],
+    read: Callable[[str], tuple[A | None, bool]],
+    guess: Callable[[str], tuple[A | None, bool]],
+    same: Callable[[A | None, Any], bool] = lambda found, gold: found is not None and found == gold,
+    key: Callable[[A | None], str | None] = lambda found: None if found is None else str(found),
+) -> Verdict:
+    """The verdict of a family whose lenient answer is the strict one whenever an answer is marked.
+
+    ``read(span)`` and ``guess(body)`` give (answer or None, hedged). A marked span (``answer_span``
+    with ``bare``) is read for both verdicts, and one that names no valid answer without being a hedge
+    is invalid: lenient does not guess past it. Only a body with no marked answer gets ``guess``.
+    ``same(answer, gold)`` says whether an answer is right; ``key`` is the extracted answer's text."""
+    span = answer_span(body, bare=bare)
+    if span is not None:
+        strict, hedged = read(span)
+        lenient, hedged_strict, invalid = strict, hedged, strict is None and not hedged
+    else:
+        strict, hedged_strict, invalid = None, False, False
+        lenient, hedged = guess(body)
+    return Verdict(
+        correct=same(lenient, gold),
+        correct_strict=same(strict, gold),
+        extracted=key(lenient),
+        extracted_strict=key(strict),
+        hedged=hedged,
+        hedged_strict=hedged_strict,
+        invalid=invalid,
+    )
 
 
 def last_line(text: str | None) -> str | None:

@@ -34,6 +34,7 @@ from . import (
     clean_span,
     gold_answer,
     last_line,
+    marked_or_guessed,
     negated,
     own_text,
     register_scorer,
@@ -210,20 +211,10 @@ class ChoiceScorer(Scorer):
                 extracted_strict=_norm(strict) if strict else None,
                 invalid=span is not None and not strict,
             )
-        span = answer_span(body, bare=lambda line: _bare_choice(line, opts))
-        if span is not None:  # a marked answer: lenient takes it as it is
-            hedged = span_is_hedged(span, opts)
-            strict = None if hedged else letter_of(span, opts)
-            lenient, hedged_strict, invalid = strict, hedged, strict is None and not hedged
-        else:
-            strict, hedged_strict, invalid = None, False, False
-            lenient, hedged = _lenient(body, opts)
-        return Verdict(
-            correct=lenient == gold_letter,
-            correct_strict=strict == gold_letter,
-            extracted=lenient,
-            extracted_strict=strict,
-            hedged=hedged,
-            hedged_strict=hedged_strict,
-            invalid=invalid,
+        return marked_or_guessed(
+            body,
+            gold_letter,
+            bare=lambda line: _bare_choice(line, opts),
+            read=lambda span: (None, True) if span_is_hedged(span, opts) else (letter_of(span, opts), False),
+            guess=lambda body: _lenient(body, opts),
         )

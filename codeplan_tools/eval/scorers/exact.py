@@ -31,6 +31,7 @@ from . import (
     clean_span,
     gold_answer,
     last_line,
+    marked_or_guessed,
     negated,
     own_text,
     register_scorer,
@@ -135,29 +136,24 @@ class ExactScorer(Scorer):
         gold = self.gold(record, options)
         labels = self.labels(options)
         body = own_text(text, record)
-        hedged = hedged_strict = invalid = False
         if labels:
             pat = _label_pattern(labels)
-            span = answer_span(body, bare=lambda line: pat.fullmatch(clean_span(line)) is not None)
-            if span is not None:  # a marked answer: lenient takes it as it is
-                strict, hedged = label_of_span(span, labels)
-                lenient, hedged_strict, invalid = strict, hedged, strict is None and not hedged
-            else:
-                strict = None
-                lenient, hedged = lenient_label(body, labels)
-        else:
-            mode = options.get("normalize", "text")
-            # A one-line response is the answer whatever its length (BBH word lists run long).
-            span = answer_span(body, max_bare=None)
-            strict = normalize_text(span, mode)
-            lenient = strict if span is not None else normalize_text(last_line(body), mode)
-            invalid = span is not None and strict is None
+            return marked_or_guessed(
+                body,
+                gold,
+                bare=lambda line: pat.fullmatch(clean_span(line)) is not None,
+                read=lambda span: label_of_span(span, labels),
+                guess=lambda body: lenient_label(body, labels),
+            )
+        mode = options.get("normalize", "text")
+        # A one-line response is the answer whatever its length (BBH word lists run long).
+        span = answer_span(body, max_bare=None)
+        strict = normalize_text(span, mode)
+        lenient = strict if span is not None else normalize_text(last_line(body), mode)
         return Verdict(
             correct=lenient is not None and lenient == gold,
             correct_strict=strict is not None and strict == gold,
             extracted=lenient,
             extracted_strict=strict,
-            hedged=hedged,
-            hedged_strict=hedged_strict,
-            invalid=invalid,
+            invalid=span is not None and strict is None,
         )

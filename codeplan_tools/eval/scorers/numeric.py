@@ -24,9 +24,9 @@ from . import (
     Scorer,
     Verdict,
     answer_clause,
-    answer_span,
     clean_span,
     gold_answer,
+    marked_or_guessed,
     own_text,
     register_scorer,
     strip_markdown,
@@ -179,6 +179,12 @@ def _last_number(text: str | None) -> tuple[Fraction | None, bool]:
     return last[1], previous is not None and _hedge(previous, last, text)
 
 
+def _guess(body: str) -> tuple[Fraction | None, bool]:
+    """The lenient answer with no marked one: the last number, none when it ends a hedge."""
+    value, hedged = _last_number(body)
+    return (None if hedged else value), hedged
+
+
 def is_bare_number(line: str) -> bool:
     """A response that is only a number, maybe with ``$``/``%`` and a unit word (``18``, ``$18.00``,
     ``25 %``), or only a number in words (``Twelve.``)."""
@@ -229,22 +235,12 @@ class NumericScorer(Scorer):
     def score(self, text: str | None, record: Mapping, options: Mapping) -> Verdict:
         gold = self.gold(record, options)
         body = own_text(text, record)
-        span = answer_span(body, bare=is_bare_number)
-        if span is not None:  # a marked answer: lenient takes it as it is
-            hedged = span_is_hedged(span)
-            strict = None if hedged else first_number(span)
-            lenient, hedged_strict, invalid = strict, hedged, strict is None and not hedged
-        else:
-            strict, hedged_strict, invalid = None, False, False
-            lenient, hedged = _last_number(body)
-            if hedged:
-                lenient = None
-        return Verdict(
-            correct=same_number(lenient, gold),
-            correct_strict=same_number(strict, gold),
-            extracted=number_key(lenient),
-            extracted_strict=number_key(strict),
-            hedged=hedged,
-            hedged_strict=hedged_strict,
-            invalid=invalid,
+        return marked_or_guessed(
+            body,
+            gold,
+            bare=is_bare_number,
+            read=lambda span: (None, True) if span_is_hedged(span) else (first_number(span), False),
+            guess=_guess,
+            same=same_number,
+            key=number_key,
         )

@@ -359,18 +359,20 @@ _benchmark(
 _benchmark(
     "strategyqa", "yesno", "strategyqa/test.jsonl.zst", YESNO, strategyqa_rows, "StrategyQA (BIG-bench, 2290)"
 )
-_benchmark(
-    "date_understanding", "choice", "date_understanding/test.jsonl.zst", CHOICE,
-    bigbench_choice_rows("date", "ABCDEF", "Answer Choices:", shuffle=True),
-    "BIG-bench date understanding, Kojima's shuffled choices (369)",
-    aliases=("date", "bigbench_date"),
-)  # fmt: skip
-_benchmark(
-    "shuffled_objects", "choice", "shuffled_objects/test.jsonl.zst", CHOICE,
-    bigbench_choice_rows("shuffled_objects", "ABC", "\nWhich choice is true ? Answer Choices:", shuffle=False),
-    "BIG-bench tracking shuffled objects, three objects (750)",
-    aliases=("object_tracking", "tracking_shuffled_objects"),
-)  # fmt: skip
+# Kojima et al.'s two BIG-bench multiple-choice sets: (name, aliases, description, adapter).
+for _name, _aliases, _desc, _rows in (
+    (
+        "date_understanding", ("date", "bigbench_date"),
+        "BIG-bench date understanding, Kojima's shuffled choices (369)",
+        bigbench_choice_rows("date", "ABCDEF", "Answer Choices:", shuffle=True),
+    ),
+    (
+        "shuffled_objects", ("object_tracking", "tracking_shuffled_objects"),
+        "BIG-bench tracking shuffled objects, three objects (750)",
+        bigbench_choice_rows("shuffled_objects", "ABC", "\nWhich choice is true ? Answer Choices:", shuffle=False),
+    ),
+):  # fmt: skip
+    _benchmark(_name, "choice", f"{_name}/test.jsonl.zst", CHOICE, _rows, _desc, aliases=_aliases)
 _benchmark(
     "coin_flip", "yesno", "coin_flip/test.jsonl.zst", YESNO, kojima_rows("coin_flip"), "Coin flip (500)"
 )
