@@ -16,8 +16,8 @@
 #    any training example), with plan fidelity and plan-following;
 # e. print the comparison table, write its PNG and a PNG of the students' training loss curves.
 #
-# Tiny models trained for minutes need not reproduce the paper's numbers (that is the miniature's
-# job): the point is that every step runs on real engines and real data flows, and that each number
+# Tiny models trained for minutes need not reproduce the paper's numbers (that is a separate
+# experiment's job): the point is that every step runs on real engines and real data flows, and that each number
 # the paper's method depends on (plan fidelity, plan-following) is measured. Knobs: QUICKSTART_OUT,
 # QUICKSTART_STEPS (student optimizer steps), QUICKSTART_EXTRACTOR_STEPS, QUICKSTART_TASKS.
 set -euo pipefail
