@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -95,3 +96,10 @@ def wait_until_waiting_for_input(proc: subprocess.Popen, timeout: float = 30) ->
                 return
         time.sleep(0.01)
     raise AssertionError(f"the child did not wait for more input within {timeout} s")
+
+
+def with_ctrl_c() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: a shell starts background jobs with
+    SIGINT ignored, and Python keeps an inherited SIG_IGN (no KeyboardInterrupt), so a suite started with
+    ``make test &`` would see Ctrl-C ignored. Restoring the default lets the child install its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,7 +16,7 @@ import pytest
 
 from codeplan_tools.core.errors import EX_NOINPUT
 from tests.fixtures.models import free_port, vllm_or_fail
-from tests.helpers import CODEPLAN, decode_records, invoke, read_records
+from tests.helpers import CODEPLAN, decode_records, invoke, read_records, with_ctrl_c
 from tests.lib.test_engine_safety import STALL, FakeServer, completion
 
 
@@ -80,7 +80,7 @@ def test_a_signal_stops_a_run_waiting_on_a_stalled_server_promptly(tmp_path, sig
         proc = subprocess.Popen(
             [*CODEPLAN, "extract", "-m", "served", "--engine", "openai", "--base-url", server.url, "-i", src,
              "-o", str(out), "--chunk-size", "1", "--request-timeout", "600"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=with_ctrl_c,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60

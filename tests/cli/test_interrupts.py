@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.cli.test_filter import good
-from tests.helpers import CODEPLAN, wait_until_waiting_for_input
+from tests.helpers import CODEPLAN, wait_until_waiting_for_input, with_ctrl_c
 
 
 def _record(i: int) -> bytes:
@@ -28,6 +28,7 @@ def test_a_signal_closes_the_output_and_sets_the_exit_status(tmp_path, sig, stat
         [*CODEPLAN, "filter", "-o", str(out)],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=with_ctrl_c,
     )
     # Feed until a first frame is out, so the signal comes mid-stream.
     deadline = time.monotonic() + 60
