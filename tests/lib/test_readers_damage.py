@@ -23,10 +23,10 @@ import time
 import orjson
 import pytest
 import zstandard
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from codeplan_tools.core import pool, streams
+from codeplan_tools.core import columnar, pool, streams
 from codeplan_tools.core.errors import BadRecord
 from codeplan_tools.core.records import MAX_DEPTH, InvalidRecord, derive_id, dumps, parse_record
 from codeplan_tools.core.streams import RecordWriter, iter_lines, open_input, read_records
@@ -380,6 +380,7 @@ def test_an_empty_run_writes_a_valid_empty_zstd_file(tmp_path):
     container=st.sampled_from(["plain", "zstd", "gzip"]),
     read_size=st.integers(1, 64),
 )
+@example(lines=[b"PAR1"], tail=False, container="plain", read_size=1)  # a Parquet magic: columnar input
 def test_lines_come_out_whole_whatever_the_chunk_boundaries(lines, tail, container, read_size):
     data = b"\n".join(lines) + (b"" if tail else b"\n")
     stored = {"plain": lambda d: d, "zstd": zstandard.ZstdCompressor().compress, "gzip": gzip.compress}[
@@ -388,8 +389,9 @@ def test_lines_come_out_whole_whatever_the_chunk_boundaries(lines, tail, contain
     if container == "plain" and (
         streams._detect(stored[:4])[0] is not None
         or streams._leading_junk(streams._Compressed(io.BytesIO(stored))) >= 0
+        or columnar.kind_of(stored[:6]) is not None
     ):
-        return  # random bytes that are (or hold near their start) a magic number
+        return  # random bytes that are (or hold near their start) a magic number (Parquet's "PAR1" too)
     expected = [(i, line.rstrip(b"\r\n")) for i, line in enumerate(io.BytesIO(data), 1) if not line.isspace()]
     fh = io.BytesIO(stored)
     with pytest.MonkeyPatch.context() as mp:
