@@ -284,7 +284,7 @@ def id_hash(record_id: str) -> int:
 
 class WrongType(InvalidRecord):
     """A field has a JSON type its reader cannot use. An ``InvalidRecord``, so every reader of records
-    (the stage's and the parallel filter's workers) sends it down the bad-record path with its line."""
+    (the stage's reader and the runner's worker processes, core.pool) sends it down the bad-record path with its line."""
 
     def __init__(self, field: str, value: object, expected: str) -> None:
         super().__init__(f"{field} is {json_type(value)}, not {expected}")
