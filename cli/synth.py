@@ -11,21 +11,30 @@ from codeplan_tools.stages.synth import TASKS, SynthConfig
 
 SYNTH_PANEL = "What to make"
 KeepGoldPlan = o.option(SynthConfig, "keep_gold_plan")
+PlanVariant = o.option(SynthConfig, "plan_variant")
+Split = o.option(SynthConfig, "split")
 
 
 def _task_table() -> str:
     width = max(map(len, TASKS))
-    rows = [f"  {name:<{width}}  k = {t.k_means}; scored as {t.scorer}" for name, t in TASKS.items()]
+    rows = [
+        f"  {name:<{width}}  k = {t.k_means}; scored as {t.scorer}"
+        + (f"; also {', '.join(t.variants)}" if t.variants else "")
+        + ("; --split" if t.held_out else "")
+        for name, t in TASKS.items()
+    ]
     return "\n".join(rows)
 
 
 HELP = f"""Make synthetic multi-step reasoning tasks: records with prompt, plan, response and answer, all exact.
 
-The difficulty k is the number of numbered steps in the worked response; the plan is a short
-Python-style code-form plan (valid Python, never run) and the response follows it step by step and
-ends with "The answer is X.". Records carry task synth/<name>, difficulty k, meta.synth (k, seed,
-index) and a stable id synth/<name>/k<k>/s<seed>/<index>. --n records per task, k cycling through
---k; the same --seed gives the same records.
+The difficulty k is the number of steps (per task below); the plan is a short Python-style code-form
+plan (valid Python, never run) and the response follows it step by step and ends with "The answer is
+X." (add and parity, the positive controls, carry every value in the plan and answer at once).
+Records carry task synth/<name>, difficulty k, meta.synth (k, seed, index) and a stable id
+synth/<name>/k<k>/s<seed>/<index>. --n records per task, k cycling through --k; the same --seed gives
+the same records. --plan-variant swaps the plan for a control (other-problem and filler for every
+task; the task's own variants are listed below); --split picks nest's train or novel compositions.
 
 \b
 Tasks:
@@ -67,6 +76,8 @@ def synth_command(
         ),
     ] = None,
     keep_gold_plan: KeepGoldPlan = False,
+    plan_variant: PlanVariant = "gold",
+    split: Split = "all",
     list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and exit.")] = False,
     output: o.Output = None,
     plain: o.Plain = False,
@@ -91,6 +102,8 @@ def synth_command(
         seed=seed,
         exclude=tuple(exclude or ()),
         keep_gold_plan=keep_gold_plan,
+        plan_variant=plan_variant,
+        split=split,
     )
     stage_io = StageIO(
         stage="synth",

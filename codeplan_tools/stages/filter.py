@@ -133,7 +133,8 @@ class FilterConfig:
     """no-leak: reject at this share of the response's n-grams found in the plan."""
     grounded_min: float = 0.5
     """grounded: least share of the plan's distinct literals that occur in the prompt or response.
-    Measured on synth gold plans and on plans built from SVAMP/MultiArith/AddSub/GSM8K: gold plans have a
+    Measured on synth gold plans (but the positive controls add and parity, whose plans carry computed
+    values) and on plans built from SVAMP/MultiArith/AddSub/GSM8K: gold plans have a
     mean share >= 0.996 and none is rejected at 0.5; plans of the wrong problem (shifted) are 73-90%
     rejected."""
     workers: int | None = None

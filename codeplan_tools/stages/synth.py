@@ -1,21 +1,46 @@
 """Synthetic multi-step reasoning tasks with exact ⟨prompt, plan, response, answer⟩ and a difficulty knob.
 
-Every task makes one example from a random generator and a difficulty ``k``, the number of numbered
-steps in the worked response (what one step is depends on the task; ``TASKS[name].k_means`` says).
-The plan is a short Python-style code-form plan in the CodePlan style: the loop, condition or
-operations behind the response, over the instance's data, without the intermediate results. It is
-valid Python (``ast.parse`` accepts it) but it is never run. The response follows the plan one
-numbered line per step and ends with ``The answer is X.``; ``answer`` is X.
+Every task makes one example from a random generator and a difficulty ``k`` (what one unit of k is
+depends on the task; ``TASKS[name].k_means`` says). The plan is a short Python-style code-form plan in
+the CodePlan style. It is valid Python (``ast.parse`` accepts it) but it is never run. The response
+ends with ``The answer is X.``; ``answer`` is X. Two kinds of task:
+
+- The CodePlan tasks (last_letter ... sort, and ``nest``): the plan is the loop, condition or
+  operations behind the response, over the instance's data, without the intermediate results; the
+  response follows it one numbered line per step (k steps).
+- The positive controls ``add`` and ``parity``: the plan carries every intermediate value and the
+  answer, and the response is the answer alone. A student that reads its plan can only gain from it,
+  which bounds what a value-free plan can give.
+
+``nest`` is the structure family: the prompt writes the functions outermost first (``dbl(inc(3))``)
+while its plan lists them in execution order, innermost first, with no values. Two compositions are
+held out (``NEST_HELD_OUT``: dbl applied to sqr's output, inc to neg's), so a model trained on the
+``train`` split can be tested on ``novel`` compositions of functions it has seen.
+
+Plan variants (``plan_variant``; ``response`` and ``answer`` never change, only ``plan``):
+``gold`` (the task's plan); ``other-problem`` (the gold plan of another problem of the same task and
+k, drawn from a separate stream of the record's identity, in the same split, never with the record's
+own prompt; every task has it); ``filler`` (the gold plan with each character but newlines replaced
+by ``.``: the same length and lines, no content); and per task (``TASKS[name].variants``)
+``random-values`` (the plan's layout with random values: add, parity), ``nl`` (the same plan in
+words: add, parity, nest) and ``counterfactual`` (a plan changed to print another answer: add's units
+sum with the same carry, parity's last state, one of nest's functions). ``counterfactual`` and
+``other-problem`` records carry ``plan_answer``, the answer their plan leads to. Asking a task for a
+variant it lacks, or ``--split train|novel`` of a task without held-out compositions, is a usage
+error before any record is made.
 
 Prompts and responses use a few constant phrases on purpose: the quickstart trains a tiny model from
 scratch on them (see ENV-NOTES, "How fast a tiny from-scratch model learns").
 
 Records (:class:`SynthStage`, :func:`synth_records`) carry ``id``
 (``synth/<task>/k<k>/s<seed>/<index>``, stable), ``task`` (``synth/<task>``), ``prompt``, ``plan``,
-``response``, ``answer``, ``difficulty`` (= k) and ``meta.synth`` = ``{"k", "seed", "index"}``. The same (task, k, seed, index) always gives the same
-record, whatever other tasks or counts are asked for in the same run. With ``keep_gold_plan``
-(``--keep-gold-plan``) a record also carries ``gold_plan``, a copy of ``plan`` that ``extract`` leaves
-alone (it sets ``plan`` only), so ``score`` can measure a mined plan against it (``meta.score.plan``).
+``response``, ``answer``, ``plan_answer`` (the two variants above), ``difficulty`` (= k) and
+``meta.synth`` = ``{"k", "seed", "index"}``, plus ``novel`` (nest: a held-out composition occurs) and
+``plan_variant`` (when not gold). The same (task, k, seed, index) always gives the same record,
+whatever other tasks or counts are asked for in the same run; a gold record of the ``all`` split is the
+one earlier versions made. With ``keep_gold_plan`` (``--keep-gold-plan``) a record also carries
+``gold_plan``, the gold plan, which ``extract`` leaves alone (it sets ``plan`` only), so ``score`` can
+measure a mined plan against it (``meta.score.plan``).
 """
 
 from __future__ import annotations
@@ -26,12 +51,19 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from itertools import chain
+from typing import TYPE_CHECKING, Literal, get_args
 
 from codeplan_tools.core.errors import UsageError
 
 if TYPE_CHECKING:
     from codeplan_tools.core.stage import StageContext
+
+PlanVariant = Literal["gold", "random-values", "nl", "other-problem", "filler", "counterfactual"]
+Split = Literal["all", "train", "novel"]
+PLAN_VARIANTS, SPLITS = get_args(PlanVariant), get_args(Split)
+# Every task has these; the others only where its Example fills them in (SynthTask.variants).
+COMMON_VARIANTS = ("gold", "other-problem", "filler")
 
 
 @dataclass(frozen=True)
@@ -40,6 +72,12 @@ class Example:
     plan: str
     response: str
     answer: str
+    # The task's plan variants (None where it has none; see the module docstring).
+    random_plan: str | None = None
+    nl_plan: str | None = None
+    counterfactual: tuple[str, str] | None = None  # (plan, the answer that plan prints)
+    # Tasks with held-out compositions: whether one occurs in this example.
+    novel: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -51,18 +89,34 @@ class SynthTask:
     # What one unit of difficulty k is for this task.
     k_means: str
     description: str
+    # The plan variants it has beyond COMMON_VARIANTS: random-values, nl, counterfactual.
+    variants: tuple[str, ...] = ()
+    # (inner, outer) function pairs the train split never composes (--split).
+    held_out: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def plan_variants(self) -> tuple[str, ...]:
+        return (*COMMON_VARIANTS, *self.variants)
 
 
 TASKS: dict[str, SynthTask] = {}
 MAX_K = 64
 # Redraws allowed per record when its prompt is excluded.
 MAX_ATTEMPTS = 1000
+# ... and when a split must hold too: nest at k=64 avoids both held-out pairs in ~0.3% of draws.
+MAX_SPLIT_ATTEMPTS = 100_000
 
 
-def _task(name: str, scorer: str, k_means: str):
+def _task(
+    name: str,
+    scorer: str,
+    k_means: str,
+    variants: tuple[str, ...] = (),
+    held_out: frozenset[tuple[str, str]] = frozenset(),
+):
     def register(make: Callable[[random.Random, int], Example]):
         doc = (make.__doc__ or "").strip().splitlines()[0]
-        TASKS[name] = SynthTask(name, make, scorer, k_means, doc)
+        TASKS[name] = SynthTask(name, make, scorer, k_means, doc, variants, held_out)
         return make
 
     return register
@@ -266,6 +320,126 @@ def sort(rng: random.Random, k: int) -> Example:
     return Example(prompt, plan, _worked(steps, answer), answer)
 
 
+def _digit(rng: random.Random) -> str:
+    return str(rng.randint(0, 9))
+
+
+def _add_plan(rows: Iterable[tuple[str, str, str, str]], printed: str) -> str:
+    """One line per digit from the units up, ``s{i} = a+b+carry  # sum``, then ``print(answer)``."""
+    lines = [f"s{i} = {a}+{b}+{carry}  # {total}" for i, (a, b, carry, total) in enumerate(rows)]
+    return "\n".join([*lines, f"print({printed})"])
+
+
+@_task("add", "numeric", "digits per operand", ("random-values", "nl", "counterfactual"))
+def add(rng: random.Random, k: int) -> Example:
+    """Add two k-digit numbers (a positive control: the plan carries every digit sum and the answer)."""
+    a, b = ([rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(k - 1)] for _ in range(2))
+    answer = str(int("".join(map(str, a))) + int("".join(map(str, b))))
+    rows, carry = [], 0
+    for x, y in zip(reversed(a), reversed(b), strict=True):  # from the units up
+        rows.append((str(x), str(y), str(carry), str(x + y + carry)))
+        carry = (x + y + carry) // 10
+    prompt = f"Add: {''.join(map(str, a))}+{''.join(map(str, b))}"
+    # random-values: every digit redrawn, same layout; a printed number keeps a nonzero lead (012 is
+    # not Python).
+    random_rows = [(_digit(rng), _digit(rng), _digit(rng), "".join(_digit(rng) for _ in t)) for *_, t in rows]
+    lead = str(rng.randint(1, 9) if len(answer) > 1 else rng.randint(0, 9))
+    random_plan = _add_plan(random_rows, lead + "".join(_digit(rng) for _ in answer[1:]))
+    # counterfactual: another units digit for s0 with the same tens digit, so every carry stays.
+    s0 = int(rows[0][3])
+    units = rng.choice([d for d in range(10) if d != s0 % 10])
+    changed = answer[:-1] + str(units)
+    counter_plan = _add_plan([(*rows[0][:3], str(s0 // 10 * 10 + units)), *rows[1:]], changed)
+    said = [f"{x}+{y} is {t}" if i == 0 else f"{x}+{y}+{c} is {t}" for i, (x, y, c, t) in enumerate(rows)]
+    nl_plan = f"Add the digits from the right with the carry: {', '.join(said)}. Say {answer}."
+    plan = _add_plan(rows, answer)
+    return Example(
+        prompt, plan, final_line(answer), answer, random_plan, nl_plan, counterfactual=(counter_plan, changed)
+    )
+
+
+def _parity_plan(states: str, side: str) -> str:
+    return f'coin = "{states}"  # the side after each flip\nprint("{side}")'
+
+
+def _side(states: str) -> str:
+    return "heads" if states[-1] == "H" else "tails"
+
+
+@_task("parity", "exact", "flips", ("random-values", "nl", "counterfactual"))
+def parity(rng: random.Random, k: int) -> Example:
+    """A coin starts heads and each 1 of a k-bit string flips it: which side is up? (a positive control: the plan carries every state)."""
+    bits = "".join(rng.choice("01") for _ in range(k))
+    states, heads = [], True
+    for bit in bits:
+        heads ^= bit == "1"
+        states.append("H" if heads else "T")
+    gold = "".join(states)
+    answer = _side(gold)
+    random_states = "".join(rng.choice("HT") for _ in gold)
+    random_plan = _parity_plan(random_states, rng.choice(("heads", "tails")))
+    # counterfactual: the last state flipped, so the plan prints the other side.
+    changed = gold[:-1] + ("T" if gold[-1] == "H" else "H")
+    counter = (_parity_plan(changed, _side(changed)), _side(changed))
+    nl_plan = f"The coin is {' '.join(gold)} after each flip. Say {answer}."
+    plan = _parity_plan(gold, answer)
+    return Example(
+        f"Flips: {bits}", plan, final_line(answer), answer, random_plan, nl_plan, counterfactual=counter
+    )
+
+
+# nest's functions on one digit, all mod 10.
+NEST_FUNCTIONS: dict[str, Callable[[int], int]] = {
+    "inc": lambda x: (x + 1) % 10,
+    "dec": lambda x: (x - 1) % 10,
+    "dbl": lambda x: 2 * x % 10,
+    "sqr": lambda x: x * x % 10,
+    "neg": lambda x: -x % 10,
+}
+NEST_NAMES = tuple(NEST_FUNCTIONS)
+# (inner, outer): dbl applied directly to sqr's output, inc to neg's (dbl(sqr(, inc(neg().
+NEST_HELD_OUT = frozenset({("sqr", "dbl"), ("neg", "inc")})
+
+
+def _nest_values(start: int, functions: Iterable[str]) -> list[int]:
+    values, x = [], start
+    for name in functions:
+        x = NEST_FUNCTIONS[name](x)
+        values.append(x)
+    return values
+
+
+def _nest_plan(start: int, functions: Iterable[str]) -> str:
+    return "\n".join([f"x = {start}", *(f"x = {f}(x)" for f in functions), "print(x)"])
+
+
+@_task("nest", "numeric", "function applications", ("nl", "counterfactual"), NEST_HELD_OUT)
+def nest(rng: random.Random, k: int) -> Example:
+    """Evaluate k nested one-digit functions (inc, dec, dbl, sqr, neg, mod 10), written outermost first.
+
+    The counterfactual changes one function (positions and replacements tried in a shuffled order) so
+    that the plan's result differs from the answer. Such a change always exists (the last function
+    replaced by inc or by dec: they differ on every digit); if none did, the first change would be kept
+    with plan_answer equal to the answer.
+    """
+    start = rng.randint(0, 9)
+    functions = [rng.choice(NEST_NAMES) for _ in range(k)]  # execution order, innermost first
+    values = _nest_values(start, functions)
+    answer = str(values[-1])
+    prompt = "Eval: " + "".join(f"{f}(" for f in reversed(functions)) + f"{start}" + ")" * k
+    changes = [(i, g) for i in range(k) for g in NEST_FUNCTIONS if g != functions[i]]
+    rng.shuffle(changes)
+    plans = ([*functions[:i], g, *functions[i + 1 :]] for i, g in changes)
+    first = next(plans)
+    changed = next((p for p in chain([first], plans) if _nest_values(start, p)[-1] != values[-1]), first)
+    counter = (_nest_plan(start, changed), str(_nest_values(start, changed)[-1]))
+    nl_plan = f"Start from {start}. Apply {', then '.join(functions)}. Say the result."
+    novel = any(pair in NEST_HELD_OUT for pair in zip(functions, functions[1:], strict=False))
+    response = _worked(map(str, values), answer)
+    plan = _nest_plan(start, functions)
+    return Example(prompt, plan, response, answer, nl_plan=nl_plan, counterfactual=counter, novel=novel)
+
+
 # ---------------------------------------------------------------------------------------------- records
 
 
@@ -290,6 +464,15 @@ class SynthConfig:
     keep_gold_plan: bool = False
     """Also write the gold plan as 'gold_plan': extract replaces 'plan' with a mined one and keeps other
     fields, so 'codeplan score' can then measure the mined plans' fidelity (meta.score.plan)."""
+    plan_variant: PlanVariant = "gold"
+    """The plan written as 'plan' (response and answer stay): gold; other-problem (the gold plan of
+    another problem of the task and k); filler (each character of the gold plan but newlines replaced by
+    '.'); random-values (the plan's layout with random values: add, parity); nl (the plan in words: add,
+    parity, nest); counterfactual (a plan changed to print another answer: add, parity, nest).
+    counterfactual and other-problem records carry 'plan_answer', the answer their plan leads to."""
+    split: Split = "all"
+    """Tasks with held-out compositions (nest): all; train (no held-out composition occurs); novel (at
+    least one occurs). meta.synth.novel says which a record is."""
 
     def __post_init__(self) -> None:
         for task in self.tasks:
@@ -299,6 +482,30 @@ class SynthConfig:
             raise UsageError("--n must be >= 0")
         if not self.k:
             raise UsageError("no difficulty given")
+        for task in self.tasks:
+            check_options(task, self.plan_variant, self.split)
+        if self.split == "novel" and min(self.k) < 2:
+            raise UsageError("--split novel needs every k >= 2: a composition takes two functions")
+
+
+def check_options(task: str, plan_variant: str, split: str) -> None:
+    """A UsageError unless ``task`` has ``plan_variant`` and ``split``."""
+    spec = TASKS[task]
+    if plan_variant not in PLAN_VARIANTS:
+        raise UsageError(f"unknown plan variant {plan_variant!r}; known: {', '.join(PLAN_VARIANTS)}")
+    if plan_variant not in spec.plan_variants:
+        raise UsageError(
+            f"--plan-variant {plan_variant} is not available for synth/{task}; "
+            f"it has {', '.join(spec.plan_variants)}"
+        )
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if split != "all" and not spec.held_out:
+        with_held_out = [name for name, t in TASKS.items() if t.held_out]
+        raise UsageError(
+            f"synth/{task} has no held-out compositions, which --split {split} needs; "
+            f"use --split all or a task that has them ({', '.join(with_held_out)})"
+        )
 
 
 def parse_tasks(spec: str) -> tuple[str, ...]:
@@ -330,36 +537,89 @@ def parse_k(spec: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ks))
 
 
-def _rng(task: str, k: int, seed: int, index: int, attempt: int) -> random.Random:
+def _rng(task: str, k: int, seed: int, index: int, attempt: int, stream: str = "") -> random.Random:
     # Derived from the record's identity, not from a shared stream: records do not depend on each other.
-    digest = hashlib.sha256(f"{task}/{k}/{seed}/{index}/{attempt}".encode()).digest()
+    # A named stream (other-problem) hashes a different string; the record's own stream is unchanged.
+    key = f"{task}/{k}/{seed}/{index}/{attempt}" + (f"/{stream}" if stream else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
+def _draw(
+    task: str, k: int, seed: int, index: int, split: str, keep: Callable[[str], bool], stream: str = ""
+) -> Example:
+    """The first example of the record's stream (attempt 0, 1, ...) in ``split`` whose prompt ``keep``
+    accepts."""
+    make, attempts = TASKS[task].make, MAX_ATTEMPTS if split == "all" else MAX_SPLIT_ATTEMPTS
+    for attempt in range(attempts):
+        ex = make(_rng(task, k, seed, index, attempt, stream), k)
+        if (split == "all" or (split == "novel") == ex.novel) and keep(ex.prompt):
+            return ex
+    raise UsageError(
+        f"synth/{task} at k={k}: no prompt outside the excluded set after {attempts} draws; "
+        "use a larger k or exclude fewer prompts"
+        if split == "all"
+        else f"synth/{task} at k={k}: no prompt in --split {split} outside the excluded set after "
+        f"{attempts} draws; use a smaller k or exclude fewer prompts"
+    )
+
+
 def make_record(
-    task: str, k: int, seed: int = 0, index: int = 0, exclude: frozenset[str] = frozenset()
+    task: str,
+    k: int,
+    seed: int = 0,
+    index: int = 0,
+    exclude: frozenset[str] = frozenset(),
+    *,
+    plan_variant: str = "gold",
+    split: str = "all",
+    keep_gold_plan: bool = False,
 ) -> dict:
-    """The record for one (task, k, seed, index); redrawn while its prompt is in ``exclude``."""
-    spec = TASKS[task]
-    for attempt in range(MAX_ATTEMPTS):
-        ex = spec.make(_rng(task, k, seed, index, attempt), k)
-        if ex.prompt not in exclude:
-            break
-    else:
-        raise UsageError(
-            f"synth/{task} at k={k}: no prompt outside the excluded set after {MAX_ATTEMPTS} draws; "
-            "use a larger k or exclude fewer prompts"
-        )
-    return {
+    """The record for one (task, k, seed, index); redrawn while its prompt is in ``exclude`` or it is
+    outside ``split``; ``plan`` is ``plan_variant`` (see :class:`SynthConfig`)."""
+    check_options(task, plan_variant, split)
+    ex = _draw(task, k, seed, index, split, lambda prompt: prompt not in exclude)
+    plan, plan_answer = _variant(ex, task, k, seed, index, plan_variant, split)
+    record: dict = {
         "id": f"synth/{task}/k{k}/s{seed}/{index}",
         "task": f"synth/{task}",
         "prompt": ex.prompt,
-        "plan": ex.plan,
+        "plan": plan,
         "response": ex.response,
         "answer": ex.answer,
-        "difficulty": k,
-        "meta": {"synth": {"k": k, "seed": seed, "index": index}},
     }
+    if plan_answer is not None:
+        record["plan_answer"] = plan_answer
+    meta: dict = {"k": k, "seed": seed, "index": index}
+    if ex.novel is not None:
+        meta["novel"] = ex.novel
+    if plan_variant != "gold":
+        meta["plan_variant"] = plan_variant
+    record |= {"difficulty": k, "meta": {"synth": meta}}
+    if keep_gold_plan:
+        record["gold_plan"] = ex.plan
+    return record
+
+
+def _variant(
+    ex: Example, task: str, k: int, seed: int, index: int, plan_variant: str, split: str
+) -> tuple[str, str | None]:
+    """The plan written for ``plan_variant`` and the answer it leads to (None: not written)."""
+    if plan_variant == "gold":
+        return ex.plan, None
+    if plan_variant == "filler":
+        return re.sub(r"[^\n]", ".", ex.plan), None
+    if plan_variant == "other-problem":
+        # Same split, so a train set's plans never show a held-out composition; exclude is about the
+        # prompts written, and this prompt is not.
+        other = _draw(task, k, seed, index, split, lambda prompt: prompt != ex.prompt, "other-problem")
+        return other.plan, other.answer
+    if plan_variant == "counterfactual" and ex.counterfactual is not None:
+        return ex.counterfactual
+    plan = {"random-values": ex.random_plan, "nl": ex.nl_plan}.get(plan_variant)
+    if plan is None:  # check_options refuses it first; a task whose maker forgot the variant lands here
+        raise UsageError(f"synth/{task} made no {plan_variant} plan")
+    return plan, None
 
 
 class SynthStage:
@@ -377,9 +637,16 @@ class SynthStage:
         for index in range(config.n):
             k = config.k[index % len(config.k)]
             for task in config.tasks:
-                record = make_record(task, k, config.seed, index, exclude)
-                if config.keep_gold_plan:
-                    record["gold_plan"] = record["plan"]
+                record = make_record(
+                    task,
+                    k,
+                    config.seed,
+                    index,
+                    exclude,
+                    plan_variant=config.plan_variant,
+                    split=config.split,
+                    keep_gold_plan=config.keep_gold_plan,
+                )
                 stats.inc(f"written.{task}")
                 yield record
 

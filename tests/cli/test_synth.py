@@ -56,6 +56,7 @@ def test_list_and_help_name_every_task():
     assert listed.exit_code == 0
     names = [line.split("\t")[0] for line in listed.stdout.decode().splitlines()]
     assert names == [f"synth/{t}" for t in TASKS]
+    assert {"synth/add", "synth/parity", "synth/nest"} <= set(names)
     helped = invoke(["synth", "--help"])
     assert helped.exit_code == 0
     text = helped.stdout.decode()
@@ -69,6 +70,13 @@ def test_list_and_help_name_every_task():
         (["synth", "sort", "--k", "0"], "difficulty 0 out of range"),
         (["synth", "sort", "--k", "a-b"], "bad difficulty"),
         (["synth"], "name the tasks"),
+        (
+            ["synth", "add,last_letter", "--plan-variant", "nl"],
+            "--plan-variant nl is not available for synth/last_letter; it has gold, other-problem, filler",
+        ),
+        (["synth", "last_letter", "--split", "novel"], "synth/last_letter has no held-out compositions"),
+        (["synth", "nest", "--split", "novel", "--k", "1-3"], "--split novel needs every k >= 2"),
+        (["synth", "nest", "--plan-variant", "bogus"], "Invalid value for '--plan-variant'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
@@ -83,3 +91,18 @@ def test_synth_pipes_into_filter_and_keeps_everything():
     kept = invoke(["filter", "--code-strict", "--plain", "-q"], input=made.stdout)
     assert kept.exit_code == 0, kept.stderr
     assert [r["id"] for r in kept.records()] == [r["id"] for r in made.records()]
+
+
+def test_plan_variant_and_split_reach_the_records(tmp_path):
+    out = tmp_path / "novel.jsonl"
+    args = ["synth", "nest", "--n", "6", "--k", "3", "--split", "novel", "--plan-variant", "counterfactual"]
+    result = invoke([*args, "--keep-gold-plan", "-o", str(out), "--plain", "-q"])
+    assert result.exit_code == 0, result.stderr
+    records = read_records(out)
+    assert len(records) == 6
+    for r in records:
+        assert r["meta"]["synth"]["novel"] is True and r["meta"]["synth"]["plan_variant"] == "counterfactual"
+        assert r["plan"] != r["gold_plan"] and r["plan_answer"] != r["answer"]
+    # A task without held-out compositions refuses --split train before anything is written.
+    refused = invoke(["synth", "nest,sort", "--split", "train", "-o", str(out), "-q"])
+    assert refused.exit_code == 2 and read_records(out) == records

@@ -2,8 +2,9 @@
 
 Each task has an independent checker here: it reads the instance's data back from the prompt with a
 regex, recomputes every step of the response and the answer, and checks that the plan (parsed with
-``ast``, never run) iterates over the same data or applies the same operations. Plans are only parsed;
-literals are read with ``ast.literal_eval``.
+``ast``, never run) iterates over the same data or applies the same operations (the positive controls
+add and parity: carries the same values). Plans are only parsed here; literals are read with
+``ast.literal_eval`` (tests/lib/test_synth_variants.py runs them).
 """
 
 from __future__ import annotations
@@ -156,6 +157,66 @@ def check_sort(r):
     assert r["answer"] == " ".join(map(str, sorted(numbers)))
 
 
+def check_add(r):
+    a, b = re.fullmatch(r"Add: (\d+)\+(\d+)", r["prompt"]).groups()
+    assert len(a) == len(b) == r["difficulty"] and a[0] != "0" != b[0]
+    assert r["answer"] == str(int(a) + int(b)) and r["response"] == final_line(r["answer"])
+    *lines, last = r["plan"].split("\n")
+    assert last == f"print({r['answer']})" and len(lines) == len(a)
+    carry = 0
+    for i, (x, y, line) in enumerate(zip(reversed(a), reversed(b), lines, strict=True)):
+        total = int(x) + int(y) + carry
+        assert line == f"s{i} = {x}+{y}+{carry}  # {total}"
+        carry = total // 10
+
+
+def check_parity(r):
+    bits = re.fullmatch(r"Flips: ([01]+)", r["prompt"]).group(1)
+    assert len(bits) == r["difficulty"]
+    heads, states = True, ""
+    for bit in bits:
+        heads ^= bit == "1"
+        states += "H" if heads else "T"
+    assert r["answer"] == ("heads" if bits.count("1") % 2 == 0 else "tails")
+    assert r["response"] == final_line(r["answer"])
+    assign, call = ast.parse(r["plan"]).body
+    assert assign.targets[0].id == "coin" and ast.literal_eval(assign.value) == states
+    assert ast.literal_eval(call.value.args[0]) == r["answer"]
+
+
+NEST = {
+    "inc": lambda x: (x + 1) % 10,
+    "dec": lambda x: (x - 1) % 10,
+    "dbl": lambda x: 2 * x % 10,
+    "sqr": lambda x: x * x % 10,
+    "neg": lambda x: -x % 10,
+}
+
+
+def nest_functions(prompt: str) -> tuple[int, list[str]]:
+    """The start digit and the functions in execution order (innermost first) of a nest prompt."""
+    calls, start, closing = re.fullmatch(r"Eval: ((?:[a-z]{3}\()+)(\d)(\)+)", prompt).groups()
+    functions = calls[:-1].split("(")[::-1]
+    assert len(closing) == len(functions) and set(functions) <= set(NEST)
+    return int(start), functions
+
+
+def check_nest(r):
+    start, functions = nest_functions(r["prompt"])
+    assert len(functions) == r["difficulty"]
+    body = ast.parse(r["plan"]).body
+    assert ast.unparse(body[0]) == f"x = {start}" and ast.unparse(body[-1]) == "print(x)"
+    # The plan applies the functions in execution order, no values.
+    assert [ast.unparse(s) for s in body[1:-1]] == [f"x = {f}(x)" for f in functions]
+    x = start
+    for f, step in zip(functions, _steps(r), strict=True):
+        x = NEST[f](x)
+        assert step == str(x)
+    assert r["answer"] == str(x)
+    pairs = set(zip(functions, functions[1:], strict=False))
+    assert r["meta"]["synth"]["novel"] == bool(pairs & {("sqr", "dbl"), ("neg", "inc")})
+
+
 CHECKS = {
     "last_letter": check_last_letter,
     "coin_flip": check_coin_flip,
@@ -164,6 +225,9 @@ CHECKS = {
     "decimal_compare": check_decimal_compare,
     "even_sum": check_even_sum,
     "sort": check_sort,
+    "add": check_add,
+    "parity": check_parity,
+    "nest": check_nest,
 }
 
 
@@ -197,12 +261,19 @@ def test_exact_for_any_seed_and_difficulty(task, k, seed, index):
     check(make_record(task, k, seed=seed, index=index))
 
 
+# The positive controls' plans carry values computed from the prompt (digit sums, coin states), which
+# the prompt does not spell out: ``grounded`` would reject them, by design of both.
+POSITIVE_CONTROLS = ("add", "parity")
+
+
 def test_gold_plans_pass_the_mining_filter():
     """What `filter` keeps from mined plans, the gold plans satisfy too (strict ast parse, no leak)."""
     config = FilterConfig(code_strict=True)
     checks = [rule.check for name, rule in RULES.items() if name != "dedup"]
+    controls = [rule.check for name, rule in RULES.items() if name not in ("dedup", "grounded")]
     for record in synth_records(SynthConfig(tasks=tuple(TASKS), n=30, k=(1, 3, 6), seed=3)):
-        assert check_record(record, config, checks) is None, record
+        control = record["task"].removeprefix("synth/") in POSITIVE_CONTROLS
+        assert check_record(record, config, controls if control else checks) is None, record
 
 
 def test_deterministic_with_seed_and_ids_stable():
@@ -226,7 +297,8 @@ def test_distinct_seeds_differ():
         pa = [r["prompt"] for r in a if r["task"] == f"synth/{task}"]
         pb = [r["prompt"] for r in b if r["task"] == f"synth/{task}"]
         assert pa != pb
-        assert len(set(pa) & set(pb)) < 5  # coin_flip at k=2 may repeat by chance, not wholesale
+        if task != "parity":  # parity at k <= 4 has at most 16 prompts
+            assert len(set(pa) & set(pb)) < 5  # coin_flip at k=2 may repeat by chance, not wholesale
 
 
 def test_exclude_never_produces_an_excluded_prompt():
