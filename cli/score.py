@@ -12,13 +12,14 @@ from codeplan_tools.stages.score import ScoreConfig
 Flag = o.Flag
 Checking = o.bundle(
     "Checking",
-    (ScoreConfig, "task timeout workers report gold_plan_field"),
+    (ScoreConfig, "task timeout workers report gold_plan_field plan_answer_field"),
     flags={
         "task": Flag(metavar="NAME"),
         "timeout": Flag(min=0.1, metavar="SECONDS"),
         "workers": Flag(min=0, metavar="N"),
         "report": Flag(metavar="FILE"),
         "gold_plan_field": Flag(metavar="FIELD"),
+        "plan_answer_field": Flag(metavar="FIELD"),
     },
 )
 Reporting = o.bundle(
@@ -60,6 +61,9 @@ def score_command(
     the task (a letter that is no option) are wrong in both. A record without 'samples' is scored on its 'response'.
     A record with an unknown task, no gold answer or a field of the wrong type (samples not a list) stops
     the run with exit 65 naming its file and line (--on-bad-record skip rejects it).
+    A record with a 'plan_answer' (the answer its given, changed plan leads to: synth --plan-variant, then
+    generate --given-plan) also gets meta.score.given_plan: whether each sample followed the plan, the
+    prompt or neither, reported as rates per run and task.
     Re-running with the same -o FILE resumes. With --compare, the RUN arguments are the runs to
     compare (FILE or NAME=FILE, scored or not; the first is the baseline) and no records are written.
     The report (accuracy with 95% Wilson interval per task and subtask, unextracted, hedged, invalid

@@ -28,6 +28,15 @@ any scored file without the task registry.
   plan-following rate under the table, and per run in a comparison. JSON: ``plan`` in each row's
   summary and in the run's.
 
+- **Given plans** (only when some record has ``meta.score.given_plan``, i.e. carried a ``plan_answer``;
+  otherwise the report is unchanged, byte for byte): over the samples of counterfactual records (their
+  ``plan_answer`` differs from the answer), the share that follows the given plan (the answer is the
+  plan's), the prompt (the true answer) or neither; samples of records whose plan leads to the true
+  answer (``"same"``) are left out and counted apart. Per run, and per task, subtask and group under it,
+  in one table: after the run's tables, and in a comparison one table of every run. JSON:
+  ``given_plan = {"n", "plan", "prompt", "neither"}`` (n samples, rates as fractions, null when n is 0)
+  in each row's summary and in the run's.
+
 A comparison is a :class:`Comparison` (rows, averages and paired tests as dataclasses);
 ``Comparison.to_dict`` is its JSON form in ``--report FILE.json``.
 
@@ -196,6 +205,43 @@ class PlanCell:
         return out
 
 
+# meta.score.given_plan.samples[j]: one of these (``codeplan_tools.stages.score.given_plan_scores``).
+_GIVEN_PLAN_VERDICTS = ("plan", "prompt", "neither", "same")
+
+
+@dataclass
+class GivenPlanCell:
+    """Given-plan counts of one row, over the samples of ``meta.score.given_plan.samples``."""
+
+    plan: int = 0
+    prompt: int = 0
+    neither: int = 0
+    same: int = 0  # samples of records whose plan_answer is the answer: no counterfactual, left out
+
+    def add(self, given: Mapping[str, Any]) -> None:
+        for verdict in given.get("samples") or ():
+            if verdict in _GIVEN_PLAN_VERDICTS:  # (a file read back is checked by score_type_error)
+                setattr(self, verdict, getattr(self, verdict) + 1)
+
+    def merge(self, other: GivenPlanCell) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def n(self) -> int:
+        """Samples of counterfactual records."""
+        return self.plan + self.prompt + self.neither
+
+    def summary(self) -> dict[str, Any]:
+        n = self.n
+        return {
+            "n": n,
+            "plan": self.plan / n if n else None,
+            "prompt": self.prompt / n if n else None,
+            "neither": self.neither / n if n else None,
+        }
+
+
 @dataclass
 class Cell:
     """Counts of one row of the report (a task, a subtask value or a group)."""
@@ -220,6 +266,8 @@ class Cell:
     instructions_loose: int = 0
     plan: PlanCell | None = None
     """Plan measures, when a record of the row has ``meta.score.plan``."""
+    given_plan: GivenPlanCell | None = None
+    """Given-plan counts, when a record of the row has ``meta.score.given_plan``."""
 
     def add(self, s: Mapping[str, Any]) -> None:
         self.records += 1
@@ -247,6 +295,10 @@ class Cell:
             if self.plan is None:
                 self.plan = PlanCell()
             self.plan.add(s["plan"])
+        if s.get("given_plan") is not None:
+            if self.given_plan is None:
+                self.given_plan = GivenPlanCell()
+            self.given_plan.add(s["given_plan"])
 
     @property
     def accuracy(self) -> float:
@@ -288,6 +340,8 @@ class Cell:
             out["instruction_accuracy_loose"] = self.instructions_loose / self.instructions
         if self.plan is not None:
             out["plan"] = self.plan.summary()
+        if self.given_plan is not None:
+            out["given_plan"] = self.given_plan.summary()
         return out
 
 
@@ -323,6 +377,7 @@ _SCORE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "instructions_strict": (_INTEGER, "an integer"),
     "instructions_loose": (_INTEGER, "an integer"),
     "plan": ((dict,), "an object"),
+    "given_plan": ((dict,), "an object"),
 }
 # meta.score.plan.samples[j]: the fields a report reads and their types (or null).
 _PLAN_SAMPLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -357,6 +412,12 @@ def score_type_error(score: Mapping) -> str | None:
             value = (sample or {}).get(key)
             if value is not None and type(value) not in types:
                 return f"meta.score.plan.samples[{j}].{key} is {json_type(value)}, not {expected}"
+    verdicts = (score.get("given_plan") or {}).get("samples")
+    if verdicts is not None and type(verdicts) is not list:
+        return f"meta.score.given_plan.samples is {json_type(verdicts)}, not a list"
+    for j, verdict in enumerate(verdicts or ()):
+        if verdict not in _GIVEN_PLAN_VERDICTS:
+            return f"meta.score.given_plan.samples[{j}] is {verdict!r}, not one of {', '.join(_GIVEN_PLAN_VERDICTS)}"
     return None
 
 
@@ -391,6 +452,15 @@ class RunReport:
             if rows.cell.plan is not None:
                 total = total or PlanCell()
                 total.merge(rows.cell.plan)
+        return total
+
+    def given_plan(self) -> GivenPlanCell | None:
+        """The given-plan counts of the whole run (None when no record had ``meta.score.given_plan``)."""
+        total: GivenPlanCell | None = None
+        for rows in self.tasks.values():
+            if rows.cell.given_plan is not None:
+                total = total or GivenPlanCell()
+                total.merge(rows.cell.given_plan)
         return total
 
     def groups(self) -> dict[str, Cell]:
@@ -449,6 +519,9 @@ class RunReport:
         plans = self.plans()
         if plans is not None:
             out["plan"] = plans.summary()
+        given = self.given_plan()
+        if given is not None:
+            out["given_plan"] = given.summary()
         return out
 
 
@@ -478,6 +551,10 @@ def _merge(into: Cell, other: Cell) -> None:
         if into.plan is None:
             into.plan = PlanCell()
         into.plan.merge(other.plan)
+    if other.given_plan is not None:
+        if into.given_plan is None:
+            into.given_plan = GivenPlanCell()
+        into.given_plan.merge(other.given_plan)
 
 
 def _sort_key(value: str):
@@ -793,6 +870,45 @@ def _plan_table(report: RunReport) -> _Table:
     return table
 
 
+_GIVEN_PLAN_COLUMNS = [
+    _Column("given plans", "run / task", 48),
+    _Column("n", "counterfactual samples", 8),
+    _Column("plan%", "follows the plan %", 8),
+    _Column("prompt%", "follows the prompt %", 8),
+    _Column("neither%", "neither %", 8),
+    _Column("same", "plan gives the answer", 8),
+]
+
+
+def _given_plan_table(runs: Sequence[RunReport]) -> _Table | None:
+    """Given plans: a row per run, with its tasks, subtasks and groups under it (``_rows_of``) that had
+    a ``plan_answer``; None when no record of any run had one."""
+    table = _Table(_GIVEN_PLAN_COLUMNS)
+    for run in runs:
+        total = run.given_plan()
+        if total is None:
+            continue
+        rows = [(run.name, total, 0)]
+        rows += [(label, g, depth + 1) for label, cell, depth in _rows_of(run) if (g := cell.given_plan)]
+        for label, given, depth in rows:
+            s = given.summary()
+            values = [str(given.n), _pct(s["plan"]), _pct(s["prompt"]), _pct(s["neither"]), str(given.same)]
+            table.rows.append((label, depth, values))
+    return table if table.rows else None
+
+
+_GIVEN_PLAN_LEGEND = (
+    "(n: samples of records whose plan_answer is not the answer; plan/prompt: the sample's answer is the "
+    "given plan's / the prompt's; same: samples of records whose plan gives the answer, left out)"
+)
+_GIVEN_PLAN_LEGEND_MARKDOWN = (
+    "Over the samples of records given a changed plan whose answer (plan_answer) is not the prompt's: "
+    "the share whose answer is the plan's (follows the plan), the prompt's true answer (follows the "
+    "prompt) or neither. Samples of records whose plan still gives the true answer are left out and "
+    "counted in the last column."
+)
+
+
 def _comparison_table(cmp: Comparison, markdown: bool) -> _Table:
     """A row per benchmark: n, each run's accuracy, and every other run against the baseline (points,
     relative improvement, the paired test's p). Stderr cuts run names to fit; a Markdown n is blank
@@ -854,7 +970,20 @@ def format_table(report: RunReport) -> str:
     plans = format_plans(report)
     if plans is not None:
         lines.append(plans)
+    lines += _given_plan_text([report])
     return "\n".join(lines)
+
+
+def _given_plan_text(runs: Sequence[RunReport]) -> list[str]:
+    table = _given_plan_table(runs)
+    return [] if table is None else [*_text(table), _GIVEN_PLAN_LEGEND]
+
+
+def _given_plan_markdown(runs: Sequence[RunReport], heading: str) -> list[str]:
+    table = _given_plan_table(runs)
+    if table is None:
+        return []
+    return [heading, "", *_markdown_table(table), "", _GIVEN_PLAN_LEGEND_MARKDOWN, ""]
 
 
 def format_comparison(cmp: Comparison) -> str:
@@ -874,6 +1003,7 @@ def format_comparison(cmp: Comparison) -> str:
         plans = run.plans()
         if plans is not None:
             lines.append(_following_line(run.name, plans))
+    lines += _given_plan_text(cmp.runs)
     return "\n".join(lines)
 
 
@@ -898,6 +1028,7 @@ def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) ->
                 + "."
             )
         parts.append("")
+        parts += _given_plan_markdown(comparison.runs, "### Given plans")
     for run in runs:
         parts.append(f"## {run.name}\n")
         parts += [*_markdown_table(_run_table(run, markdown=True)), ""]
@@ -906,6 +1037,7 @@ def markdown(runs: Sequence[RunReport], comparison: Comparison | None = None) ->
             parts.append(f"### Plans: {run.name}\n")
             parts += [*_markdown_table(_plan_table(run)), "", _PLAN_LEGEND_MARKDOWN, ""]
             parts += [_following_line(run.name, plans).capitalize() + ".", ""]
+        parts += _given_plan_markdown([run], f"### Given plans: {run.name}")
     return "\n".join(parts)
 
 

@@ -43,6 +43,28 @@ comments also ignored, precision/recall of the value literals). A reference or a
 string is a bad record. The run counts ``samples_plan_followed`` / ``_not_followed`` / ``_unknown`` and
 ``plans_compared`` / ``plans_exact`` / ``plans_exact_no_comments`` (only when some record has plans).
 
+Given plans (``meta.score.given_plan``): a record that carries a string ``plan_answer`` (the field
+``config.plan_answer_field``; ``synth --plan-variant counterfactual|other-problem`` writes it, with
+``plan`` a changed plan, for ``generate --given-plan``) asks whether each sample followed the plan it was
+given or the prompt. Each sample's answer is judged against ``plan_answer`` by the very scorer and
+verdict (lenient) that judge it against ``answer``: the scorer checks the sample again against the
+record with ``plan_answer`` as its ``answer`` (and without the true answer's aliases). A sample is
+``"plan"`` when it matches ``plan_answer``, else ``"prompt"`` when it is correct, else ``"neither"``.
+When the scorer finds ``plan_answer`` itself correct (the changed plan still gives the true answer), the
+record is no counterfactual: every sample is ``"same"`` and the rates are null (the report leaves it
+out). The layout::
+
+    "given_plan": {
+      "plan_answer": "42",                        # as the record has it
+      "samples": ["plan", "prompt", "neither", ...] | ["same", ...],
+      "plan_rate": 0.5 | null, "prompt_rate": 0.25 | null    # of the record's samples; null for "same"
+    }
+
+The run counts ``given_plan_followed_plan`` / ``_followed_prompt`` / ``given_plan_neither`` /
+``given_plan_same`` (samples; all four once some record has a ``plan_answer``). A record without the
+field is scored exactly as before (no key, no counter). A ``plan_answer`` that is not a string is a bad
+record; a blank one, or one the task's scorer cannot read as a gold answer, is ``no-gold``.
+
 Unscorable records. A record whose ``task`` is unknown or that has no usable gold answer (reasons
 ``unknown-task`` and ``no-gold``; an ``answer`` of the wrong type is ``no-gold`` naming its type) is
 rejected (``ctx.reject``, with its file and line) when the context skips bad records
@@ -110,7 +132,7 @@ from codeplan_tools.eval.report import (
 from codeplan_tools.eval.scorers import NoGold, Scorer, Verdict, get_scorer
 from codeplan_tools.eval.tasks import Task, resolve_task
 
-SCORE_VERSION = 3  # bump when verdicts of the same input could change; part of the resume key
+SCORE_VERSION = 4  # bump when verdicts of the same input could change; part of the resume key
 
 
 @dataclass(kw_only=True)
@@ -135,6 +157,9 @@ class ScoreConfig:
     gold_plan_field: str = "gold_plan"
     """Field holding a reference plan: records that have it get meta.score.plan (fidelity of the record's
     plan and of each sample's plan to it)."""
+    plan_answer_field: str = "plan_answer"
+    """Field holding the answer that following the record's (changed) plan gives: records that have it
+    get meta.score.given_plan, whether each sample followed the given plan, the prompt or neither."""
 
     def __post_init__(self) -> None:
         for path in self.report:
@@ -154,6 +179,7 @@ class ScoreConfig:
             "timeout": self.timeout,
             "ks": list(self.ks or ()),
             "gold_plan_field": self.gold_plan_field,
+            "plan_answer_field": self.plan_answer_field,
             "version": SCORE_VERSION,
         }
 
@@ -231,6 +257,52 @@ def plan_scores(
         for key in ("exact", "exact_no_comments"):
             out[f"{key}_rate"] = sum(s[key] for s in planned) / len(planned) if planned else None
     return out
+
+
+def plan_answer_of(record: Mapping, field: str) -> str | None:
+    """The answer the record's given plan leads to (the field ``field``); None when absent.
+
+    Raises :class:`WrongType` for a value that is not a string."""
+    value = record.get(field)
+    if value is not None and type(value) is not str:
+        raise WrongType(field, value, "a string")
+    return value
+
+
+# The gold fields besides ``answer`` that a scorer reads (the qa family's aliases, ``qa.golds_of``):
+# aliases of the true answer must not count as the plan's answer.
+_ALIAS_FIELDS = ("answer_aliases", "aliases")
+
+
+def with_answer(record: Mapping, answer: str) -> dict:
+    """``record`` with ``answer`` as its gold answer and no aliases: a scorer given it judges a sample
+    against ``answer`` exactly as it judges it against the record's own (a shallow copy)."""
+    view = {k: v for k, v in record.items() if k not in _ALIAS_FIELDS}
+    view["answer"] = answer
+    return view
+
+
+def given_plan_scores(
+    plan_answer: str, same: Verdict, by_answer: Sequence[Verdict], by_plan: Sequence[Verdict]
+) -> dict[str, Any]:
+    """``meta.score.given_plan`` of one record (module docstring). ``same`` is ``plan_answer`` itself
+    judged against the record's answer; ``by_answer`` / ``by_plan`` each sample's verdict against the
+    answer / against ``plan_answer``."""
+    counterfactual = not same.correct
+    if counterfactual:
+        samples = [
+            "plan" if p.correct else "prompt" if a.correct else "neither"
+            for a, p in zip(by_answer, by_plan, strict=True)
+        ]
+    else:
+        samples = ["same"] * len(by_answer)
+    n = len(samples)
+    return {
+        "plan_answer": plan_answer,
+        "samples": samples,
+        "plan_rate": samples.count("plan") / n if counterfactual else None,
+        "prompt_rate": samples.count("prompt") / n if counterfactual else None,
+    }
 
 
 def _sample_text(sample: Any, j: int) -> str | None:
@@ -335,10 +407,11 @@ class _Unscorable(Exception):
         self.code, self.detail = code, detail
 
 
-# A record to score: the record, its task and scorer, the texts to check and where they came from, and
-# the plans to measure: each text's plan and the reference plan (see ``plan_scores``).
+# A record to score: the record, its task and scorer, the texts to check and where they came from, the
+# plans to measure (each text's plan and the reference plan, see ``plan_scores``) and the answer its
+# given plan leads to (``plan_answer``, see ``given_plan_scores``).
 _Plans = tuple[list[str | None], str | None]
-_Plan = tuple[dict, Task, Scorer, list[str | None], str, _Plans]
+_Plan = tuple[dict, Task, Scorer, list[str | None], str, _Plans, str | None]
 
 
 def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
@@ -351,6 +424,7 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
             raise WrongType("task", own_task, "a string")
         texts, source = sample_texts(record)
         plans = (sample_plans(record, source), reference_plan(record, config.gold_plan_field))
+        plan_answer = plan_answer_of(record, config.plan_answer_field)
     except WrongType as exc:
         raise _Unscorable("bad-record", str(exc)) from None
     try:
@@ -361,24 +435,41 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
         raise _Unscorable("unknown-task", str(exc)) from None
     except NoGold as exc:
         raise _Unscorable("no-gold", str(exc)) from None
-    return record, task, scorer, texts, source, plans
+    if plan_answer is not None:
+        field = config.plan_answer_field
+        if not plan_answer.strip():
+            raise _Unscorable("no-gold", f"'{field}' is blank: give the answer its plan leads to, or drop it")
+        try:
+            scorer.gold(with_answer(record, plan_answer), task.scorer_options)
+        except NoGold as exc:
+            raise _Unscorable("no-gold", f"'{field}' is no answer for {task.name}: {exc}") from None
+    return record, task, scorer, texts, source, plans, plan_answer
 
 
 def _score_chunk(
     chunk: list[_Plan], config: ScoreConfig, ctx: StageContext, scorers: _Scorers
 ) -> Iterator[dict]:
     """Score the records of a chunk together (a scorer checks all its samples of the chunk at once)."""
-    batches: dict[str, list[tuple[int, int, tuple]]] = {}
-    for i, (record, task, _scorer, texts, _source, _plans) in enumerate(chunk):
+    # Keys: (i, j) sample j of record i against its answer; (i, "plan", j) against its plan_answer;
+    # (i, "same") the plan_answer itself against the answer.
+    batches: dict[str, list[tuple[tuple, tuple]]] = {}
+    for i, (record, task, _scorer, texts, _source, _plans, plan_answer) in enumerate(chunk):
+        jobs, options = batches.setdefault(task.scorer, []), task.scorer_options
         for j, text in enumerate(texts):
-            batches.setdefault(task.scorer, []).append((i, j, (text, record, task.scorer_options)))
-    verdicts: dict[tuple[int, int], Verdict] = {}
+            jobs.append(((i, j), (text, record, options)))
+        if plan_answer is not None:
+            # Judged as the answer is: the same scorer, checking against the plan's answer instead.
+            as_planned = with_answer(record, plan_answer)
+            for j, text in enumerate(texts):
+                jobs.append(((i, "plan", j), (text, as_planned, options)))
+            jobs.append(((i, "same"), (plan_answer, record, options)))
+    verdicts: dict[tuple, Verdict] = {}
     for name, items in batches.items():
-        for (i, j, _item), verdict in zip(
-            items, scorers.get(name).score_many([it for _i, _j, it in items]), strict=True
+        for (key, _item), verdict in zip(
+            items, scorers.get(name).score_many([it for _key, it in items]), strict=True
         ):
-            verdicts[(i, j)] = verdict
-    for i, (record, task, scorer, texts, source, (plans, reference)) in enumerate(chunk):
+            verdicts[key] = verdict
+    for i, (record, task, scorer, texts, source, (plans, reference), plan_answer) in enumerate(chunk):
         record_verdicts = [verdicts[(i, j)] for j in range(len(texts))]
         values = summarize(task, scorer, record_verdicts, record, config.ks)
         values["source"] = source
@@ -386,6 +477,11 @@ def _score_chunk(
         if plan is not None:
             values["plan"] = plan
             _count_plans(ctx.stats, plan)
+        if plan_answer is not None:
+            by_plan = [verdicts[(i, "plan", j)] for j in range(len(texts))]
+            given = given_plan_scores(plan_answer, verdicts[(i, "same")], record_verdicts, by_plan)
+            values["given_plan"] = given
+            _count_given_plan(ctx.stats, given)
         _count(ctx.stats, values)
         ctx.stamp(record, values)
         yield record
@@ -485,6 +581,22 @@ def _count_plans(stats: Stats, plan: Mapping) -> None:
             stats.inc("plans_compared")
             stats.inc("plans_exact", sample["exact"])
             stats.inc("plans_exact_no_comments", sample["exact_no_comments"])
+
+
+# meta.score.given_plan.samples[j] -> the run's counter of such samples.
+GIVEN_PLAN_COUNTERS = {
+    "plan": "given_plan_followed_plan",
+    "prompt": "given_plan_followed_prompt",
+    "neither": "given_plan_neither",
+    "same": "given_plan_same",
+}
+
+
+def _count_given_plan(stats: Stats, given: Mapping) -> None:
+    """Counters of ``meta.score.given_plan``: all four (zeros too) once a record has one, none before."""
+    samples = given["samples"]
+    for verdict, counter in GIVEN_PLAN_COUNTERS.items():
+        stats.inc(counter, samples.count(verdict))
 
 
 def run_names(specs: Iterable[str]) -> list[tuple[str, str]]:

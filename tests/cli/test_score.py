@@ -211,3 +211,84 @@ def test_gold_plan_field_names_the_reference_plan(tmp_path, flags, compared):
     score = result.records()[0]["meta"]["score"]
     assert score["plan"]["samples"][0]["follows"] is True  # measured with or without a reference
     assert score["plan"].get("record", {}).get("exact") is (True if compared else None)
+
+
+# ------------------------------------------------------------------------------------- given plans
+
+
+def _given_plan_inputs(tmp_path):
+    from tests.lib.test_given_plan_score import counterfactual_records, plain_records
+
+    cases = counterfactual_records()
+    plain = plain_records()
+    mixed = [x for pair in zip(plain, [r for r, _v in cases], strict=False) for x in pair]
+    mixed += [r for r, _v in cases[len(plain) :]]
+    verdicts = [v for _r, vs in cases for v in vs]
+    return (
+        write_jsonl(tmp_path / "plain.jsonl", plain),
+        write_jsonl(tmp_path / "mixed.jsonl", mixed),
+        verdicts,
+    )
+
+
+def test_given_plan_counters_report_and_field_name(tmp_path):
+    _plain, mixed, verdicts = _given_plan_inputs(tmp_path)
+    stats, report = tmp_path / "stats.json", tmp_path / "r.json"
+    result = invoke(["score", "-i", str(mixed), "--plain", "--stats", str(stats), "--report", str(report)])
+    assert result.exit_code == 0, result.stderr
+    counters = json.loads(stats.read_text())["counters"]
+    assert counters["given_plan_followed_plan"] == verdicts.count("plan")
+    assert counters["given_plan_followed_prompt"] == verdicts.count("prompt")
+    assert counters["given_plan_neither"] == verdicts.count("neither")
+    assert counters["given_plan_same"] == verdicts.count("same")
+    given = json.loads(report.read_text())["runs"][0]["given_plan"]
+    assert given["n"] == len(verdicts) - verdicts.count("same")
+    assert given["plan"] == verdicts.count("plan") / given["n"]
+    assert "given plans" in result.stderr and "plan%" in result.stderr
+    scored = [r for r in result.records() if "plan_answer" in r]
+    assert scored and all("given_plan" in r["meta"]["score"] for r in scored)
+    # --plan-answer-field: another field; records without it get no given_plan.
+    other = invoke(["score", "-i", str(mixed), "--plain", "-q", "--plan-answer-field", "cf_answer"])
+    assert other.exit_code == 0 and all("given_plan" not in r["meta"]["score"] for r in other.records())
+
+
+def test_records_without_plan_answer_keep_their_bytes_and_report(tmp_path):
+    plain, mixed, _verdicts = _given_plan_inputs(tmp_path)
+    stats, report = tmp_path / "stats.json", tmp_path / "r.md"
+    alone = invoke(["score", "-i", str(plain), "--plain", "--stats", str(stats), "--report", str(report)])
+    assert alone.exit_code == 0, alone.stderr
+    assert "given" not in alone.stderr and "given" not in report.read_text()
+    assert not any(k.startswith("given_plan") for k in json.loads(stats.read_text())["counters"])
+    beside = invoke(["score", "-i", str(mixed), "--plain", "-q"])
+    plain_ids = {r["id"] for r in read_records(plain)}
+    kept = [line for line in beside.stdout.splitlines() if orjson.loads(line)["id"] in plain_ids]
+    assert kept == alone.stdout.splitlines()
+
+
+def test_resume_with_counterfactual_records(tmp_path):
+    _plain, mixed, verdicts = _given_plan_inputs(tmp_path)
+    out = tmp_path / "scored.jsonl"
+    assert invoke(["score", "-i", str(mixed), "-o", str(out), "-q"]).exit_code == 0
+    whole = out.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:3]) + lines[3][:12])  # a killed run
+    report = tmp_path / "r.json"
+    result = invoke(["score", "-i", str(mixed), "-o", str(out), "-q", "--report", str(report)])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(out.read_bytes().splitlines()) == sorted(whole.splitlines())
+    given = json.loads(report.read_text())["runs"][0]["given_plan"]
+    assert given["n"] == len(verdicts) - verdicts.count("same")  # the whole file, not this part
+    other = invoke(["score", "-i", str(mixed), "-o", str(out), "--plan-answer-field", "cf_answer"])
+    assert other.exit_code == 78 and "plan_answer_field" in other.stderr
+
+
+def test_compare_shows_the_given_plans_of_each_run(tmp_path):
+    plain, mixed, verdicts = _given_plan_inputs(tmp_path)
+    report = tmp_path / "c.json"
+    result = invoke(["score", "--compare", f"base={plain}", f"cf={mixed}", "--report", str(report)])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr[result.stderr.index("given plans") :].splitlines()
+    assert lines[1].split()[:2] == ["cf", str(len(verdicts) - verdicts.count("same"))]
+    assert not any(line.split()[:1] == ["base"] for line in lines)
+    runs = json.loads(report.read_text())["runs"]
+    assert "given_plan" not in runs[0] and runs[1]["given_plan"]["n"] == int(lines[1].split()[1])

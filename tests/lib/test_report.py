@@ -331,3 +331,103 @@ def test_plan_fields_of_the_wrong_type_are_named(plan, message):
 
     reason = score_type_error({"task": "t", "plan": plan})
     assert reason is not None and reason.startswith(message)
+
+
+# ------------------------------------------------------------------------------------- given plans
+
+
+def _given_plan_run(name: str) -> tuple:
+    """A run of counterfactual records (tests/lib/test_given_plan_score.py) beside plain ones, and the
+    expected verdicts per task and per (task, difficulty)."""
+    from tests.lib.test_given_plan_score import counterfactual_records, plain_records
+
+    cases = counterfactual_records()
+    scored = list(score_records([r for r, _v in cases] + plain_records(), ScoreConfig(workers=1)))
+    by_task: dict[str, list[str]] = {}
+    by_k: dict[tuple[str, str], list[str]] = {}
+    for record, verdicts in cases:
+        by_task.setdefault(record["task"], []).extend(verdicts)
+        by_k.setdefault((record["task"], str(record["difficulty"])), []).extend(verdicts)
+    return build_report(scored, name), by_task, by_k
+
+
+def _rates(verdicts: list[str]) -> dict:
+    counted = [v for v in verdicts if v != "same"]
+    n = len(counted)
+    return {"n": n, **{k: counted.count(k) / n if n else None for k in ("plan", "prompt", "neither")}}
+
+
+def test_given_plan_rates_per_run_task_and_difficulty(tmp_path):
+    run, by_task, by_k = _given_plan_run("cf")
+    d = run.to_dict()
+    assert d["given_plan"] == _rates([v for vs in by_task.values() for v in vs])
+    for task, verdicts in by_task.items():
+        assert d["tasks"][task]["given_plan"] == _rates(verdicts)
+    assert d["groups"]["synth"]["given_plan"] == d["given_plan"]  # every counterfactual is a synth task
+    assert "given_plan" not in d["tasks"]["gsm8k"]  # no record of it had a plan_answer
+    for (task, k), verdicts in by_k.items():
+        assert d["tasks"][task]["subtasks"]["difficulty"][k]["given_plan"] == _rates(verdicts)
+    write_json(tmp_path / "r.json", [run])
+    assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["given_plan"] == d["given_plan"]
+
+    def row(lines, label):
+        return next(line.split() for line in lines if line.split()[:1] == [label])
+
+    text = format_table(run)
+    lines = text[text.index("given plans") :].splitlines()
+    assert lines[0].split() == ["given", "plans", "n", "plan%", "prompt%", "neither%", "same"]
+    total = d["given_plan"]
+    assert row(lines, "cf")[1:5] == [
+        str(total["n"]),
+        *(f"{100 * total[k]:.1f}" for k in ("plan", "prompt", "neither")),
+    ]
+    arithmetic = d["tasks"]["synth/arithmetic"]["given_plan"]
+    assert row(lines, "synth/arithmetic")[1:3] == [str(arithmetic["n"]), f"{100 * arithmetic['plan']:.1f}"]
+    assert row(lines, "synth/arithmetic")[5] == str(by_task["synth/arithmetic"].count("same"))
+    assert "gsm8k" not in "\n".join(lines)
+    write_markdown(tmp_path / "r.md", [run])
+    md = (tmp_path / "r.md").read_text()
+    assert (
+        "### Given plans: cf" in md and "| run / task | counterfactual samples | follows the plan % |" in md
+    )
+    letters = d["tasks"]["synth/last_letter"]["given_plan"]
+    assert (
+        f"synth/last_letter | {letters['n']} | {100 * letters['plan']:.1f} | {100 * letters['prompt']:.1f} |"
+        in md
+    )
+
+
+def test_comparison_shows_given_plans_of_each_run(tmp_path):
+    cf = _given_plan_run("cf")[0]
+    plain = build_report(_planned_run("x", 100), "plain")
+    cmp = compare([plain, cf])
+    text = format_comparison(cmp)
+    lines = text[text.index("given plans") :].splitlines()
+    labels = [line.split()[0] for line in lines[1:-1]]
+    assert labels[0] == "cf" and "synth/arithmetic" in labels and "plain" not in labels
+    write_markdown(tmp_path / "c.md", cmp.runs, cmp)
+    md = (tmp_path / "c.md").read_text()
+    comparison_part = md[: md.index("## plain")]
+    assert "### Given plans\n" in comparison_part and f"| cf | {cf.to_dict()['given_plan']['n']} |" in md
+    assert md.count("### Given plans: ") == 1  # the per-run section of cf only
+    write_json(tmp_path / "c.json", cmp.runs, cmp)
+    runs = json.loads((tmp_path / "c.json").read_text())["runs"]
+    assert "given_plan" not in runs[0] and runs[1]["given_plan"] == cf.to_dict()["given_plan"]
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ([], "meta.score.given_plan is a list, not an object"),
+        ({"samples": "plan"}, "meta.score.given_plan.samples is a string, not a list"),
+        (
+            {"samples": ["plan", "maybe"]},
+            "meta.score.given_plan.samples[1] is 'maybe', not one of plan, prompt",
+        ),
+    ],
+)
+def test_given_plan_fields_of_the_wrong_type_are_named(given, message):
+    from codeplan_tools.eval.report import score_type_error
+
+    reason = score_type_error({"task": "t", "given_plan": given})
+    assert reason is not None and reason.startswith(message)
