@@ -16,21 +16,14 @@ FLAGS: dict[str, o.Flag | None] = {
     "model": Flag("--model", "-m", metavar="DIR"),
     "data": Flag("--data", "-i", metavar="FILE"),
     "out": Flag("--out", "-o", metavar="DIR"),
-    "nproc": Flag(min=1),
-    "lr": Flag(min=0.0),
-    "warmup_ratio": Flag(min=0.0, max=1.0),
-    "min_lr_ratio": Flag(min=0.0, max=1.0),
-    "weight_decay": Flag(min=0.0),
     "betas": None,  # library only
-    "max_grad_norm": Flag(min=0.0),
-    "micro_batch": Flag(min=1),
-    "grad_accum": Flag(min=1),
-    "epochs": Flag(min=0.0),
-    "max_steps": Flag(min=0),
-    "save_every": Flag(min=0),
-    "keep_checkpoints": Flag(min=1),
-    "log_every": Flag(min=1),
     "tensorboard": Flag(metavar="DIR"),
+    # Bounds, by kind of value: counts of at least 1, counts where 0 has a meaning (see their help),
+    # non-negative numbers and fractions.
+    **dict.fromkeys(("nproc", "micro_batch", "grad_accum", "keep_checkpoints", "log_every"), Flag(min=1)),
+    **dict.fromkeys(("max_steps", "save_every", "export_every"), Flag(min=0)),
+    **dict.fromkeys(("lr", "weight_decay", "max_grad_norm", "epochs"), Flag(min=0.0)),
+    **dict.fromkeys(("warmup_ratio", "min_lr_ratio"), Flag(min=0.0, max=1.0)),
 }
 
 

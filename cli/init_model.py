@@ -14,12 +14,10 @@ from codeplan_tools.tools.init_model import InitModelConfig
 
 Flag = o.Flag
 FLAGS: dict[str, o.Flag | None] = {
-    "hidden_size": Flag(min=1),
-    "layers": Flag(min=1),
-    "heads": Flag(min=1),
-    "kv_heads": Flag(min=1),
-    "head_dim": Flag(min=1),
-    "intermediate_size": Flag(min=1),
+    # Every size is at least 1.
+    **dict.fromkeys(
+        ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate_size"), Flag(min=1)
+    ),
     "max_len": Flag(min=1, old=("--max-position-embeddings",)),
     "vocab_size": Flag(min=264),
     "corpus": Flag(metavar="FILE"),

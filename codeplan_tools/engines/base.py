@@ -40,7 +40,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 FINISH_STOP = "stop"
@@ -157,6 +157,48 @@ def too_long_error(tokens_in: int, context: int) -> str:
 
 
 # -- helpers shared by the local engines (hf, vllm); they take a Hugging Face tokenizer ------------
+
+
+class LocalEngine:
+    """What the engines that tokenize here (hf, vllm) share around their own :meth:`sample`: prompt
+    ids (:class:`PromptTokenizer`), stop rules (:class:`StopRules`), the per-request checks
+    (:func:`start_result`), and a greedy request's ``n`` samples as copies of one.
+
+    A subclass sets ``name`` and ``context`` (the model's context length), calls
+    :meth:`use_tokenizer` once it has its tokenizer, and implements :meth:`sample`, which sees only
+    the prompts that can be generated from."""
+
+    name = ""
+    uses_prompt_token_ids = True
+    context: int
+
+    def use_tokenizer(self, tokenizer: Any, extra_eos: int | list[int] | None) -> None:
+        """Prompt ids and stop rules by ``tokenizer``; ``extra_eos``: the generation config's EOS ids."""
+        self.tokenizer = tokenizer
+        self._eos = extra_eos
+        self._stop_rules = StopRules(tokenizer, extra_eos)
+        self._prompt_ids = PromptTokenizer(tokenizer)
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        ids = self._prompt_ids(requests)
+        results = [start_result(req, x, self.context) for req, x in zip(requests, ids, strict=True)]
+        todo = [(i, x) for i, (res, x) in enumerate(zip(results, ids, strict=True)) if not res.error and x]
+        sampled = self.sample([(requests[i], x) for i, x in todo])
+        for (i, _), completions in zip(todo, sampled, strict=True):
+            req = requests[i]
+            if req.greedy and req.n > 1 and completions:  # identical samples: each reported with its seed
+                completions = [replace(completions[0], seed=sample_seed(req.seed, j)) for j in range(req.n)]
+            results[i].completions = completions
+        return results
+
+    def sample(self, prompts: list[tuple[Request, list[int]]]) -> list[list[Completion]]:
+        """The completions of each (request, its prompt ids), in order: sample ``j`` drawn with
+        ``sample_seed(request.seed, j)``; one sample for a greedy request."""
+        raise NotImplementedError
+
+    def max_new_tokens(self, request: Request, ids: list[int]) -> int:
+        """The tokens a sample may add: ``max_tokens``, within what is left of the context."""
+        return min(request.max_tokens, self.context - len(ids))
 
 
 def start_result(request: Request, ids: list[int] | None, context: int) -> Result:

@@ -21,12 +21,9 @@ from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
     Completion,
-    PromptTokenizer,
+    LocalEngine,
     Request,
-    Result,
-    StopRules,
     sample_seed,
-    start_result,
     truncate_at_stop,
 )
 from codeplan_tools.engines.spec import Dtype
@@ -54,9 +51,8 @@ def _torch_dtype(torch, dtype: Dtype, device: str):
 
 
 @register("hf")
-class HFEngine:
+class HFEngine(LocalEngine):
     name = "hf"
-    uses_prompt_token_ids = True
 
     def __init__(
         self,
@@ -76,7 +72,7 @@ class HFEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = _torch_dtype(torch, dtype, self.device)
         self.batch_size = max(1, int(batch_size))
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+        tok = transformers.AutoTokenizer.from_pretrained(
             tokenizer or self.model_path, trust_remote_code=trust_remote_code
         )
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -86,13 +82,10 @@ class HFEngine:
         self.context = int(
             max_model_len or getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30
         )
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        self._eos = gen_eos
-        self._stop_rules = StopRules(self.tokenizer, gen_eos)
-        self._prompt_ids = PromptTokenizer(self.tokenizer)
-        pad = self.tokenizer.pad_token_id
+        self.use_tokenizer(tok, getattr(self.model.generation_config, "eos_token_id", None))
+        pad = tok.pad_token_id
         if pad is None:
-            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+            pad = tok.eos_token_id if tok.eos_token_id is not None else 0
         self._pad = int(pad)
 
     def describe(self) -> dict:
@@ -107,37 +100,21 @@ class HFEngine:
         }
 
     # -- generation ------------------------------------------------------------------------------
-    def generate(self, requests: list[Request]) -> list[Result]:
-        results: list[Result] = []
+    def sample(self, prompts: list[tuple[Request, list[int]]]) -> list[list[Completion]]:
         rows: list[_Row] = []
-        for ri, (req, ids) in enumerate(zip(requests, self._prompt_ids(requests), strict=True)):
-            res = start_result(req, ids, self.context)
-            results.append(res)
-            if res.error or ids is None:  # (ids is None only with an error)
-                continue
-            limit = min(req.max_tokens, self.context - len(ids))
+        for pi, (req, ids) in enumerate(prompts):
             stops, tstops = self._stop_rules(req)
-            samples = 1 if req.greedy else req.n
-            for j in range(samples):
-                rows.append(_Row(ri, j, ids, req, sample_seed(req.seed, j), limit, stops, tstops))
-        rows.sort(key=lambda r: len(r.ids))
+            limit = self.max_new_tokens(req, ids)
+            for j in range(1 if req.greedy else req.n):
+                rows.append(_Row(pi, j, ids, req, sample_seed(req.seed, j), limit, stops, tstops))
+        rows.sort(key=lambda r: len(r.ids))  # batches of similar lengths pad less
         for start in range(0, len(rows), self.batch_size):
             self._run_batch(rows[start : start + self.batch_size])
-        by_request: dict[int, list[_Row]] = {}
-        for row in rows:
-            by_request.setdefault(row.request_index, []).append(row)
-        for ri, req in enumerate(requests):
-            done = sorted(by_request.get(ri, []), key=lambda r: r.sample)
-            if results[ri].error is not None:
-                continue
-            comps = [row.completion for row in done if row.completion is not None]
-            if req.greedy and req.n > 1:  # greedy samples are identical: report each with its seed
-                comps = [
-                    Completion(c.text, c.finish_reason, c.tokens_out, sample_seed(req.seed, j), c.token_ids)
-                    for j, c in enumerate(comps * req.n)
-                ]
-            results[ri].completions = comps
-        return results
+        done: list[list[Completion]] = [[] for _ in prompts]
+        for row in sorted(rows, key=lambda r: (r.request_index, r.sample)):
+            if row.completion is not None:
+                done[row.request_index].append(row.completion)
+        return done
 
     def _run_batch(self, batch: list[_Row]) -> None:
         torch = self._torch

@@ -29,20 +29,16 @@ from codeplan_tools.engines.base import (
     FINISH_LENGTH,
     FINISH_STOP,
     Completion,
-    PromptTokenizer,
+    LocalEngine,
     Request,
-    Result,
-    StopRules,
     sample_seed,
-    start_result,
 )
 from codeplan_tools.engines.spec import Dtype
 
 
 @register("vllm")
-class VLLMEngine:
+class VLLMEngine(LocalEngine):
     name = "vllm"
-    uses_prompt_token_ids = True
 
     def __init__(
         self,
@@ -98,7 +94,6 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         self._TokensPrompt = TokensPrompt
-        self.tokenizer = llm.get_tokenizer()
         model_config = llm.llm_engine.model_config
         self.context = int(model_config.max_model_len)
         self.dtype_used = str(getattr(model_config, "dtype", dtype)).removeprefix("torch.")
@@ -106,9 +101,7 @@ class VLLMEngine:
             gen_eos = model_config.try_get_generation_config().get("eos_token_id")
         except Exception:  # older/newer vLLM without this helper: vLLM adds them itself anyway
             gen_eos = None
-        self._eos = gen_eos
-        self._stop_rules = StopRules(self.tokenizer, gen_eos)
-        self._prompt_ids = PromptTokenizer(self.tokenizer)
+        self.use_tokenizer(llm.get_tokenizer(), gen_eos)
         self._params: dict[tuple, Any] = {}
 
     def close(self) -> None:
@@ -131,41 +124,28 @@ class VLLMEngine:
             "vllm": vllm.__version__,
         }
 
-    def generate(self, requests: list[Request]) -> list[Result]:
-        results: list[Result] = []
-        prompts, params, owners = [], [], []
-        token_ids = self._prompt_ids(requests)
-        for ri, (req, ids) in enumerate(zip(requests, token_ids, strict=True)):
-            res = start_result(req, ids, self.context)
-            results.append(res)
-            if res.error or ids is None:  # (ids is None only with an error)
-                continue
+    def sample(self, prompts: list[tuple[Request, list[int]]]) -> list[list[Completion]]:
+        token_prompts, params, owners = [], [], []
+        for pi, (req, ids) in enumerate(prompts):
             prompt = self._TokensPrompt(prompt_token_ids=ids)
             for j in range(1 if req.greedy else req.n):
-                prompts.append(prompt)
-                params.append(self._sampling_params(req, j, min(req.max_tokens, self.context - len(ids))))
-                owners.append((ri, j))
-        outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm) if prompts else []
-        for (ri, j), out in zip(owners, outputs, strict=True):
+                token_prompts.append(prompt)
+                params.append(self._sampling_params(req, j, self.max_new_tokens(req, ids)))
+                owners.append((pi, j))
+        outputs = self.llm.generate(token_prompts, params, use_tqdm=self.use_tqdm) if token_prompts else []
+        done: list[list[Completion]] = [[] for _ in prompts]
+        for (pi, j), out in zip(owners, outputs, strict=True):
             o = out.outputs[0]
-            reason = FINISH_STOP if o.finish_reason == "stop" else FINISH_LENGTH
-            results[ri].completions.append(
+            done[pi].append(
                 Completion(
                     text=o.text,
-                    finish_reason=reason,
+                    finish_reason=FINISH_STOP if o.finish_reason == "stop" else FINISH_LENGTH,
                     tokens_out=len(o.token_ids),
-                    seed=sample_seed(requests[ri].seed, j),
+                    seed=sample_seed(prompts[pi][0].seed, j),
                     token_ids=list(o.token_ids),
                 )
             )
-        for req, res in zip(requests, results, strict=True):
-            if req.greedy and req.n > 1 and res.completions:
-                c = res.completions[0]
-                res.completions = [
-                    Completion(c.text, c.finish_reason, c.tokens_out, sample_seed(req.seed, j), c.token_ids)
-                    for j in range(req.n)
-                ]
-        return results
+        return done
 
     def _sampling_params(self, req: Request, j: int, max_tokens: int):
         """vLLM's SamplingParams of sample ``j``. A greedy sample needs no seed, and without one vLLM

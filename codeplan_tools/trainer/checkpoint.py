@@ -1,4 +1,5 @@
-"""Sharded DCP checkpoints, written atomically, newest kept; the checkpointer decides when to save.
+"""Sharded DCP checkpoints, written atomically, newest kept; the checkpointer decides when to save
+(and when the trainer exports an intermediate model: ``should_export``, ``--export-every``).
 
 Layout under ``<out>/checkpoints/``: ``step-00000040/`` holds the DCP shards of the model and the
 optimizer (one file per rank, as ``torch.distributed.checkpoint`` writes them, plus ``.metadata``)
@@ -36,6 +37,11 @@ class Checkpointer:
         if force or last:
             return True
         return self.config.save_every > 0 and step % self.config.save_every == 0
+
+    def should_export(self, step: int, *, last: bool = False) -> bool:
+        """An intermediate export (``--export-every``) at ``step``; the last step's export is the final one."""
+        every = self.config.export_every
+        return not last and step > 0 and every > 0 and step % every == 0
 
     # -- where ---------------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[int, Path]]:

@@ -55,12 +55,17 @@ class LoaderConfig:
 
 @dataclass(kw_only=True)
 class CheckpointConfig:
-    """When sharded checkpoints are written and how many are kept (``checkpoint.Checkpointer``)."""
+    """When sharded checkpoints are written and how many are kept, and when the model is exported
+    before the end (``checkpoint.Checkpointer``)."""
 
     save_every: int = 100
     """Write a sharded checkpoint every N steps (0: only at the end and on SIGTERM)."""
     keep_checkpoints: int = 1
     """Newest checkpoints kept."""
+    export_every: int = 0
+    """Also export the model every N steps as a complete Hugging Face folder OUT/step-NNNNNN (e.g.
+    OUT/step-000500, loadable by codeplan generate -m) besides the final export into OUT; not at the
+    last step. A resumed run keeps the exports already complete. 0: none."""
 
 
 @dataclass(kw_only=True)

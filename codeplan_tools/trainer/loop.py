@@ -2,9 +2,18 @@
 
 ``Trainer.train()`` reads like the algorithm: resume from the newest checkpoint, then for each step
 ``train_step`` (gradient accumulation over the micro-batches, one optimizer update),
-``metrics.log`` and ``checkpointer.maybe_save``; a stop request (SIGTERM, e.g. SLURM preemption or
-``scontrol requeue``) saves and returns; the end exports a Hugging Face folder. Components own
-their timing (``Checkpointer.should_save``, ``Metrics.should_log``).
+``metrics.log``, ``maybe_export`` and ``checkpointer.maybe_save``; a stop request (SIGTERM, e.g. SLURM
+preemption or ``scontrol requeue``) saves and returns; the end exports a Hugging Face folder into
+``<out>/``. Components own their timing (``Checkpointer.should_save`` and ``should_export``,
+``Metrics.should_log``).
+
+Intermediate exports (``--export-every N``): every N steps but the last, the model is also exported
+as a complete Hugging Face folder ``<out>/step-NNNNNN/`` by the same writer as the final export
+(``export.export_model``: a collective every rank calls, rank 0 writes, ``codeplan.json`` last with the
+run key and step), so ``codeplan generate -m <out>/step-000500`` loads it. None is deleted. It is
+written before that step's checkpoint: a run killed in between redoes the step after resuming and
+finds the export complete. A resumed run does not rewrite an export whose ``codeplan.json`` names
+this run and step (rank 0 decides, every rank follows); an incomplete one is written again.
 
 Loss normalisation: the loss of a step is the sum of the token losses of every micro-batch on
 every rank divided by the number of loss tokens in that whole window (counted up front and
@@ -229,6 +238,7 @@ class Trainer:
             values = self.train_step()
             last = self.step == self.total_steps
             self.metrics.log(self.step, last=last, **values)
+            self.maybe_export(last=last)
             stop = self.stop_requested()
             self.checkpointer.maybe_save(
                 self.step, self.model, self.optimizer, self.extra_state(), last=last, force=stop
@@ -298,16 +308,30 @@ class Trainer:
             "loss_tokens": int(n_loss_tokens),
         }
 
-    # -- the end -------------------------------------------------------------------------------
-    def exported(self) -> bool:
-        """True when ``<out>`` holds this run's export of the current step (codeplan.json is written last)."""
-        path = self.out / "codeplan.json"
+    # -- exports -------------------------------------------------------------------------------
+    def maybe_export(self, *, last: bool) -> None:
+        """``--export-every``: the model of this step into ``<out>/step-NNNNNN/``, unless already there."""
+        if not self.checkpointer.should_export(self.step, last=last):
+            return
+        folder = self.out / f"step-{self.step:06d}"
+        # Every rank must agree (export_model is a collective); rank 0, which writes, decides.
+        done = self.info.is_main and self.exported(folder)
+        if distributed.all_reduce_max(float(done), self.device) > 0:
+            log(f"{folder} already holds the model of step {self.step}; kept", self.info)
+            return
+        self.export(folder)
+
+    def exported(self, folder: Path | None = None) -> bool:
+        """True when ``folder`` (default ``<out>``) holds this run's export of the current step
+        (codeplan.json is written last)."""
+        path = (folder or self.out) / "codeplan.json"
         if not path.is_file():
             return False
         info = json.loads(path.read_text())
         return info.get("run_key") == self.run_key and info.get("step") == self.step
 
-    def export(self) -> Path | None:
+    def export(self, folder: Path | None = None) -> Path | None:
+        """Export the model of this step into ``folder`` (default ``<out>``; every rank calls it)."""
         import torch
 
         from .export import export_model
@@ -326,7 +350,7 @@ class Trainer:
         }
         path = export_model(
             self.model,
-            self.out,
+            folder or self.out,
             tokenizer=self.tokenizer,
             tokenizer_src=self.config.model,
             end_token_id=info["end_token_id"],

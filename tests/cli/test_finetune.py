@@ -44,6 +44,7 @@ def finetune_args(model, packs, out, steps=12) -> list[str]:
     return [
         "finetune", "--model", str(model), "--data", str(packs), "--out", str(out), "--nproc", "2",
         "--max-steps", str(steps), "--grad-accum", "2", "--lr", "3e-3", "--warmup-steps", "2", "--save-every", "4",
+        "--export-every", "8",
     ]  # fmt: skip
 
 
@@ -77,6 +78,8 @@ def test_two_processes_train_and_resume_exactly_after_kill_and_sigterm(tiny_mode
     losses = [d["loss"] for d in ref]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses  # the loss goes down
     assert (ref_out / "model.safetensors").is_file() and (ref_out / "checkpoints" / "step-00000012").is_dir()
+    # --export-every 8 on two ranks: the export collective in the middle of the run.
+    assert json.loads((ref_out / "step-000008" / "codeplan.json").read_text())["step"] == 8
 
     # The same run killed hard after the step-4 checkpoint, then re-run and stopped by SIGTERM.
     out, blog = tmp_path / "b", tmp_path / "b.log"
@@ -128,6 +131,56 @@ def test_run_with_other_settings_on_the_same_out_is_refused(tiny_model, gsm_pack
     assert again.stdout == b""
     other = invoke([*base, "--lr", "1e-3"])
     assert other.exit_code == 78 and "other settings" in other.stderr and "lr" in other.stderr
+
+
+def test_export_every_writes_loadable_models_of_those_steps_and_a_resume_keeps_them(
+    tiny_model, gsm_packs, tmp_path
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "o"
+    args = ["finetune", "--model", str(tiny_model), "--data", str(gsm_packs), "--out", str(out), "--lr", "3e-3",
+            "--max-steps", "4", "--export-every", "2", "--save-every", "1", "--keep-checkpoints", "4"]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 0, result.stderr
+    step2 = out / "step-000002"
+    assert sorted(p.name for p in out.glob("step-*")) == [step2.name]  # the last step's export is OUT
+    mid, end = (json.loads((d / "codeplan.json").read_text()) for d in (step2, out))
+    assert mid["step"] == 2 and end["step"] == 4 and mid["run_key"] == end["run_key"]
+    # The same files as the final export (the run's own bookkeeping aside).
+    assert {p.name for p in step2.iterdir()} == {
+        p.name for p in out.iterdir() if p.is_file() and p.name != "run.json"
+    }
+    mid_model, end_model = (AutoModelForCausalLM.from_pretrained(d) for d in (step2, out))
+    mid_weights, end_weights = mid_model.state_dict(), end_model.state_dict()
+    assert mid_weights.keys() == end_weights.keys()
+    assert any(not torch.equal(mid_weights[k], end_weights[k]) for k in mid_weights)
+
+    def resume_from_step_1() -> str:
+        """Re-run the command as if killed after step 1: it trains steps 2 to 4 again."""
+        for ckpt in (out / "checkpoints").glob("step-*"):
+            if ckpt.name != "step-00000001":
+                shutil.rmtree(ckpt)
+        (out / "codeplan.json").unlink()
+        again = invoke(args)
+        assert again.exit_code == 0 and "resumed from step 1" in again.stderr, again.stderr
+        return again.stderr
+
+    written = {p.name: p.stat().st_mtime_ns for p in step2.iterdir()}
+    assert "already holds the model of step 2" in resume_from_step_1()
+    assert {p.name: p.stat().st_mtime_ns for p in step2.iterdir()} == written  # not rewritten
+    (step2 / "codeplan.json").unlink()  # an export cut short: written again
+    assert f"exported the model to {step2} (step 2)" in resume_from_step_1()
+    assert json.loads((step2 / "codeplan.json").read_text()) == mid
+
+
+def test_export_every_0_exports_only_the_final_model(tiny_model, gsm_packs, tmp_path):
+    out = tmp_path / "o"
+    result = invoke(["finetune", "--model", str(tiny_model), "--data", str(gsm_packs), "--out", str(out),
+                     "--max-steps", "2", "--save-every", "0", "--export-every", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (out / "codeplan.json").is_file() and not list(out.glob("step-*"))
 
 
 MEMO = [(12, 7), (30, 45), (8, 9), (61, 22)]

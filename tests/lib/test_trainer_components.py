@@ -153,6 +153,13 @@ def test_checkpointer_decides_when_and_ignores_unfinished_saves(tmp_path):
     assert ck_none.latest() is None
 
 
+def test_export_every_n_steps_but_not_the_last_and_never_when_off(tmp_path):
+    ck = Checkpointer(tmp_path, CheckpointConfig(export_every=3), is_main=True)
+    assert [s for s in range(0, 10) if ck.should_export(s, last=s == 9)] == [3, 6]  # 9: the final export
+    off = Checkpointer(tmp_path, CheckpointConfig(), is_main=True)
+    assert CheckpointConfig().export_every == 0 and not any(off.should_export(s) for s in range(1, 100))
+
+
 # -- metrics ----------------------------------------------------------------------------------
 def test_metrics_line_and_peak_table():
     names = [k for k, _ in PEAK_BF16_FLOPS]
