@@ -1,6 +1,8 @@
 # The two set-up commands of the README:
 #   make quickstart   the whole CodePlan pipeline on a tiny model, on a CPU
 #   make test         lint (ruff, ruff format, mypy) and the whole test suite: the CI command
+# the study behind the README's miniature tables:
+#   make miniature    can the pipeline detect a plan effect, and does a CodePlan-style plan help? (~50 min)
 # and the daily loop:
 #   make test-fast    the tests but the SLURM, vLLM and slow ones, on two workers (< 3 min)
 # All create (or reuse) the virtual environment at .venv.
@@ -12,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv test test-fast lint quickstart docs bench clean-venv
+.PHONY: venv test test-fast lint quickstart miniature docs bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +45,11 @@ test-fast: venv
 
 quickstart: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/quickstart.sh
+
+# The miniature (examples/miniature.py): can the pipeline detect a plan effect, and does a CodePlan-style
+# plan help a tiny student? About 50 min on 2 cores; re-run to resume; report in miniature-out/report.md.
+miniature: venv
+	$(PY) examples/miniature.py
 
 docs: venv
 	$(PY) -m codeplan_cli.docs
