@@ -627,18 +627,23 @@ def report(
 
     # 4. Data size.
     md += ["", "## 4. Data size (the paper's data-efficiency claim), `synth/nest`", ""]
-    rows, size_json = [], {}
+    rows, size_json, size_by_k = [], {}, {}
     for label, fraction in [*FRACTIONS.items(), ("100%", 1.0)]:
-        cells = []
+        n = round(scale.nest_train * fraction)
         for arm in SIZE_ARMS:
             name = arm if fraction == 1.0 else f"{arm}@{label}"
             vals = by_seed(name, "nest-test")
-            cells.append(spread(vals))
+            per_k = {k: by_seed(name, "nest-test", lambda row, k=k: row["difficulty"] == k) for k in ks}
+            novel = by_seed(name, "nest-novel")
             size_json.setdefault(arm, {})[label] = vals
-        n = round(scale.nest_train * fraction)
-        rows.append([label, str(n), *cells])
-    md.append(table(["pairs", "n", *SIZE_ARMS], rows))
+            size_by_k.setdefault(arm, {})[label] = {
+                "per_k": {str(k): v for k, v in per_k.items()},
+                "novel": novel,
+            }
+            rows.append([label, str(n), arm, spread(vals), *[spread(per_k[k]) for k in ks], spread(novel)])
+    md.append(table(["pairs", "n", "arm", "all k", *[f"k={k}" for k in ks], "novel compositions"], rows))
     data["data_size"] = size_json
+    data["data_size_by_difficulty"] = size_by_k
 
     md += [
         "",
