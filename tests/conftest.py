@@ -17,6 +17,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+# Property tests (hypothesis) draw the same examples on every run, so the suite gives one verdict for
+# one commit; HYPOTHESIS_PROFILE=explore draws new ones (what to run when hunting for cases).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("reproducible", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
+
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.slurm",

@@ -315,6 +315,14 @@ class _Compressed:
                 return False
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _leading_junk(src: _Compressed) -> int:
     """For an input with no magic number at its start: where a zstd, gzip or xz unit starts in its
     first KiB after bytes that are not JSON (-1: none, it is plain JSON Lines).
@@ -333,7 +341,9 @@ def _leading_junk(src: _Compressed) -> int:
         i = probe.find(fmt.find)
         while i >= 0 and not fmt.starts(probe[i : i + fmt.head]):
             i = probe.find(fmt.find, i + 1)
-        if i >= 0 and b"{" not in probe[:i]:
+        # Bytes before it are junk unless they could be JSON text ('{' in valid UTF-8): random bytes
+        # may hold a '{' (a property test found 'A\x9f{*...').
+        if i >= 0 and (b"{" not in probe[:i] or not _is_utf8(probe[:i])):
             starts.append(i)
     return min(starts, default=-1)
 
