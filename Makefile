@@ -14,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv test test-fast lint quickstart miniature docs bench clean-venv
+.PHONY: venv test test-fast lint quickstart miniature docs bench gpu-check gpu-check-smoke clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ miniature: venv
 
 docs: venv
 	$(PY) -m codeplan_cli.docs
+
+# The prepared one-GPU check (<= 8 min on one H100/H200; bench/gpu_check.py says what it prints), and the
+# same script on a tiny model on CPU (the test suite runs it too).
+gpu-check:
+	bench/gpu_check.sh
+gpu-check-smoke: venv
+	OMP_NUM_THREADS=1 bench/gpu_check.sh --cpu-smoke
 
 bench: venv
 	$(PY) bench/filter_bench.py

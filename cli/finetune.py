@@ -18,11 +18,13 @@ FLAGS: dict[str, o.Flag | None] = {
     "out": Flag("--out", "-o", metavar="DIR"),
     "betas": None,  # library only
     "tensorboard": Flag(metavar="DIR"),
+    "lora_targets": Flag(metavar="NAME"),
     # Bounds, by kind of value: counts of at least 1, counts where 0 has a meaning (see their help),
     # non-negative numbers and fractions.
     **dict.fromkeys(("nproc", "micro_batch", "grad_accum", "keep_checkpoints", "log_every"), Flag(min=1)),
-    **dict.fromkeys(("max_steps", "save_every", "export_every"), Flag(min=0)),
-    **dict.fromkeys(("lr", "weight_decay", "max_grad_norm", "epochs"), Flag(min=0.0)),
+    **dict.fromkeys(("max_steps", "save_every", "export_every", "lora_r"), Flag(min=0)),
+    **dict.fromkeys(("lr", "weight_decay", "max_grad_norm", "epochs", "lora_alpha"), Flag(min=0.0)),
+    "lora_dropout": Flag(min=0.0, max=1.0),  # 1 is refused by LoraConfig.validate
     **dict.fromkeys(("warmup_ratio", "min_lr_ratio"), Flag(min=0.0, max=1.0)),
 }
 
@@ -38,7 +40,8 @@ def finetune_command(config: FinetuneConfig) -> None:
     again resumes. stdout gets one JSON line per logged step: step, loss, lr, grad_norm,
     tokens_per_s, mfu (null when the device's peak is unknown, e.g. on CPU), peak_mem_gib; with
     --tensorboard DIR the same values also go to TensorBoard. Packs made for another tokenizer are
-    refused.
+    refused. With --lora-r R only LoRA adapters train (peft, pip install 'codeplan[lora]'); the export
+    is the merged model, or with --export adapter the adapter folder alone.
 
     Example: codeplan finetune --model base/ --data packs.jsonl.zst --out ckpt/ --nproc 2 --lr 1e-4 > metrics.jsonl
     """

@@ -7,14 +7,21 @@ of the Hugging Face model:
 - ``flash_attention_2`` / ``flash_attention_3`` (GPU, flash-attn installed): variable-length kernels.
   The batch is flattened into one row and the explicit sequence lengths become ``cu_seq_lens_q/k``
   (plus ``position_ids`` restarting per example), so no mask is materialised.
+- ``flex_attention`` (GPU, no flash-attn needed): ``torch.nn.attention.flex_attention`` with a
+  document-causal ``BlockMask`` built from the segment ids of the packs (the torchtitan/torchtune
+  approach: query i sees key j iff j <= i and both are in one example). The mask is block-sparse, so
+  the kernel skips the blocks of other examples instead of computing and masking them. transformers
+  takes a ``BlockMask`` as ``attention_mask`` and uses it as given (``_preprocess_mask_arguments``
+  returns any 4-D mask unchanged; read in 5.17, 5.19 and 5.23) and compiles flex_attention itself. flex has no CPU backward in this torch, so
+  training with it needs a GPU; its forward is tested on CPU against each example run alone.
 - ``sdpa``: a boolean block-diagonal causal mask of shape (batch, 1, L, L) passed as
   ``attention_mask``. transformers uses a 4-D mask as given (checked on 5.17-5.23 and 4.5x); the
-  equality test in ``tests/lib/test_trainer_attention.py`` guards this.
+  equality test in ``tests/lib/test_trainer_attention.py`` guards this. The CPU path. (On a GPU a
+  dense mask rules out SDPA's flash kernel: that is what flex is for.)
 - ``eager``: the same mask as additive floats (0 / dtype min).
 
 Padding at the end of a row is its own block (causal inside), so no row of the mask is empty and no
-NaN appears; pad tokens carry no loss. ``flex_attention`` is not offered: it has no CPU backward, and
-the SDPA mask is exact.
+NaN appears; pad tokens carry no loss.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .config import Attention
 CONFINED = {
     "flash_attention_2": "varlen",
     "flash_attention_3": "varlen",
+    "flex_attention": "blockmask",
     "sdpa": "mask",
     "eager": "mask",
 }
@@ -47,15 +55,24 @@ def choose(requested: str, device_type: str) -> str:
     if requested not in get_args(Attention):
         raise UsageError(f"--attention must be one of {', '.join(get_args(Attention))}, not {requested!r}")
     if requested == "auto":
-        return "flash_attention_2" if device_type == "cuda" and flash_available() else "sdpa"
+        if device_type != "cuda":
+            return "sdpa"
+        return "flash_attention_2" if flash_available() else "flex_attention"
     if requested == "flash":
         if device_type != "cuda":
             raise UsageError("--attention flash needs a GPU; use sdpa on CPU")
         if not flash_available():
             raise MissingDependency(
-                "flash-attn is not installed; pip install flash-attn, or use --attention sdpa"
+                "flash-attn is not installed; pip install flash-attn, or use --attention flex"
             )
         return "flash_attention_2"
+    if requested == "flex":
+        if device_type != "cuda":
+            # Measured on torch 2.13 CPU: "FlexAttention does not support backward on CPU".
+            raise UsageError(
+                "--attention flex needs a GPU (flex_attention has no CPU backward); use sdpa on CPU"
+            )
+        return "flex_attention"
     return requested
 
 
@@ -101,6 +118,21 @@ def block_causal_mask(seg, *, dtype=None):
     return out.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
+def document_causal_block_mask(seg):
+    """A flex_attention ``BlockMask`` over (batch, L) segment ids: causal, and only within a segment.
+
+    Built for every head at once (``H=None``). Blocks (128 x 128 by default) that lie wholly in
+    another example are marked empty and skipped by the kernel; L need not be a multiple of 128.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def document_causal(batch, head, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (seg[batch, q_idx] == seg[batch, kv_idx])
+
+    batch, length = seg.shape
+    return create_block_mask(document_causal, batch, None, length, length, device=seg.device)
+
+
 def model_inputs(
     input_ids, position_ids, seq_lens: list[list[int]], attn_implementation: str, *, float_dtype=None
 ):
@@ -130,5 +162,11 @@ def model_inputs(
             "max_length_k": max(lens),
         }
     seg = segment_ids(seq_lens, length).to(input_ids.device)
+    if mode == "blockmask":
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": document_causal_block_mask(seg),
+        }
     mask = block_causal_mask(seg, dtype=float_dtype if attn_implementation == "eager" else None)
     return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask}

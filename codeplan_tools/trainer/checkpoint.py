@@ -8,6 +8,11 @@ and ``trainer.json`` (step, schedule, data layout, run key). A checkpoint is fir
 rename it to ``step-N/``. A crash mid-save therefore never leaves something that looks complete, and
 ``latest()`` ignores ``*.tmp``. All ranks must see the same folder (a shared file system on
 multi-node jobs).
+
+Only trainable parameters are saved (``state_options``: frozen ones are left out, with their
+optimizer state, which they do not have): a LoRA checkpoint holds the adapters and their AdamW
+moments, and a resume takes the frozen base from ``--model``. Full fine-tuning trains everything, so
+its checkpoints hold the whole model as before.
 """
 
 from __future__ import annotations
@@ -22,6 +27,37 @@ from . import distributed
 from .config import CheckpointConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def state_options(*, load: bool = False):
+    """DCP state-dict options: frozen parameters left out; on load, not strict about them (``load``
+    checks itself that only frozen parameters were missing)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=not load)
+
+
+def state_key(name: str) -> str:
+    """The state-dict key of a parameter or module name: without activation checkpointing's wrapper."""
+    return name.replace("_checkpoint_wrapped_module.", "")
+
+
+def frozen_keys(model) -> set[str]:
+    """State-dict keys of the parameters that do not require grad, tied copies included
+    (``ignore_frozen_params`` drops a tied embedding once, and its ``lm_head.weight`` twin stays)."""
+    return {
+        state_key(name) for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
+    }
+
+
+def trainable_state_dict(model, optimizer) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts of the trainable parameters (sharded: what DCP saves)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=state_options())
+    for key in frozen_keys(model):
+        model_sd.pop(key, None)
+    return model_sd, optim_sd
 
 
 class Checkpointer:
@@ -71,7 +107,6 @@ class Checkpointer:
 
     def save(self, step: int, model, optimizer, extra: dict) -> Path:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
         final = self.folder / f"step-{step:08d}"
         tmp = self.folder / f"step-{step:08d}.tmp"
@@ -79,7 +114,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             self.folder.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = trainable_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         if self.is_main:
             data = json.dumps({"step": step, **extra}, indent=2, sort_keys=True)
@@ -103,15 +138,25 @@ class Checkpointer:
     def load(self, model, optimizer, path: Path | None = None) -> dict | None:
         """Restore model and optimizer from ``path`` (default: the newest); returns trainer.json or None."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
         path = path or self.latest()
         if path is None:
             return None
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = trainable_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        dcp.load(state, checkpoint_id=str(path))  # every key asked for must be in the checkpoint
+        result = set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=state_options(load=True),
+        )
+        missing = {state_key(k) for k in result.missing_keys} - frozen_keys(model)
+        unexpected = set(result.unexpected_keys) | missing
+        if unexpected:
+            raise RuntimeError(f"checkpoint {path} does not fit the model: {sorted(unexpected)[:5]}")
         return json.loads((path / "trainer.json").read_text())
 
     def close(self) -> None:

@@ -2,9 +2,10 @@
 
 Each part is the config of the component that uses it (``LRConfig``: ``lr_schedule.WarmupCosine``,
 ``LoaderConfig``: ``data.PackLoader``, ``CheckpointConfig``: ``checkpoint.Checkpointer``,
-``MetricsConfig``: ``metrics.Metrics``). They live here, in a module that imports nothing heavy,
-because ``codeplan finetune`` builds its options from them at start-up: each field's docstring is
-its option's help (so it talks in flags), a ``Literal`` type its choices, the default its default.
+``MetricsConfig``: ``metrics.Metrics``, ``LoraConfig``: ``lora.apply``). They live here, in a
+module that imports nothing heavy, because ``codeplan finetune`` builds its options from them at
+start-up: each field's docstring is its option's help (so it talks in flags), a ``Literal`` type
+its choices, the default its default.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Literal, get_args
 from codeplan_tools.core.errors import UsageError
 
 Precision = Literal["auto", "bf16", "fp32"]
+LoraExport = Literal["merged", "adapter"]
 ExportDtype = Literal["auto", "bf16", "fp16", "fp32"]
-Attention = Literal["auto", "flash", "sdpa", "eager"]
+Attention = Literal["auto", "flash", "flex", "sdpa", "eager"]
 """``--attention``: how attention is kept inside each packed example (see ``attention.choose``)."""
 
 
@@ -79,11 +81,55 @@ class MetricsConfig:
     into DIR (rank 0; needs pip install 'codeplan[tensorboard]'). The JSON lines on stdout stay."""
 
 
+# The attention and MLP projections of Llama, Qwen, Mistral and kin.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    """LoRA adapters (``lora.apply``, with peft): with ``lora_r > 0`` only the adapters train."""
+
+    lora_r: int = 0
+    """LoRA rank: train low-rank adapters on a frozen base model instead of every weight; only the
+    adapters are in the optimizer and in the checkpoints (a resume reloads the base from --model).
+    Needs pip install 'codeplan[lora]'. 0: full fine-tuning."""
+    lora_alpha: float = 0.0
+    """LoRA scale numerator: the adapters' update is scaled by alpha / r. 0: twice --lora-r."""
+    lora_dropout: float = 0.05
+    """Dropout on the adapters' input while training."""
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    """Modules that get adapters, by name (the last part of the module path; repeatable)."""
+    export: LoraExport = "merged"
+    """What a LoRA run exports into OUT (and OUT/step-NNNNNN): merged, the base model with the
+    adapters merged in (a plain Hugging Face folder, as full fine-tuning writes); adapter, only
+    adapter_config.json and adapter_model.safetensors, loadable by peft.PeftModel.from_pretrained(base, OUT)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_r > 0
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha > 0 else 2.0 * self.lora_r
+
+    def validate(self) -> None:
+        if self.export not in get_args(LoraExport):
+            raise UsageError(f"--export must be one of {', '.join(get_args(LoraExport))}")
+        if self.lora_r < 0 or self.lora_alpha < 0:
+            raise UsageError("--lora-r and --lora-alpha must be >= 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError("--lora-dropout must be in [0, 1)")
+        if not self.enabled and (self.export != "merged"):
+            raise UsageError("--export adapter needs LoRA: give --lora-r R (R > 0)")
+        if self.enabled and not self.lora_targets:
+            raise UsageError("give the modules that get adapters with --lora-targets NAME")
+
+
 @dataclass(kw_only=True)
 class FinetuneConfig:
     """Everything a fine-tuning run is given: the single source of ``codeplan finetune``'s options.
 
-    The parts (``lr``, ``loader``, ``checkpoint``, ``metrics``) are the configs of the components
+    The parts (``lr``, ``loader``, ``checkpoint``, ``metrics``, ``lora``) are the configs of the components
     that use them; each field's docstring is its option's help, so it talks in flags.
     """
 
@@ -111,10 +157,12 @@ class FinetuneConfig:
     activation_checkpointing: bool | None = None
     """Recompute each decoder layer in backward. [default: on for GPU, off for CPU]"""
     attention: Attention = "auto"
-    """How attention is kept inside each packed example: flash (flash-attn varlen, GPU), sdpa or eager
-    (block-diagonal mask); auto: flash when installed on GPU, else sdpa."""
+    """How attention is kept inside each packed example: flash (flash-attn varlen, GPU), flex
+    (flex_attention with a document-causal block mask, GPU), sdpa or eager (block-diagonal mask);
+    auto: flash when installed on GPU, else flex on GPU, sdpa on CPU."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     export_dtype: ExportDtype = "auto"
     """dtype of the exported weights; auto: the base model's."""
     trust_remote_code: bool = False
@@ -130,6 +178,10 @@ class FinetuneConfig:
         d["loader"] = LoaderConfig(**d["loader"])
         d["checkpoint"] = CheckpointConfig(**d["checkpoint"])
         d["metrics"] = MetricsConfig(**d["metrics"])
+        lora = d.get("lora", {})
+        if "lora_targets" in lora:
+            lora["lora_targets"] = tuple(lora["lora_targets"])
+        d["lora"] = LoraConfig(**lora)
         d["betas"] = tuple(d["betas"])
         return cls(**d)
 
@@ -138,6 +190,7 @@ class FinetuneConfig:
             raise UsageError(f"--precision must be one of {', '.join(get_args(Precision))}")
         if self.export_dtype not in get_args(ExportDtype):
             raise UsageError(f"--export-dtype must be one of {', '.join(get_args(ExportDtype))}")
+        self.lora.validate()
         if not self.data:
             raise UsageError("give the packs with --data FILE (made by `codeplan pack`)")
         if "-" in self.data:

@@ -4,12 +4,18 @@ A process learns its rank from, in this order:
 
 1. torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), which is
    also what ``launch_local`` (``codeplan finetune --nproc N``) sets for its workers;
-2. a SLURM job step started by ``srun`` (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` or
-   ``SLURM_NTASKS``, ``SLURM_LOCALID``, and the first host of ``SLURM_STEP_NODELIST`` /
-   ``SLURM_NODELIST`` as master, through ``scontrol show hostnames`` or by parsing the list). The port
-   is ``MASTER_PORT`` when set, else derived from the job id so every task of a step agrees on it;
-3. otherwise a single process (a batch script without ``srun`` counts as one process too: only a
-   job *step* sets ``SLURM_STEP_NUM_TASKS``).
+2. a task of a SLURM job step started by ``srun``: rank ``SLURM_PROCID``, world size
+   ``SLURM_STEP_NUM_TASKS`` (else ``SLURM_NTASKS``), local rank ``SLURM_LOCALID``, local world size
+   this node's entry of ``SLURM_STEP_TASKS_PER_NODE`` (``8(x2)``: 8 on each of 2 nodes), and as
+   master the first host of ``SLURM_STEP_NODELIST`` (else ``SLURM_JOB_NODELIST``/``SLURM_NODELIST``),
+   through ``scontrol show hostnames`` or by parsing the list. The port is ``MASTER_PORT`` when set,
+   else derived from the job id, so every task of the step (on every node) agrees on it without
+   talking; ``MASTER_ADDR`` overrides the master host the same way;
+3. otherwise a single process. The batch script itself also has ``SLURM_PROCID=0`` and
+   ``SLURM_NTASKS`` (the allocation's tasks), but no step id: ``codeplan finetune --nproc 8`` run
+   there is a launcher of its own, not rank 0 of the allocation, which would wait for ranks that
+   never come (checked on Slurm 22.05: srun tasks get ``SLURM_STEP_ID``/``SLURM_STEP_NUM_TASKS``,
+   the batch shell neither).
 
 CPU runs use gloo, GPU runs nccl. A one-process group uses an in-memory store (no port).
 """
@@ -56,19 +62,22 @@ def detect(env: dict[str, str] | None = None) -> DistInfo:
             master_port=int(env.get("MASTER_PORT", "29500")),
             source="torchrun",
         )
-    ntasks = env.get("SLURM_STEP_NUM_TASKS")
-    if ntasks is not None and "SLURM_PROCID" in env:
-        world = int(ntasks)
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
-        local_world = _first_int(
-            env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE"), world
+    if "SLURM_PROCID" in env and in_slurm_step(env):
+        world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or env["SLURM_NPROCS"])
+        nodelist = (
+            env.get("SLURM_STEP_NODELIST")
+            or env.get("SLURM_JOB_NODELIST")
+            or env.get("SLURM_NODELIST")
+            or "127.0.0.1"
         )
+        per_node = tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE"))
+        node = int(env.get("SLURM_NODEID", "0") or 0)
         job = int(env.get("SLURM_JOB_ID", "0") or 0)
         return DistInfo(
             rank=int(env["SLURM_PROCID"]),
             world_size=world,
             local_rank=int(env.get("SLURM_LOCALID", "0")),
-            local_world_size=local_world,
+            local_world_size=per_node[node] if node < len(per_node) else world,
             master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
             master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000),
             source="slurm",
@@ -76,12 +85,26 @@ def detect(env: dict[str, str] | None = None) -> DistInfo:
     return DistInfo()
 
 
-def _first_int(spec: str | None, default: int) -> int:
-    """``SLURM_TASKS_PER_NODE`` looks like ``2(x3),1``: the first count is this layout's local size."""
-    if not spec:
-        return default
-    m = re.match(r"(\d+)", spec)
-    return int(m.group(1)) if m else default
+#: SLURM_MAX_NORMAL_STEP_ID (slurm.h): the ids above are the batch, extern and interactive steps.
+_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
+
+def in_slurm_step(env: dict[str, str]) -> bool:
+    """True in a task of an ``srun`` job step (not in the batch script, nor in a bare allocation)."""
+    if env.get("SLURM_STEP_NUM_TASKS"):
+        return True
+    step = env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID") or ""
+    return step.isdigit() and int(step) <= _MAX_NORMAL_STEP_ID and bool(env.get("SLURM_NTASKS"))
+
+
+def tasks_per_node(spec: str | None) -> list[int]:
+    """Expand ``SLURM_TASKS_PER_NODE`` (``2(x3),1`` -> ``[2, 2, 2, 1]``); [] when unset."""
+    counts: list[int] = []
+    for part in (spec or "").split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if m:
+            counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts
 
 
 def first_host(nodelist: str) -> str:

@@ -14,6 +14,11 @@ writes, into ``<out>/``:
   is complete).
 
 Each file is written under a temporary name and renamed into place.
+
+A LoRA run (``lora.py``) exports the same folder with the adapters merged into the weights
+(``export_model(..., lora=...)``), or with ``--export adapter`` only peft's adapter folder
+(``export_adapter``: ``adapter_config.json``, ``adapter_model.safetensors``, then ``codeplan.json``),
+gathering only the adapter weights. Each kind removes the other kind's weight files from the folder.
 """
 
 from __future__ import annotations
@@ -43,6 +48,22 @@ def full_state_dict(model) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def trainable_state_dict(model) -> dict:
+    """The parameters that require grad (a LoRA run's adapters), whole, on CPU (collective: every
+    rank gathers the same parameters in the same order). Gathered one by one rather than through
+    ``get_model_state_dict``, which would also gather a frozen tied ``lm_head.weight``."""
+    from .checkpoint import frozen_keys, state_key
+
+    frozen = frozen_keys(model)
+    state = {}
+    for name, param in model.named_parameters():
+        key = state_key(name)
+        if param.requires_grad and key not in frozen:
+            whole = param.full_tensor() if hasattr(param, "full_tensor") else param  # a DTensor shard
+            state[key] = whole.detach().cpu()
+    return state
+
+
 def export_model(
     model,
     out_dir: str | Path,
@@ -54,7 +75,9 @@ def export_model(
     is_main: bool,
     info: dict,
     max_shard_gib: float = 5.0,
+    lora=None,
 ) -> Path | None:
+    """The consolidated folder; ``lora`` (a ``lora.LoraModel``): merge its adapters into the weights."""
     from safetensors.torch import save_file
 
     state = full_state_dict(model)
@@ -62,6 +85,12 @@ def export_model(
         return None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if lora is not None:
+        from .lora import ADAPTER_FILES, merged_state_dict
+
+        state = merged_state_dict(state, lora.scaling)
+        for name in ADAPTER_FILES:
+            (out / name).unlink(missing_ok=True)
     config = model.config
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
@@ -104,6 +133,24 @@ def export_model(
     _write_json(
         out / "generation_config.json", generation_config(tokenizer_src, tokenizer, end_token_id, config)
     )
+    _write_json(out / "codeplan.json", info)
+    return out
+
+
+def export_adapter(model, out_dir: str | Path, *, lora, dtype, is_main: bool, info: dict) -> Path | None:
+    """peft's adapter folder of a LoRA run in ``out_dir``, adapter weights in ``dtype``, then
+    ``codeplan.json`` (collective: every rank gathers the adapter weights; rank 0 writes)."""
+    state = trainable_state_dict(model)
+    if not is_main:
+        return None
+    state = {k: v.detach().to(dtype).contiguous() for k, v in state.items()}
+    from .lora import save_adapter
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("model*.safetensors*"):  # a merged export of an earlier run of this --out
+        old.unlink()
+    save_adapter(lora, state, out)
     _write_json(out / "codeplan.json", info)
     return out
 

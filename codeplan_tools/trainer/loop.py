@@ -26,6 +26,12 @@ restored with the model and optimizer from the DCP checkpoint; the same command 
 and produces the same losses as an uninterrupted run. ``<out>/run.json`` holds the settings that
 determine the run (the run key); a re-run with other settings on the same ``--out`` is refused.
 
+LoRA (``--lora-r R``, ``lora.py``): peft's adapters are injected into the model before
+``fully_shard``; only they require grad, so only they are in the optimizer and in the checkpoints.
+The LoRA settings are part of the run key. Randomness inside a step (the adapters' dropout) is
+seeded from (seed, step, rank), so a resumed run draws what the uninterrupted one drew. The export
+is the merged model, or the adapter folder alone with ``--export adapter``.
+
 Launching (``run``): in this process; under ``torchrun`` or ``srun`` (each process reads its rank,
 see ``distributed.detect``); or, with ``--nproc N``, as N local worker processes that this process
 starts as ``python -m codeplan_tools.trainer CONFIG_JSON`` with the torchrun variables set (a plain
@@ -125,6 +131,12 @@ class Trainer:
         )
         attention.check_confined(getattr(model.config, "_attn_implementation", None))
         self.base_dtype = _config_dtype(model.config)
+        model.train()  # from_pretrained returns eval mode, which would switch dropout (LoRA's) off
+        self.lora = None
+        if config.lora.enabled:
+            from . import lora
+
+            self.lora = lora.apply(model, config.lora, base_name=config.model)  # before fully_shard
         self.metrics = Metrics(
             config.metrics,
             model=model,
@@ -139,7 +151,7 @@ class Trainer:
         distributed.shard_model(model, self.device, bf16=self.bf16)  # also moves the shards to the device
         self.model = model
         self.optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],  # LoRA: the adapters only
             lr=config.lr.lr,
             betas=config.betas,
             weight_decay=config.weight_decay,
@@ -159,8 +171,21 @@ class Trainer:
             f"{len(self.packs.packs)} packs ({self.packs.n_tokens} tokens, {self.packs.n_loss_tokens} with loss), "
             f"{info.world_size} rank(s) [{info.source}], {self.total_steps} steps of "
             f"{self.loader.per_step} packs, attention {self.attn_implementation}, "
-            f"{'bf16 mixed' if self.bf16 else 'fp32'} precision, activation checkpointing {'on' if ac else 'off'}",
+            f"{'bf16 mixed' if self.bf16 else 'fp32'} precision, activation checkpointing {'on' if ac else 'off'}"
+            + self._lora_summary(),
             info,
+        )
+
+    def _lora_summary(self) -> str:
+        if self.lora is None:
+            return ""
+        c = self.config.lora
+        # numel of a sharded parameter (DTensor) is the whole parameter's
+        trainable = sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])
+        total = sum(p.numel() for p in self.model.parameters())
+        return (
+            f", LoRA r {c.lora_r} alpha {c.alpha:g} dropout {c.lora_dropout:g} on {' '.join(c.lora_targets)} "
+            f"({trainable} of {total} parameters trainable)"
         )
 
     # -- run identity --------------------------------------------------------------------------
@@ -181,6 +206,13 @@ class Trainer:
             "bf16": self.bf16,
             "seed": c.loader.seed,
         }
+        if c.lora.enabled:  # absent for full fine-tuning, so the run keys of earlier runs still match
+            settings["lora"] = {
+                "r": c.lora.lora_r,
+                "alpha": c.lora.alpha,
+                "dropout": c.lora.lora_dropout,
+                "targets": sorted(c.lora.lora_targets),
+            }
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         return key, settings
 
@@ -192,7 +224,7 @@ class Trainer:
                 mine, theirs = self.run_settings, old.get("settings", {})
                 diff = ", ".join(
                     f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
-                    for k in sorted(mine)
+                    for k in sorted(set(mine) | set(theirs))  # a key only one side has (lora) differs too
                     if theirs.get(k) != mine.get(k)
                 )
                 raise SettingsMismatch(
@@ -261,6 +293,8 @@ class Trainer:
         import torch.nn.functional as F
 
         step = self.step
+        # What a step draws (dropout) is a function of the step: a resumed run draws the same.
+        torch.manual_seed(hash((self.config.loader.seed, step, self.info.rank)) & 0xFFFF_FFFF)
         micro = self.loader.micro_batches(step, self.device)
         local_tokens = sum(mb.n_tokens for mb in micro)
         local_loss_tokens = sum(mb.n_loss_tokens for mb in micro)
@@ -328,13 +362,22 @@ class Trainer:
         if not path.is_file():
             return False
         info = json.loads(path.read_text())
-        return info.get("run_key") == self.run_key and info.get("step") == self.step
+        return (
+            info.get("run_key") == self.run_key
+            and info.get("step") == self.step
+            and info.get("export", "merged") == self.export_kind
+        )
+
+    @property
+    def export_kind(self) -> str:
+        """merged (a plain Hugging Face folder) or adapter (peft's adapter folder; LoRA only)."""
+        return self.config.lora.export if self.lora is not None else "merged"
 
     def export(self, folder: Path | None = None) -> Path | None:
         """Export the model of this step into ``folder`` (default ``<out>``; every rank calls it)."""
         import torch
 
-        from .export import export_model
+        from .export import export_adapter, export_model
 
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         dtype = self.base_dtype if self.config.export_dtype == "auto" else dtypes[self.config.export_dtype]
@@ -347,20 +390,33 @@ class Trainer:
             "run_key": self.run_key,
             "step": self.step,
             "base_model": self.config.model,
+            "export": self.export_kind,
         }
-        path = export_model(
-            self.model,
-            folder or self.out,
-            tokenizer=self.tokenizer,
-            tokenizer_src=self.config.model,
-            end_token_id=info["end_token_id"],
-            dtype=dtype,
-            is_main=self.info.is_main,
-            info=info,
-        )
+        if self.export_kind == "adapter":
+            path = export_adapter(
+                self.model,
+                folder or self.out,
+                lora=self.lora,
+                dtype=dtype,
+                is_main=self.info.is_main,
+                info=info,
+            )
+        else:
+            path = export_model(
+                self.model,
+                folder or self.out,
+                tokenizer=self.tokenizer,
+                tokenizer_src=self.config.model,
+                end_token_id=info["end_token_id"],
+                dtype=dtype,
+                is_main=self.info.is_main,
+                info=info,
+                lora=self.lora,
+            )
         distributed.barrier()
         if path is not None:
-            log(f"exported the model to {path} (step {self.step})", self.info)
+            what = "the LoRA adapter" if self.export_kind == "adapter" else "the model"
+            log(f"exported {what} to {path} (step {self.step})", self.info)
         return path
 
     def close(self) -> None:
@@ -393,6 +449,8 @@ def preflight(config: FinetuneConfig) -> None:
         require("tensorboard", "tensorboard")
         check_writable_folder(config.metrics.tensorboard, "--tensorboard")
     config.validate()
+    if config.lora.enabled:
+        require("peft", "lora")
     fp = read_fingerprint(config.data[0])
     if fp is None:
         raise UsageError(f"{config.data[0]}: no packs")

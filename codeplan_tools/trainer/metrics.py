@@ -15,7 +15,8 @@ run stops before training with a one-line error naming that extra.
 
 MFU uses ``6 * N + 12 * layers * hidden * T`` FLOPs per token, N the non-embedding parameters and T
 the mean length attended to (sum of squared example lengths / tokens), so packing with
-confined attention is not credited for attention it does not compute.
+confined attention is not credited for attention it does not compute. A frozen parameter (the base
+of a LoRA run) counts 4 FLOPs, not 6: backward computes no gradient for it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def model_flops(model) -> tuple[int, int, int]:
     return total - emb, int(cfg.num_hidden_layers), int(cfg.hidden_size)
 
 
+def frozen_params(model) -> int:
+    """Non-embedding parameters that do not require grad (a LoRA run's base model)."""
+    emb = model.get_input_embeddings()
+    skip = {id(emb.weight)} if emb is not None else set()
+    return sum(p.numel() for p in model.parameters() if not p.requires_grad and id(p) not in skip)
+
+
 def peak_mem_gib(device) -> float:
     if device.type == "cuda":
         import torch
@@ -98,6 +106,7 @@ class Metrics:
         self.world_size = world_size
         self.is_main = is_main
         self.n_params, self.n_layers, self.hidden = model_flops(model)
+        self.n_frozen = frozen_params(model)
         self.peak = peak_flops(device, bf16)
         self._t0 = time.monotonic()
         self._last_t = self._t0
@@ -120,7 +129,7 @@ class Metrics:
         mfu = None
         if self.peak and self._tokens:
             mean_ctx = self._attn / self._tokens
-            per_token = 6 * self.n_params + 12 * self.n_layers * self.hidden * mean_ctx
+            per_token = 6 * self.n_params - 2 * self.n_frozen + 12 * self.n_layers * self.hidden * mean_ctx
             mfu = tps * per_token / (self.world_size * self.peak)
         out = dict(values)
         out.update(

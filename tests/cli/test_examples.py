@@ -39,6 +39,7 @@ def test_the_example_scripts_are_there():
         "slurm/merge-extract.sh",
         "slurm/finetune.sbatch",
         "slurm/generate-score.sbatch",
+        "slurm/per-gpu.sbatch",
     } <= names
 
 
@@ -299,3 +300,165 @@ def test_gpus_per_node_asks_slurm_for_gpus(slurm, tmp_path, script):
     proc = slurm.run(["bash", str(SLURM_DIR / script)], env=env, cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "gres" in proc.stderr.lower(), proc.stderr
     assert slurm.squeue() == []
+
+
+# -- the SLURM scripts' commands, with recording stand-ins for sbatch, srun and codeplan ---------------
+
+
+def stand_ins(folder: Path, names: list[str], log: Path) -> dict[str, str]:
+    """Executables ``names`` in ``folder`` that append their name, CUDA_VISIBLE_DEVICES and argv (one
+    JSON line each) to ``log``; a stand-in codeplan also writes the file after --output."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        path = folder / name
+        path.write_text(
+            f"""#!{sys.executable}
+import json, os, sys
+with open({str(log)!r}, "a") as fh:
+    fh.write(json.dumps([{name!r}, os.environ.get("CUDA_VISIBLE_DEVICES"), sys.argv[1:]]) + "\\n")
+if {name!r} == "codeplan" and "--output" in sys.argv:
+    with open(sys.argv[sys.argv.index("--output") + 1], "a") as out:
+        out.write(sys.argv[sys.argv.index("--shard") + 1] + "\\n")
+if {name!r} == "sbatch":
+    print(4711)
+"""
+        )
+        path.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_VISIBLE"))}
+    return {**base, "PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def calls(log: Path) -> list[list]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_finetune_sbatch_asks_for_2_nodes_of_8_gpus_and_starts_16_ranks_with_one_srun(tmp_path):
+    log = tmp_path / "calls.jsonl"
+    env = stand_ins(tmp_path / "bin", ["sbatch", "srun", "scancel", "scontrol"], log)
+    out = tmp_path / "ft"
+    settings = {"DATA": "packs.jsonl.zst", "OUT": str(out), "NODES": "2", "GPUS_PER_NODE": "8"}
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "finetune.sbatch")], env={**env, **settings}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    ((name, _, argv),) = calls(log)
+    assert name == "sbatch"
+    assert {"--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8"} <= set(argv), argv
+    assert argv[-1] == str(SLURM_DIR / "finetune.sbatch")
+
+    # Inside the allocation (the variables sbatch gives the batch shell of a 2 x 8 job): one srun,
+    # no --nproc (srun starts the 16 processes), and a rendezvous port every task agrees on.
+    log.unlink()
+    job = {"SLURM_JOB_ID": "4711", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2", "SLURM_PROCID": "0"}
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "finetune.sbatch")],
+        env={**env, **settings, **job},
+        capture_output=True,
+        text=True,
+    )
+    srun = [c for c in calls(log) if c[0] == "srun"]
+    assert len(srun) == 1, calls(log)
+    argv = srun[0][2]
+    assert argv[:3] == ["--kill-on-bad-exit=1", "codeplan", "finetune"] and "--nproc" not in argv
+    assert "2 node(s), 16 task(s)" in proc.stderr
+    # The stand-in trains nothing, so no model: the script reports the failure instead of looping.
+    assert proc.returncode == 1 and "failed" in proc.stderr
+
+
+def test_per_gpu_starts_one_engine_per_tp_gpus_on_its_shard_and_merges(tmp_path):
+    log = tmp_path / "calls.jsonl"
+    env = stand_ins(tmp_path / "bin", ["codeplan"], log)
+    out = tmp_path / "gen"
+    job = {"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "TP": "2", "OUT": str(out)}
+    command = ["generate", "-m", "model", "--format", "codeplan", "--input", "eval.jsonl.zst"]
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), *command],
+        env={**env, **job},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    engines = sorted(calls(log), key=lambda c: c[2][c[2].index("--shard") + 1])
+    assert [c[1] for c in engines] == ["0,1", "2,3", "4,5", "6,7"]  # TP GPUs each, none shared
+    for i, (_, _, argv) in enumerate(engines):
+        assert argv[: len(command)] == command
+        assert argv[argv.index("--shard") + 1] == f"{i}/4"
+        assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+        assert argv[argv.index("--output") + 1] == str(out / f"generate.{i}.jsonl.zst")
+    assert (out / "generate.jsonl.zst").read_text().split() == ["0/4", "1/4", "2/4", "3/4"]
+
+    # A rerun starts nothing for the finished shards; another engine count on the same OUT is refused.
+    log.unlink()
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), *command],
+        env={**env, **job},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and calls(log) == [], proc.stderr
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), *command],
+        env={**env, **job, "TP": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "not 8" in proc.stderr
+    # The script adds the per-engine options itself.
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), *command, "--shard", "0/2"],
+        env={**env, **job},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "leave out --shard" in proc.stderr
+
+
+@pytest.mark.slow
+def test_per_gpu_extract_engines_together_hold_exactly_the_unsharded_set(slurm, tiny_model, pairs, tmp_path):
+    out = tmp_path / "per-gpu"
+    settings = ["--engine", "hf", "--max-tokens", "4"]
+    env = {**JOB_ENV, "OUT": str(out), "GPUS_PER_NODE": "0", "ENGINES": "2"}
+    proc = slurm.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), "extract", "--model", str(tiny_model), "--input", str(pairs),
+         *settings],
+        env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobid = int(proc.stdout.split()[0])
+    assert slurm.wait(jobid, timeout=300) == 0, job_logs(out) + "\n".join(
+        p.read_text() for p in (out / "logs").glob("extract.*.log")
+    )
+    unsharded = tmp_path / "unsharded.jsonl.zst"
+    result = invoke(
+        ["extract", "--model", str(tiny_model), *settings, "-i", str(pairs), "-o", str(unsharded), "-q"]
+    )
+    assert result.exit_code == 0, result.stderr
+    expected = ids(unsharded)
+    shards = [ids(out / f"extract.{i}.jsonl.zst") for i in range(2)]
+    assert all(shards) and sorted(shards[0] + shards[1]) == sorted(expected)
+    # merge-extract.sh ran in the job: every record once in the merge, kept + rejected by filter.
+    assert sorted(ids(out / "extract.jsonl.zst")) == sorted(expected)
+    kept, rejected = ids(out / "kept.jsonl.zst"), ids(out / "filter-rejects.jsonl.zst")
+    assert sorted(kept + rejected) == sorted(expected)
+
+
+def test_per_gpu_submits_itself_for_one_node_with_its_gpus_and_the_command(tmp_path):
+    log = tmp_path / "calls.jsonl"
+    env = stand_ins(tmp_path / "bin", ["sbatch"], log)
+    command = ["extract", "--model", "m", "--input", "a b.jsonl.zst"]
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), *command],
+        env={**env, "OUT": str(tmp_path / "x"), "GPUS_PER_NODE": "8"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ((name, _, argv),) = calls(log)
+    assert name == "sbatch"
+    assert {"--nodes=1", "--ntasks=1", "--gpus-per-node=8", "--cpus-per-task=64"} <= set(argv), argv
+    script = argv.index(str(SLURM_DIR / "per-gpu.sbatch"))
+    assert argv[script + 1 :] == command  # the command reaches the job unchanged, spaces included
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "per-gpu.sbatch"), "finetune"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "extract or generate" in proc.stderr
