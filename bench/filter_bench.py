@@ -1,12 +1,13 @@
 """Throughput of `codeplan filter` (all rules on) against a bare stream loop over the same file.
 
-    .venv/bin/python bench/filter_bench.py [--n 1000000]
+    .venv/bin/python bench/filter_bench.py [--n 1000000] [--rounds 3]
 
 Builds N synthetic mined records (prompt, plan, response, meta.extract) as one zstd file, then in
 the same run times (1) the real command, `codeplan filter -i FILE -o OUT`, as a subprocess: with its
-default --workers, with --workers 1, and with --stats (which adds the length profile of what passed),
-and (2) the bare loop the command cannot beat: zstd decompress, orjson.loads, orjson.dumps, zstd compress.
-Prints records/s of each and their ratio (filter / bare). With --breakdown it also times, in this
+default --workers, with --workers 1 and 2, and with --stats (which adds the length profile of what
+passed), and (2) the bare loop the command cannot beat: zstd decompress, orjson.loads, orjson.dumps,
+zstd compress. Each round runs every variant once, the bare loop first (paired rounds); the medians
+are printed: records/s of each, their ratio (filter / bare) and the scaling of --workers 2 over 1. With --breakdown it also times, in this
 process, the stage runner with no rules, the --stats profile alone and each rule alone, as
 microseconds per record: where the time goes.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,7 +107,7 @@ def breakdown(src: Path, out: Path, n: int) -> None:
     print(f"  + --stats profile and meta.filter  {profile - base:+6.2f} us/record")
     for name in RULES:
         print(f"  + rule {name:27s} {timed(rules((name,))) - profile:+6.2f} us/record")
-    print(f"  all rules                          {timed(rules(tuple(RULES))):6.2f} us/record")
+    print(f"  default rules (the command's)      {timed(rules(FilterConfig().enabled)):6.2f} us/record")
 
 
 def _children_cpu() -> float:
@@ -115,6 +118,7 @@ def _children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="records to build")
+    parser.add_argument("--rounds", type=int, default=1, help="paired rounds (medians are printed)")
     parser.add_argument("--breakdown", action="store_true", help="also time each piece in-process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,53 +129,71 @@ def main() -> None:
             f"built {args.n} records ({src.stat().st_size / 1e6:.1f} MB zstd) in {time.perf_counter() - t:.1f}s",
             file=sys.stderr,
         )
-        t, c = time.perf_counter(), time.process_time()
-        n = bare_loop(src, out_bare)
-        bare_s, bare_cpu = time.perf_counter() - t, time.process_time() - c
-        runs = {}
         variants = (
             ("default --workers", []),
             ("--workers 1", ["--workers", "1"]),
+            ("--workers 2", ["--workers", "2"]),
             # --stats adds the length/structure profile of what passed (measured only when asked for).
             ("default, --stats", ["--stats", str(Path(tmp, "stats.json"))]),
         )
-        for label, extra in variants:
-            # Worker processes are the command's children: their CPU time is in RUSAGE_CHILDREN too.
-            t, c = time.perf_counter(), _children_cpu()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "codeplan_cli",
-                    "filter",
-                    "-q",
-                    "--no-progress",
-                    "-i",
-                    str(src),
-                    "-o",
-                    str(out_cmd),
-                    *extra,
-                ],
-                check=True,
-            )
-            runs[label] = (time.perf_counter() - t, _children_cpu() - c)
+        bare_times: list[tuple[float, float]] = []
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in variants}
+        for _ in range(args.rounds):
+            t, c = time.perf_counter(), time.process_time()
+            n = bare_loop(src, out_bare)
+            bare_times.append((time.perf_counter() - t, time.process_time() - c))
+            for label, extra in variants:
+                # Worker processes are the command's children: their CPU time is in RUSAGE_CHILDREN too.
+                t, c = time.perf_counter(), _children_cpu()
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "codeplan_cli",
+                        "filter",
+                        "-q",
+                        "--no-progress",
+                        "-i",
+                        str(src),
+                        "-o",
+                        str(out_cmd),
+                        *extra,
+                    ],
+                    check=True,
+                )
+                runs[label].append((time.perf_counter() - t, _children_cpu() - c))
         if args.breakdown:
             print("where the time goes (single process, in-process timings):")
             breakdown(src, out_cmd, args.n)
     # Wall time is what a user sees; CPU time is steadier on a shared machine. Both are printed.
     # CPU time counts all processes: worker processes add wall-clock speed, not CPU-time efficiency.
+    bare_s, bare_cpu = _medians(bare_times)
     bare_rate = n / bare_s
     print(
         f"bare loop (zstd -> orjson.loads -> orjson.dumps -> zstd): {bare_rate:,.0f} records/s wall "
         f"({bare_s:.1f}s), {n / bare_cpu:,.0f} records/s CPU"
     )
-    for label, (cmd_s, cmd_cpu) in runs.items():
+    for label, times in runs.items():
+        cmd_s, cmd_cpu = _medians(times)
         cmd_rate = args.n / cmd_s
         print(
             f"codeplan filter, {label:17s} (all rules, incl. start-up): {cmd_rate:,.0f} records/s wall "
             f"({cmd_s:.1f}s), {args.n / cmd_cpu:,.0f} records/s CPU"
         )
         print(f"  ratio filter / bare: {cmd_rate / bare_rate:.2f} (wall), {bare_cpu / cmd_cpu:.2f} (CPU)")
+    one, two = _medians(runs["--workers 1"])[0], _medians(runs["--workers 2"])[0]
+    print(f"scaling, --workers 2 over --workers 1: {one / two:.2f}x (wall; {usable_cpus()} usable CPUs)")
+
+
+def _medians(times: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t for t, _ in times), statistics.median(c for _, c in times)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -291,12 +291,13 @@ class OutputWriter(RecordWriter):
         plain: bool | str = False,
         append: bool = False,
         compressed: bool | None = None,
+        background: bool = False,
     ) -> None:
         kind = plain if compressed is None else ("zstd" if compressed else "plain")
         if append:
             kind = existing_encoding(None if path is None else str(path)) or kind
         try:
-            super().__init__(path, plain=kind, append=append)
+            super().__init__(path, plain=kind, append=append, background=background)
         except OSError as exc:  # the pre-check passed but the open failed (a race, a quota)
             raise CannotCreate(f"{path}: cannot be opened for writing ({exc.strerror})") from None
 
@@ -304,6 +305,12 @@ class OutputWriter(RecordWriter):
         try:
             super().flush()
         except OSError as exc:  # a closed pipe is PipeClosed already; this is disk full, EIO...
+            raise self._failed(exc) from None
+
+    def _hand_over(self) -> None:  # (a flush from write(): the same failures)
+        try:
+            super()._hand_over()
+        except OSError as exc:
             raise self._failed(exc) from None
 
     def close(self) -> None:

@@ -1,15 +1,20 @@
 """``run_stage(io, stage, workers=N)``: the per-record part of a stage in N worker processes.
 
-The main process reads the input lines (in a feeder thread, so reading never waits on writing), cuts
-them into batches of ``BATCH_LINES`` lines or about ``BATCH_BYTES`` and hands batch ``i`` to worker
-``i % N``. A worker reads its batch as ``run_stage`` reads its input (``stage.Reader``: parse,
-normalise, ``--shard``, resume) and runs the stage's ``per_record`` part on it (on the copy
-``for_worker`` made); it sends back, in order, each record that goes on (serialised, with its note)
-and each reject, with its counters and the error that stopped it, if any. The main process takes the
-results back in batch order, replays the rejects in its own context (where they are counted and
-written, once), hands the records to the stage's ``ordered`` part (filter's dedup and profile) and
-writes them. So the output, the rejects, stderr and the counters are those of the single-process
-path, in the same order.
+The main process decodes the input (in a feeder thread, so reading never waits on writing), cuts it
+into batches of ``BATCH_LINES`` lines or about ``BATCH_BYTES`` and hands batch ``i`` to worker
+``i % N``. It does no work per line or per record: a batch of text input is whole decoded chunks
+(``streams.iter_blocks``) cut at a newline, counted with ``bytes.count``; the worker splits it into
+lines (``streams.block_lines``). A worker reads its batch as ``run_stage`` reads its input
+(``stage.Reader``: parse, normalise, ``--shard``, resume), runs the stage's ``per_record`` part on it
+(on the copy ``for_worker`` made) and serialises what goes on. It sends back, in order, the records
+that go on as :class:`stage.Lines` (their JSON lines joined in one bytes object, with their notes
+packed by the stage's ``pack_notes``: a few objects to pickle per batch, not one per record) and,
+between them, each reject; with its counters and the error that stopped it, if any. The main process
+takes the results back in batch order, replays the rejects in its own context (where they are
+counted and written, once), hands the records to the stage's ``ordered_lines`` part (filter's dedup
+and profile: set operations on a whole :class:`Lines`, which is then written as it is) and writes
+them. So the output, the rejects, stderr and the counters are those of the single-process path, in
+the same order.
 
 When processes do not pay, none is started and the stage runs in this process, as with
 ``workers=1``: on stdin (a batch waits until it is full, which a slow pipe would turn into latency)
@@ -38,9 +43,9 @@ from typing import Any, NamedTuple
 
 from codeplan_tools.core.errors import BadRecord
 from codeplan_tools.core.records import dumps
-from codeplan_tools.core.stage import PerRecordStage, Reader, StageContext, damage_reporter
+from codeplan_tools.core.stage import Lines, PerRecordStage, Reader, StageContext, damage_reporter
 from codeplan_tools.core.stats import Stats
-from codeplan_tools.core.streams import InputDamage, iter_lines
+from codeplan_tools.core.streams import Block, InputDamage, block_lines, iter_blocks, iter_lines
 
 BATCH_LINES = 1000
 BATCH_BYTES = 1 << 20
@@ -57,9 +62,9 @@ def usable_cpus() -> int:
 
 def per_record(
     inputs: list[str], stage: PerRecordStage, ctx: StageContext, reader: Reader, workers: int
-) -> Generator[tuple[dict | bytes, Any], None, None]:
+) -> Generator[tuple[dict | bytes, Any] | Lines, None, None]:
     """``stage.per_record`` over the records of ``inputs``, in input order: from ``workers`` processes
-    where that pays, else from this process (see the module docstring)."""
+    where that pays (as :class:`Lines`), else from this process (see the module docstring)."""
     skip_damage = not ctx.fail_on_bad_record
     report_damage = damage_reporter(ctx)
     lines: Iterable[tuple[str, int, bytes]]
@@ -68,7 +73,7 @@ def per_record(
     else:
         batches = _batches(inputs, skip_damage)
         head, error = _first_batches(batches, 2)
-        if error is None and sum(isinstance(item, _Batch) for item in head) >= 2:
+        if error is None and sum(isinstance(item, _BATCHES) for item in head) >= 2:
             yield from _pooled(_chain(head, batches), stage, ctx, reader, workers)
             return
         lines = _lines_of(head, error, report_damage)
@@ -81,7 +86,8 @@ def per_record(
 
 
 class _Batch:
-    """Consecutive input lines: their bytes, line numbers and file names (as runs of [name, count])."""
+    """Consecutive rows of a Parquet/Arrow input: their bytes, row numbers and file names (as runs of
+    [name, count])."""
 
     __slots__ = ("lines", "linenos", "names", "size")
 
@@ -101,6 +107,9 @@ class _Batch:
         else:
             names.append([name, 1])
 
+    def full(self) -> bool:
+        return len(self.lines) >= BATCH_LINES or self.size >= BATCH_BYTES
+
     def message(self) -> tuple:
         """What a worker is sent: one newline-joined bytes object and the positions."""
         return self.names, self.linenos, b"\n".join(self.lines)
@@ -109,8 +118,42 @@ class _Batch:
         return _items(self.message())
 
 
+class _TextBatch:
+    """Consecutive lines of one text input, gathered from ``iter_blocks`` without looking at each line:
+    a worker is sent them as one :class:`Block` and splits them itself."""
+
+    __slots__ = ("name", "start", "parts", "lines", "size", "ended")
+
+    def __init__(self, name: str, start: int) -> None:
+        self.name, self.start = name, start
+        self.parts: list[bytes] = []
+        self.lines = 0  # newlines in parts
+        self.size = 0
+        self.ended = False  # the input's last line, without a newline, is in it: nothing may follow
+
+    def follows(self, block: Block) -> bool:
+        return not self.ended and block.name is self.name and block.start == self.start + self.lines
+
+    def add(self, data: bytes, lines: int) -> None:
+        self.parts.append(data)
+        self.lines += lines
+        self.size += len(data)
+        self.ended = not data.endswith(b"\n")
+
+    def message(self) -> Block:
+        return Block(self.name, self.start, b"".join(self.parts))
+
+    def items(self) -> Iterator[tuple[str, int, bytes]]:
+        return block_lines(self.message())
+
+
+_BATCHES = (_Batch, _TextBatch)
+
+
 def _items(message: tuple) -> Iterator[tuple[str, int, bytes]]:
     """The ``(file, line, bytes)`` of a batch, as ``iter_lines`` gave them."""
+    if message.__class__ is Block:
+        return block_lines(message)
     names, linenos, data = message
     files: list[str] = []
     for name, count in names:
@@ -118,30 +161,77 @@ def _items(message: tuple) -> Iterator[tuple[str, int, bytes]]:
     return zip(files, linenos, data.split(b"\n"), strict=True)
 
 
-def _batches(inputs: list[str], skip_damage: bool) -> Iterator[_Batch | InputDamage]:
+def _after_newline(data: bytes, n: int) -> int:
+    """The offset just after the ``n``-th newline of ``data`` (which has at least ``n``)."""
+    pos = 0
+    for _ in range(n):
+        pos = data.index(b"\n", pos) + 1
+    return pos
+
+
+def _batches(inputs: list[str], skip_damage: bool) -> Iterator[_Batch | _TextBatch | InputDamage]:
     """The lines of ``inputs`` in batches of at most BATCH_LINES lines or about BATCH_BYTES, and, with
     ``skip_damage``, each damaged stretch of input as an ``InputDamage`` in its place between them.
-    When reading fails, the lines before the error come out first."""
+    When reading fails, the lines before the error come out first. Text input is cut into batches
+    by counting newlines (C-level), not line by line: the main process does no work per line."""
     damages: list[InputDamage] = []
-    batch = _Batch()
+    rows = _Batch()  # Parquet/Arrow rows
+    text: _TextBatch | None = None
     try:
-        for name, lineno, line in iter_lines(inputs, damages.append if skip_damage else None):
-            if damages:  # found before this line was read
-                if batch.lines:
-                    yield batch
-                    batch = _Batch()
+        for item in iter_blocks(inputs, damages.append if skip_damage else None):
+            if damages:  # found before this item was read
+                if text is not None:
+                    yield text
+                    text = None
+                if rows.lines:
+                    yield rows
+                    rows = _Batch()
                 yield from damages
                 damages.clear()
-            batch.add(name, lineno, line)
-            if len(batch.lines) >= BATCH_LINES or batch.size >= BATCH_BYTES:
-                yield batch
-                batch = _Batch()
+            if item.__class__ is not Block:  # a row of a Parquet/Arrow input
+                if text is not None:
+                    yield text
+                    text = None
+                rows.add(*item)
+                if rows.full():
+                    yield rows
+                    rows = _Batch()
+                continue
+            if rows.lines:
+                yield rows
+                rows = _Batch()
+            name, start, data = item
+            if text is not None and not text.follows(item):
+                yield text
+                text = None
+            count = data.count(b"\n")
+            while True:
+                if text is None:
+                    text = _TextBatch(name, start)
+                room = BATCH_LINES - text.lines
+                if count < room:
+                    text.add(data, count)
+                    if text.size >= BATCH_BYTES or text.ended:
+                        yield text
+                        text = None
+                    break
+                cut = _after_newline(data, room)
+                text.add(data[:cut], room)
+                yield text
+                text = None
+                data, start, count = data[cut:], start + room, count - room
+                if not data:
+                    break
     except Exception:
-        if batch.lines:
-            yield batch
+        if text is not None:
+            yield text
+        if rows.lines:
+            yield rows
         raise
-    if batch.lines:
-        yield batch
+    if text is not None:
+        yield text
+    if rows.lines:
+        yield rows
     yield from damages
 
 
@@ -151,7 +241,7 @@ def _first_batches(batches: Iterator, n: int) -> tuple[list, Exception | None]:
     try:
         for item in batches:
             head.append(item)
-            if isinstance(item, _Batch):
+            if isinstance(item, _BATCHES):
                 n -= 1
                 if not n:
                     break
@@ -204,39 +294,53 @@ class _Job:
 
 
 class _WorkerContext(StageContext):
-    """A worker's context: rejects go back to the main process in order with the records (``entries``);
-    counters are per batch and added to the main process's."""
+    """A worker's context: the batch's result is ``parts``, in input order: :class:`Lines` of the
+    records that went on and, between them, each reject (``Rejected``); counters are per batch and
+    added to the main process's."""
 
     def __init__(self, job: _Job):
         super().__init__(job.stage.name, on_bad_record=job.on_bad_record)
         self.run_stamp = job.run_stamp
-        self.entries: list = []
+        self.pack = job.stage.pack_notes
+        self.parts: list[Lines | Rejected] = []
+        self.lines: list[bytes] = []
+        self.notes: list = []
+
+    def end_lines(self) -> None:
+        """The records gathered so far become one part."""
+        if self.lines:
+            self.parts.append(Lines(b"\n".join(self.lines), len(self.lines), self.pack(self.notes[:])))
+            self.lines.clear()  # (cleared, not replaced: _work holds their append methods)
+            self.notes.clear()
 
     def reject(self, record: dict, reason: str, **details: Any) -> None:
-        self.entries.append(Rejected(record, reason, details))
+        self.end_lines()
+        self.parts.append(Rejected(record, reason, details))
 
 
 def _work(job: _Job, ctx: _WorkerContext, message: tuple) -> tuple[list, dict, Any]:
-    """One batch: ``(entries, counters, error)``; entries are ``(line, note)`` for each record that
-    goes on and ``Rejected`` for each reject, in the order they happened."""
-    entries = ctx.entries = []
+    """One batch through the reader and the stage's per-record part: ``(parts, counters, error)``."""
+    ctx.parts, ctx.lines, ctx.notes = [], [], []
     ctx.stats = Stats(ctx.stage)
     error: Any = None
     records = job.reader.records(_items(message), ctx)
+    add_line, add_note = ctx.lines.append, ctx.notes.append
     try:
         for record, note in job.stage.per_record(records, ctx):
-            entries.append((dumps(record), note))
+            add_line(dumps(record))
+            add_note(note)
     except BadRecord as exc:
         error = _Failure(exc.path, exc.line, exc.reason)
     except Exception as exc:  # raised by the main process in its place
         error = exc
     finally:
         records.close()  # counts `read` before the counters go back
+    ctx.end_lines()
     try:
         pickle.dumps(error)
     except Exception:
         error = RuntimeError(f"{type(error).__name__}: {error}")
-    return entries, dict(ctx.stats.counters), error
+    return ctx.parts, dict(ctx.stats.counters), error
 
 
 def _worker_main(inbox, outbox, job: _Job) -> None:
@@ -244,6 +348,11 @@ def _worker_main(inbox, outbox, job: _Job) -> None:
     # and it lets the workers go (or kills them) when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing one (a semaphore): made in a worker that is killed
+    # when a run stops early, it is reported as leaked on stderr. A worker draws no bar.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     ctx = _WorkerContext(job)
     try:
         while True:
@@ -333,7 +442,7 @@ def _feed(pool: _Pool, batches: Iterator, pending: queue.Queue, stop: threading.
 
 def _pooled(
     batches: Iterator, stage: PerRecordStage, ctx: StageContext, reader: Reader, workers: int
-) -> Iterator[tuple[bytes, Any]]:
+) -> Iterator[Lines]:
     """The main process's half: results in batch order, rejects replayed in ``ctx``."""
     job = _Job(stage.for_worker(), reader, "fail" if ctx.fail_on_bad_record else "skip", ctx.run_stamp)
     pool = _Pool(workers, job)
@@ -352,14 +461,14 @@ def _pooled(
             if isinstance(item, InputDamage):
                 report_damage(item)
                 continue
-            entries, batch_counters, error = pool.result(index)
+            parts, batch_counters, error = pool.result(index)
             index += 1
             counters.update(batch_counters)
-            for entry in entries:
-                if entry.__class__ is tuple:
-                    yield entry
+            for part in parts:
+                if part.__class__ is Lines:
+                    yield part
                 else:
-                    reject(entry.record, entry.reason, **entry.details)
+                    reject(part.record, part.reason, **part.details)
             if error is not None:
                 raise BadRecord(*error) if isinstance(error, _Failure) else error
         finished = True

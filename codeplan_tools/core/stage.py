@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tqdm import tqdm
 
@@ -205,7 +205,7 @@ class StreamContext(StageContext):
     def _open(self, path: str | None) -> OutputWriter:
         """A writer for ``path``; when resuming, it appends in the encoding the file already has."""
         if self._key is None:
-            return OutputWriter(path, plain=self.io.plain)
+            return OutputWriter(path, plain=self.io.plain, background=True)
         found = existing_encoding(path)
         if found is not None and found != output_kind(path, self.io.plain):
             described = {"zstd": "zstd-compressed", "gzip": "gzip-compressed"}.get(found, "plain")
@@ -215,7 +215,7 @@ class StreamContext(StageContext):
                 file=sys.stderr,
             )
         # Appending, the writer keeps the encoding the file has (OutputWriter).
-        return OutputWriter(path, plain=self.io.plain, append=True)
+        return OutputWriter(path, plain=self.io.plain, append=True, background=True)
 
     def close(self) -> None:
         """End of the run: close the progress bar, count the wall time, close output and rejects
@@ -271,6 +271,16 @@ class Stage(Protocol):
     def run(self, records: Iterator[dict], ctx: StageContext) -> Iterator[dict]: ...
 
 
+class Lines(NamedTuple):
+    """Records that went on in a worker process, in input order: their JSON lines joined by newlines
+    (written as they are, in one piece, when the ordered part lets them pass unchanged) and their
+    notes as :meth:`PerRecordStage.pack_notes` packed them."""
+
+    data: bytes
+    number: int  # of records
+    notes: Any
+
+
 class PerRecordStage:
     """A stage whose work is per record, plus at most an ordered part, so that ``run_stage`` can run
     the per-record part in worker processes (``workers=N``) with the same result.
@@ -279,7 +289,9 @@ class PerRecordStage:
       yields ``(record, note)`` for each record that goes on; ``note`` (picklable, may be None)
       tells :meth:`ordered` what it needs. It rejects through ``ctx``. It may run in a worker
       process, called once per batch of records on a copy of the stage (:meth:`for_worker`); its
-      records then reach :meth:`ordered` as their JSON lines (bytes).
+      records then reach :meth:`ordered` as their JSON lines (bytes), or a stage that overrides
+      :meth:`ordered_lines` gets a batch's records as one :class:`Lines` (notes packed with
+      :meth:`pack_notes`) and may pass it on whole.
     - :meth:`ordered` runs in the main process over those pairs, in input order, and yields what is
       written: the part that depends on the records before (filter's dedup, the length profile).
       A record given as bytes stays bytes unless the ordered part changes it (:func:`as_record`).
@@ -298,12 +310,39 @@ class PerRecordStage:
         for record, _note in items:
             yield record
 
+    def ordered_lines(
+        self, items: Iterable[tuple[dict | bytes, Any] | Lines], ctx: StageContext
+    ) -> Iterator[dict | bytes | Lines]:
+        """:meth:`ordered` over what a worker pool hands on: ``(record, note)`` pairs and, from worker
+        processes, :class:`Lines` of several records. By default each :class:`Lines` is taken apart
+        into pairs; a stage may override this to pass whole :class:`Lines` on (``run_stage`` writes
+        them as they are), so that the main process does no work per record."""
+        return self.ordered(self._pairs(items), ctx)
+
+    def _pairs(self, items: Iterable[tuple[dict | bytes, Any] | Lines]) -> Iterator[tuple[dict | bytes, Any]]:
+        for item in items:
+            if item.__class__ is Lines:
+                data, number, packed = item
+                yield from zip(data.split(b"\n"), self.unpack_notes(packed, number), strict=True)
+            else:
+                yield item  # type: ignore[misc]
+
     def for_worker(self) -> PerRecordStage:
         """The stage as each worker process runs it (e.g. with its own helper processes scaled down)."""
         return self
 
     def close(self) -> None:
         """Free what :meth:`per_record` keeps between calls; the stage may be used again after."""
+
+    def pack_notes(self, notes: list) -> Any:
+        """A worker batch's notes as sent to the main process, where :meth:`unpack_notes` reads them
+        back: a stage whose notes are small objects, one per record, may pack them into a few
+        (pickling costs per object)."""
+        return notes
+
+    def unpack_notes(self, packed: Any, count: int) -> Sequence:
+        """The ``count`` notes that :meth:`pack_notes` packed, in order."""
+        return packed
 
     def run(self, records: Iterable[dict], ctx: StageContext) -> Iterator[dict | bytes]:
         try:
@@ -379,7 +418,9 @@ def run_stage(
     reader = Reader(io.prompt_field, io.response_field, io.require, shard, ctx.done)
     run = stage.run if hasattr(stage, "run") else stage
     written = 0
-    write, write_line, update = ctx.writer.write, ctx.writer.write_line, ctx.progress.update
+    writer, update = ctx.writer, ctx.progress.update
+    write, write_line, write_lines = writer.write, writer.write_line, writer.write_lines
+    shown = 0  # records counted on the progress bar
     # Closed in order before the outputs are: the counters are complete when --stats is written.
     opened: list[Generator] = []
     try:
@@ -390,7 +431,7 @@ def run_stage(
 
             per_record = pool.per_record(io.inputs, stage, ctx, reader, workers)
             opened.append(per_record)
-            items = stage.ordered(per_record, ctx)
+            items = stage.ordered_lines(per_record, ctx)
         else:
             on_damage = None if ctx.fail_on_bad_record else damage_reporter(ctx)
             records = reader.records(iter_lines(io.inputs, on_damage), ctx)
@@ -401,18 +442,23 @@ def run_stage(
         for item in items:
             if isinstance(item, bytes):  # serialised in a worker process
                 write_line(item)
+                written += 1
+            elif isinstance(item, Lines):  # several, serialised in a worker process
+                write_lines(item.data, item.number)
+                written += item.number
             else:
                 write(item)
-            written += 1
-            if not written & 255:  # the bar redraws itself; updating it per record costs time
-                update(256)
+                written += 1
+            if written - shown >= 256:  # the bar redraws itself; updating it per record costs time
+                update(written - shown)
+                shown = written
     finally:
         try:
             for generator in opened:
                 generator.close()
         finally:
             stats.inc("written", written)
-            ctx.progress.update(written & 255)
+            ctx.progress.update(written - shown)
             ctx.close()
     return stats
 

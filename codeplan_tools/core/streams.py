@@ -15,7 +15,8 @@ read only while they may still begin such a magic (``{`` never does) and are han
 (``_Prefixed``), so a slow JSON Lines pipe is never waited on.
 
 Input is decoded incrementally: compressed input is fed to the decompressor 16 KiB at a time and a
-line is yielded as soon as it is complete, before more input is decoded. So an error further on
+line is yielded as soon as it is complete; the decoded pieces and any damage come out in input order
+(a file is decoded by a thread a few pieces ahead, stdin as it arrives). So an error further on
 never takes back a line already handed out, and an error message names the first line that could
 not be read (the lines read so far + 1), never an earlier one.
 
@@ -59,18 +60,21 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import lzma
 import os
+import queue
 import signal
 import stat
 import sys
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import zstandard
 
@@ -348,7 +352,7 @@ def _leading_junk(src: _Compressed) -> int:
     return min(starts, default=-1)
 
 
-def _decoded(fh: BinaryIO) -> Iterator[bytes | _Break]:
+def _decoded(fh: BinaryIO) -> Generator[bytes | _Break, None, None]:
     """The decompressed bytes of one input as they are decoded, and a ``_Break`` where it is damaged.
 
     After the first unit, a unit of another container is read too (``cat a.zst b.gz``), and damage
@@ -422,6 +426,49 @@ def _decoded(fh: BinaryIO) -> Iterator[bytes | _Break]:
                 break
 
 
+READ_AHEAD = 8  # decoded chunks a reading thread may hold before they are taken
+
+
+def _read_ahead(chunks: Iterable[bytes | _Break]) -> Generator[bytes | _Break, None, None]:
+    """``chunks``, in order, made by a thread of their own up to ``READ_AHEAD`` ahead of the reader:
+    zstd, zlib, lzma and bz2 let go of the GIL while they decode, so decoding costs no wall time in a
+    run that is not short of cores. An error is raised in its place, after the chunks before it;
+    closing this generator stops the thread (before the caller closes the file it reads)."""
+    pending: queue.Queue = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def decode() -> None:
+        try:
+            for chunk in chunks:
+                pending.put((True, chunk))
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # raised by the reader in its place
+            pending.put((False, exc))
+        else:
+            pending.put((False, None))
+
+    thread = threading.Thread(target=decode, name="codeplan-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = pending.get()
+            if ok:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        while thread.is_alive():  # take what it puts, so that it sees the stop
+            try:
+                pending.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 def _resync(src: _Compressed, start: int, reason: str, kept) -> _Break:
     """Find where to go on after damage in the unit at ``start``: the next unit start after it,
     searched in the unit's own bytes first (``kept``) when they were kept."""
@@ -485,8 +532,10 @@ def iter_lines(
 
                 yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
                 continue
+            # A file is decoded ahead by a thread (stdin as it comes: a pipe may be slow).
+            chunks: Generator = _decoded(fh) if path == "-" else _read_ahead(_decoded(fh))
             try:
-                for chunk in _decoded(fh):
+                for chunk in chunks:
                     if isinstance(chunk, _Break):
                         lost = 1 if b"".join(held).strip() else 0
                         damage = _damage(name, lineno + 1, lost, chunk)
@@ -522,9 +571,95 @@ def iter_lines(
                 raise OutputIOError(
                     f"{name}: reading failed after line {lineno} ({exc.strerror or exc})"
                 ) from None
+            finally:
+                chunks.close()  # (the thread stops before the file is closed)
         last = b"".join(held)
         if last and not last.isspace():  # a last line without its newline
             yield name, lineno + 1, last.rstrip(b"\r")
+
+
+class Block(NamedTuple):
+    """Consecutive lines of one text input as read (``iter_blocks``): the lines after line ``start`` of
+    ``name``, blank ones included, each ending in a newline but for the input's last."""
+
+    name: str
+    start: int
+    data: bytes
+
+
+def iter_blocks(
+    paths: Iterable[str], on_damage: Callable[[InputDamage], None] | None = None
+) -> Iterator[Block | tuple[str, int, bytes]]:
+    """The lines of ``iter_lines`` as whole decoded chunks (:class:`Block`, cut at a newline), for a
+    reader that hands lines on in bulk (the worker pool): no work per line here; :func:`block_lines`
+    gives the lines. Damage is found, reported and raised as ``iter_lines`` does, after the lines
+    before it. A Parquet or Arrow input yields ``iter_lines``' ``(file, row, line)`` triples."""
+    for path in paths:
+        name = display_name(path)
+        if path != "-" and os.path.isdir(path):
+            from codeplan_tools.core import columnar
+
+            yield from columnar.folder_lines(path, on_damage)
+            continue
+        lineno = 0  # the lines handed out (and lost) so far
+        held: list[bytes] = []  # the start of a line whose end has not been decoded yet
+        with _Opened(path) as opened:
+            head, fh = _sniff(opened)
+            if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
+                from codeplan_tools.core import columnar
+
+                yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
+                continue
+            try:
+                for chunk in _decoded(fh):
+                    if isinstance(chunk, _Break):
+                        lost = 1 if b"".join(held).strip() else 0
+                        damage = _damage(name, lineno + 1, lost, chunk)
+                        if on_damage is None:
+                            raise BadRecord(name, damage.line, _fail_reason(damage))
+                        on_damage(damage)
+                        lineno += lost
+                        held.clear()
+                        continue
+                    cut = chunk.rfind(b"\n") + 1
+                    if not cut:
+                        held.append(chunk)
+                        continue
+                    if held:
+                        held.append(chunk[:cut])
+                        data = b"".join(held)
+                        held.clear()
+                    else:
+                        data = chunk[:cut] if cut < len(chunk) else chunk
+                    if cut < len(chunk):
+                        held.append(chunk[cut:])
+                    yield Block(name, lineno, data)
+                    lineno += data.count(b"\n")
+            except OSError as exc:
+                raise OutputIOError(
+                    f"{name}: reading failed after line {lineno} ({exc.strerror or exc})"
+                ) from None
+        if held:  # a last line without its newline
+            yield Block(name, lineno, b"".join(held))
+
+
+def block_lines(block: Block) -> Iterator[tuple[str, int, bytes]]:
+    """``(file, line number, line)`` of a block's lines, as ``iter_lines`` yields them."""
+    name, lineno, data = block
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    if b"\r" not in data and b"" not in lines and not any(map(bytes.isspace, lines)):
+        # No line to skip or strip (the usual case): numbered in C, no Python per line.
+        return zip(itertools.repeat(name), itertools.count(lineno + 1), lines)
+    return _numbered(name, lineno, lines)
+
+
+def _numbered(name: str, lineno: int, lines: list[bytes]) -> Iterator[tuple[str, int, bytes]]:
+    for line in lines:
+        lineno += 1
+        if line and not line.isspace():  # blank lines are skipped (but counted)
+            yield name, lineno, line.rstrip(b"\r")
 
 
 # First bytes of the columnar magics (Parquet "PAR1", Arrow "ARROW1", Arrow stream FF FF FF FF).
@@ -665,8 +800,6 @@ class _DecodedRaw(io.RawIOBase):
 
 def _columnar_chunks(rows: Iterator[tuple[str, int, bytes]]) -> Iterator[bytes]:
     """Rows of a Parquet/Arrow input as JSON Lines bytes, 1024 rows a chunk (``open_input``)."""
-    import itertools
-
     while piece := list(itertools.islice(rows, 1024)):
         yield b"\n".join(line for _, _, line in piece) + b"\n"
 
@@ -752,6 +885,14 @@ class RecordWriter:
     ``plain`` forces the kind as in ``output_kind`` (True: plain; "plain", "gzip" or "zstd"), else
     the name decides. ``append=True`` appends to an existing file (used when resuming; zstd frames,
     and gzip members, concatenate).
+
+    ``background=True`` (a stage's outputs): compressed output is compressed and written by a thread
+    of its own, in order, while the caller makes the next records (zstd and zlib let go of the GIL
+    while they compress), so compressing costs no wall time in a run that is not short of cores. A
+    flush when about ``flush_bytes`` are pending hands them over and goes on; :meth:`flush` and
+    :meth:`close` return once every frame handed over is written; a failed write is raised by the
+    next write, flush or close. The thread blocks SIGTERM and SIGINT, so they reach the main thread,
+    whose close writes the frames still pending whole.
     """
 
     def __init__(
@@ -762,6 +903,7 @@ class RecordWriter:
         level: int = 3,
         flush_bytes: int = FLUSH_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        background: bool = False,
     ) -> None:
         self.path = None if path in (None, "-") else str(path)
         self.kind = output_kind(self.path, plain)
@@ -781,6 +923,10 @@ class RecordWriter:
         self._wrote = False  # whether a frame (or any plain byte) went out
         self.records_written = 0
         self.closed = False
+        self._background = background and self._compress is not None
+        self._frames: queue.Queue | None = None  # data for the writer thread, which starts with the first
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None  # what stopped the writer thread
 
     def write(self, record: dict) -> None:
         self.write_line(dumps(record))
@@ -790,15 +936,61 @@ class RecordWriter:
         self._buf += b"\n"
         self.records_written += 1
         if len(self._buf) >= self._flush_bytes or time.monotonic() - self._last_flush >= self._flush_seconds:
-            self.flush()
+            self._hand_over()
+
+    def write_lines(self, data: bytes, count: int) -> None:
+        """``count`` records already serialised, as JSON lines joined by newlines (no last newline)."""
+        self._buf += data
+        self._buf += b"\n"
+        self.records_written += count
+        if len(self._buf) >= self._flush_bytes or time.monotonic() - self._last_flush >= self._flush_seconds:
+            self._hand_over()
 
     def flush(self) -> None:
+        """Write out what is pending, and return when it is written."""
+        self._hand_over()
+        self._drain()
+
+    def _hand_over(self) -> None:
+        """Write out what is pending, or with ``background`` hand it to the writer thread."""
         self._last_flush = time.monotonic()
+        if self._thread_error is not None:
+            raise self._thread_error
         if not self._buf:
             return
-        data = bytes(self._buf) if self._compress is None else self._compress(bytes(self._buf))
+        data = bytes(self._buf)
         self._buf.clear()
-        self._write_out(data)
+        if not self._background:
+            self._write_out(data if self._compress is None else self._compress(data))
+            return
+        if self._thread is None:
+            # Bounded: at most two frames wait, so memory stays small when the output is slow.
+            self._frames = queue.Queue(maxsize=2)
+            self._thread = threading.Thread(target=self._write_frames, name="codeplan-writer", daemon=True)
+            self._thread.start()
+        assert self._frames is not None
+        self._frames.put(data)
+
+    def _write_frames(self) -> None:
+        """The writer thread: compress and write what is handed over, in order, until None."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)  # the main thread handles them
+        assert self._frames is not None and self._compress is not None
+        while (data := self._frames.get()) is not None:
+            if self._thread_error is None:
+                try:
+                    self._write_out(self._compress(data))
+                except BaseException as exc:  # raised in the main thread by its next write or close
+                    self._thread_error = exc
+
+    def _drain(self) -> None:
+        """Wait until the writer thread has written everything handed over (it then ends)."""
+        if self._thread is not None:
+            assert self._frames is not None
+            self._frames.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._thread_error is not None:
+            raise self._thread_error
 
     def _write_out(self, data: bytes) -> None:
         # A frame is written whole: our own SIGTERM/SIGINT handling waits until it is out.
@@ -825,6 +1017,12 @@ class RecordWriter:
             if self._owns:
                 raise
         finally:
+            if self._thread is not None:  # a flush that failed before it handed over: stop the thread
+                self._thread_error = self._thread_error or PipeClosed()
+                assert self._frames is not None
+                self._frames.put(None)
+                self._thread.join()
+                self._thread = None
             if self._owns:
                 self._fh.close()
 

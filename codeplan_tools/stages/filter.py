@@ -54,10 +54,10 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from codeplan_tools.core.records import WrongType
-from codeplan_tools.core.stage import PerRecordStage, StageContext, StageIO, as_record, run_stage
+from codeplan_tools.core.stage import Lines, PerRecordStage, StageContext, StageIO, as_record, run_stage
 from codeplan_tools.core.stats import Stats
 
 _FENCE = re.compile(r"^\s*```")
@@ -520,6 +520,17 @@ class LengthProfile:
         return out
 
 
+class _Notes(NamedTuple):
+    """The notes of a worker's batch (``FilterStage.per_record``'s, packed): ``passed`` per record
+    (None: all), dedup's digests (None: dedup is off), the ``--stats`` measures (None: no profile) and
+    the ``meta.filter`` read with a record, by index, where there was one."""
+
+    passed: bytes | None
+    digests: list[bytes] | None
+    measured: list | None
+    earlier: dict[int, Any] | None
+
+
 class FilterStage(PerRecordStage):
     """``codeplan filter`` as a stage: the rules of ``config`` (see the module docstring)."""
 
@@ -562,27 +573,78 @@ class FilterStage(PerRecordStage):
             else:
                 ctx.reject(record, reasons[0])
 
+    def pack_notes(self, notes: list) -> _Notes:
+        """A worker batch's notes as a few objects (see :class:`_Notes`)."""
+        passed = [note[0] for note in notes]
+        return _Notes(
+            None if all(passed) else bytes(passed),
+            [note[1] for note in notes] if notes[0][1] is not None else None,
+            [note[2] for note in notes] if self.config.profile else None,
+            {i: note[3] for i, note in enumerate(notes) if note[3] is not None} or None,
+        )
+
+    def unpack_notes(self, packed: _Notes, count: int) -> list[tuple]:
+        passed, digests, measured, earlier = packed
+        earlier = earlier or {}
+        return [
+            (
+                passed is None or bool(passed[i]),
+                None if digests is None else digests[i],
+                None if measured is None else measured[i],
+                earlier.get(i),
+            )
+            for i in range(count)
+        ]
+
     def ordered(self, items: Iterable[tuple[dict | bytes, Any]], ctx: StageContext) -> Iterator[dict | bytes]:
         """dedup (first kept wins), ``kept`` and the ``--stats`` profile of what passed."""
+        return self.ordered_lines(items, ctx)  # type: ignore[return-value]  # (no Lines without workers)
+
+    def ordered_lines(
+        self, items: Iterable[tuple[dict | bytes, Any] | Lines], ctx: StageContext
+    ) -> Iterator[dict | bytes | Lines]:
+        """dedup (first kept wins), ``kept`` and the ``--stats`` profile of what passed. A worker's
+        :class:`Lines` with no prompt seen before (nor twice in it) pass whole: set operations, no
+        work per record here."""
         seen, stats = self.seen, ctx.stats
         profile = LengthProfile()
         add = profile.add_measured
         kept = 0  # counted here and added once: stats.inc per record costs more than a rule
         try:
-            for item, (passed, digest, measured, earlier) in items:
-                if digest is not None:
-                    if digest in seen:  # (the rule `dedup`, inline: this loop is the main process's)
-                        record = self._duplicate(as_record(item), passed, earlier, ctx)
-                        if record is None:
-                            continue
-                        item, passed = record, False
-                    else:
-                        seen.add(digest)
-                if passed:
-                    kept += 1
-                    if measured is not None:
-                        add(measured)
-                yield item
+            for entry in items:
+                if entry.__class__ is Lines:
+                    notes: _Notes = entry.notes
+                    digests = notes.digests
+                    count = entry.number
+                    if digests is None or (seen.isdisjoint(digests) and len(set(digests)) == count):
+                        if digests is not None:
+                            seen.update(digests)
+                        kept += count if notes.passed is None else notes.passed.count(1)
+                        if notes.measured is not None:
+                            for measured in notes.measured:
+                                if measured is not None:
+                                    add(measured)
+                        yield entry
+                        continue
+                    pairs: Iterable = zip(
+                        entry.data.split(b"\n"), self.unpack_notes(notes, count), strict=True
+                    )
+                else:
+                    pairs = (entry,)
+                for item, (passed, digest, measured, earlier) in pairs:
+                    if digest is not None:
+                        if digest in seen:  # (the rule `dedup`, inline: this loop is the main process's)
+                            record = self._duplicate(as_record(item), passed, earlier, ctx)
+                            if record is None:
+                                continue
+                            item, passed = record, False
+                        else:
+                            seen.add(digest)
+                    if passed:
+                        kept += 1
+                        if measured is not None:
+                            add(measured)
+                    yield item
         finally:
             if kept:
                 stats.inc("kept", kept)
