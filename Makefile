@@ -14,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv test test-fast lint quickstart miniature docs bench gpu-check gpu-check-smoke clean-venv
+.PHONY: venv test test-fast lint quickstart miniature docs bench bench-peers gpu-check gpu-check-smoke clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,3 +66,15 @@ bench: venv
 	$(PY) bench/pack_bench.py
 	$(PY) bench/finetune_bench.py
 	$(PY) bench/generate_bench.py
+
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+
+# codeplan side by side with datatrove, TRL, math-verify and lm-eval, in their own venv (never .venv).
+bench-peers:
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -q torch==2.13.0
+	$(PEERS_PY) -m pip install -q -e '.[bench]'
+	$(PEERS_PY) bench/peers/filter_vs_datatrove.py
+	$(PEERS_PY) bench/peers/pack_vs_trl.py
+	$(PEERS_PY) bench/peers/score_vs_reference.py

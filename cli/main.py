@@ -35,19 +35,21 @@ COMMANDS = [
     "init-model",
 ]
 
-app = typer.Typer(
-    name="codeplan",
-    help="Mine, filter, pack, fine-tune on, generate and score code-form plans (CodePlan, ICLR 2025).\n\n"
-    "Every command reads JSONL records (zstd, gzip or plain) on stdin or -i FILE and writes JSONL on "
-    "stdout: zstd on a pipe, by name on a redirect (> out.jsonl plain, .gz gzip, .zst zstd), so "
-    "commands compose with pipes:\n\n"
-    "\b\n  cat data.jsonl | codeplan extract --model M | codeplan filter > mined.jsonl.zst",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
+
+def _new_app() -> typer.Typer:
+    return typer.Typer(
+        name="codeplan",
+        help="Mine, filter, pack, fine-tune on, generate and score code-form plans (CodePlan, ICLR 2025).\n\n"
+        "Every command reads JSONL records (zstd, gzip or plain) on stdin or -i FILE and writes JSONL on "
+        "stdout: zstd on a pipe, by name on a redirect (> out.jsonl plain, .gz gzip, .zst zstd), so "
+        "commands compose with pipes:\n\n"
+        "\b\n  cat data.jsonl | codeplan extract --model M | codeplan filter > mined.jsonl.zst",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
 
 
 def _version(value: bool) -> None:
@@ -56,7 +58,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
@@ -65,15 +66,21 @@ def _root(
     """Mine, filter, pack, fine-tune on, generate and score code-form plans (CodePlan, ICLR 2025)."""
 
 
-for _name in COMMANDS:
-    _module = "codeplan_cli." + _name.replace("-", "_")
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
-    _mod.register(app)
+def build_app(names: list[str] | None = None) -> typer.Typer:
+    """The command group with the subcommands ``names`` (default: all). A module cli/<name>.py with
+    register(app) provides each one; a command whose module is absent is simply not offered."""
+    app = _new_app()
+    app.callback()(_root)
+    for name in COMMANDS if names is None else names:
+        module = "codeplan_cli." + name.replace("-", "_")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+    return app
 
 
 # click >= 8.2 raises this for a group called with no arguments; older click prints help itself.
@@ -91,10 +98,13 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def get_command() -> click.Command:
+def get_command(only: str | None = None) -> click.Command:
+    """The ``codeplan`` click group; with ``only`` (a subcommand's name) the group holds that one alone,
+    so running one command imports one command module (the others load the stages, the scorers and
+    the report: ~0.5 s of start-up that ``pack`` on one record would pay for nothing)."""
     from codeplan_cli.options import refuse_non_finite
 
-    return refuse_non_finite(typer.main.get_command(app))
+    return refuse_non_finite(typer.main.get_command(build_app([only] if only else None)))
 
 
 def _subcommand(argv: list[str]) -> str:
@@ -112,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = _subcommand(argv)
-    command = get_command()
     instruction = os.environ.get(COMPLETE_VAR)
+    # The root takes no option but --help/--version, so a first argument that names a command is it.
+    only = argv[0] if argv and argv[0] in COMMANDS and not instruction else None
+    command = get_command(only)
     if instruction:
         # The scripts in completions/ call back here; click answers (typer's own hook is not used).
         from click.shell_completion import shell_complete

@@ -8,6 +8,10 @@ fingerprint it checks packs against, the files it copies into an export) must ag
 - :func:`load_tokenizer`: a missing folder or tokenizer is one line and exit 66 at once (no hub
   retries), a tokenizer with its own code without ``trust_remote_code`` exit 77
   (:mod:`codeplan_tools.engines.model_files`).
+- :func:`load_pack_tokenizer`: the same checks; for a folder whose ``tokenizer.json`` transformers
+  uses unchanged, a :class:`DirectTokenizer` (``tokenizers`` + jinja2, no transformers import: start-up
+  in a fraction of a second), else :func:`load_tokenizer`'s. :func:`render_chat_template` renders a
+  chat template as transformers' ``apply_chat_template(..., tokenize=False)`` does.
 - :func:`tokenizer_fingerprint`: SHA-256 over the :data:`TOKENIZER_FILES` of a model folder (names and
   bytes; ``finetune`` copies them byte for byte into its export, so an exported model keeps it); for a
   model that is not a local folder, over the loaded tokenizer's serialised form and chat template.
@@ -20,6 +24,7 @@ fingerprint it checks packs against, the files it copies into an export) must ag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -83,6 +88,251 @@ def load_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
     refuse_remote_code(found, trust_remote_code)
     with loading(found):
         return AutoTokenizer.from_pretrained(found.path, trust_remote_code=trust_remote_code)
+
+
+def load_pack_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``--model`` as ``pack`` uses it: a :class:`DirectTokenizer` (the ``tokenizers``
+    library and jinja2, no ``import transformers``: about 0.4 s instead of 3 to 5 s for Llama-3) when
+    the folder is one that transformers loads as is (:func:`direct_tokenizer_files`), else
+    :func:`load_tokenizer`'s. Both give the same ids and renderings (``tests/lib/test_pack_identical.py``).
+    """
+    from codeplan_tools.engines.model_files import refuse_remote_code, resolve_model
+
+    found = resolve_model(str(model), need="tokenizer")
+    refuse_remote_code(found, trust_remote_code)
+    files = direct_tokenizer_files(Path(found.path)) if found.local else None
+    if files is None:
+        return load_tokenizer(model, trust_remote_code)
+    return DirectTokenizer.from_files(*files)
+
+
+# The tokenizer classes that transformers builds from tokenizer.json unchanged; the others (LlamaTokenizer,
+# Qwen2Tokenizer, ...) rebuild the normaliser, pre-tokenizer or post-processor from their own code.
+_GENERIC_CLASSES = (None, "PreTrainedTokenizerFast", "TokenizersBackend")
+SPECIAL_TOKEN_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
+def direct_tokenizer_files(folder: Path) -> tuple[Path, dict, str | None] | None:
+    """(tokenizer.json, tokenizer config, chat template) of a folder whose tokenizer transformers builds
+    from ``tokenizer.json`` as it is, or None when it would change or extend it (another class, legacy
+    ``special_tokens_map.json`` / ``added_tokens.json``, several chat templates, special tokens of the
+    config missing from ``tokenizer.json``, no post-processor, ``split_special_tokens`` on, remote code):
+    those load through transformers."""
+    import json
+
+    tokenizer_file, config_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not tokenizer_file.is_file() or not config_file.is_file():
+        return None
+    if any(
+        (folder / n).exists()
+        for n in ("special_tokens_map.json", "added_tokens.json", "additional_chat_templates")
+    ):
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in _GENERIC_CLASSES:
+        return None
+    if config.get("auto_map") or config.get("split_special_tokens") or config.get("fix_mistral_regex"):
+        return None
+    template_file = folder / "chat_template.jinja"
+    template = (
+        template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
+    )
+    if template is not None and not isinstance(template, str):
+        return None  # named templates: transformers picks among them
+    return tokenizer_file, config, template
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token of a tokenizer config: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class DirectTokenizer:
+    """A ``tokenizer.json`` through the ``tokenizers`` library, with the special tokens and chat template
+    of ``tokenizer_config.json``: the part of transformers' tokenizer API that the formats,
+    :class:`RecordTokenizer` and ``pack`` use, giving the same results (ids, special tokens, chat
+    template rendering: :func:`render_chat_template`) without importing transformers.
+
+    Built by :func:`load_pack_tokenizer` only for folders transformers loads unchanged
+    (:func:`direct_tokenizer_files`). Like transformers, truncation and padding of the file are off
+    unless asked for, and ``split_special_tokens`` is per call.
+    """
+
+    is_fast = True
+
+    def __init__(self, backend: Any, config: dict, chat_template: str | None, name_or_path: str = "") -> None:
+        backend.no_truncation()
+        backend.no_padding()
+        backend.encode_special_tokens = False
+        self.backend_tokenizer = backend
+        self.name_or_path = name_or_path
+        self.chat_template = chat_template
+        self.special_tokens_map = {
+            attr: text
+            for attr in SPECIAL_TOKEN_ATTRIBUTES
+            if (text := _token_text(config.get(attr))) is not None
+        }
+        extra = config.get("extra_special_tokens", config.get("additional_special_tokens")) or []
+        self.extra_special_tokens = [t for t in map(_token_text, extra) if t]
+        self.all_special_tokens = list(
+            dict.fromkeys([*self.special_tokens_map.values(), *self.extra_special_tokens])
+        )
+        self.added_tokens_decoder = backend.get_added_tokens_decoder()
+        self._added_vocab = {t.content: i for i, t in sorted(self.added_tokens_decoder.items())}
+
+    @classmethod
+    def from_files(cls, tokenizer_file: Path, config: dict, chat_template: str | None) -> Any:
+        """The tokenizer of these files, or transformers' when the config names special tokens that are
+        not in ``tokenizer.json`` as special tokens (transformers would add them)."""
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(tokenizer_file))
+        if backend.truncation is not None or backend.padding is not None:
+            return load_tokenizer(str(tokenizer_file.parent))  # transformers takes settings from them
+        tok = cls(backend, config, chat_template, str(tokenizer_file.parent))
+        specials = {t.content for t in tok.added_tokens_decoder.values() if t.special}
+        declared = config.get("added_tokens_decoder") or {}
+        same_added = all(
+            int(i) in tok.added_tokens_decoder
+            and tok.added_tokens_decoder[int(i)].content == t.get("content")
+            and tok.added_tokens_decoder[int(i)].special == bool(t.get("special"))
+            for i, t in declared.items()
+        )
+        if not same_added or not set(tok.all_special_tokens) <= specials or backend.post_processor is None:
+            return load_tokenizer(str(tokenizer_file.parent))
+        return tok
+
+    def __getattr__(self, name: str) -> Any:
+        # bos_token, eos_token, ...: None when the config names none, as in transformers.
+        if name in SPECIAL_TOKEN_ATTRIBUTES:
+            return self.__dict__.get("special_tokens_map", {}).get(name)
+        raise AttributeError(name)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return dict(self._added_vocab)
+
+    def __call__(
+        self, text: str | list[str], add_special_tokens: bool = True, split_special_tokens: bool = False
+    ) -> dict[str, Any]:
+        """``{"input_ids": ...}`` of a text or a list of texts, as transformers' ``tokenizer(text)``."""
+        backend = self.backend_tokenizer
+        backend.encode_special_tokens = split_special_tokens
+        try:
+            texts = [text] if isinstance(text, str) else list(text)
+            ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        finally:
+            backend.encode_special_tokens = False
+        return {"input_ids": ids[0] if isinstance(text, str) else ids}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict],
+        tokenize: bool = False,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> str:
+        """The text of ``conversation`` in the chat template (``tokenize=False`` only)."""
+        if tokenize:
+            raise NotImplementedError(
+                "DirectTokenizer.apply_chat_template renders text only (tokenize=False)"
+            )
+        if not self.chat_template:
+            raise ValueError("the tokenizer has no chat template")
+        # As transformers: the caller's variables override the special tokens of the same name.
+        variables: dict[str, Any] = {**self.special_tokens_map, **kwargs}
+        return render_chat_template(
+            self.chat_template, conversation, add_generation_prompt=add_generation_prompt, **variables
+        )
+
+
+def render_chat_template(
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = False,
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+    **variables: Any,
+) -> str:
+    """``messages`` rendered by the jinja ``template`` as transformers' ``apply_chat_template(...,
+    tokenize=False)`` renders them: the same sandboxed environment (``trim_blocks``, ``lstrip_blocks``,
+    loop controls, a ``{% generation %}`` block), ``tojson`` without HTML escaping, ``raise_exception``
+    and ``strftime_now``, and the same variables (``variables``: the special tokens, then the caller's)."""
+    return _compiled_template(template).render(
+        messages=messages,
+        tools=tools,
+        documents=documents,
+        add_generation_prompt=add_generation_prompt,
+        **variables,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(template: str) -> Any:
+    import json
+    from datetime import datetime
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}``: transformers marks assistant text with it; its
+        body renders as it is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: Any = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    def strftime_now(format: str) -> str:
+        return datetime.now().strftime(format)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env.from_string(template)
 
 
 def read_fingerprint(path: str) -> dict | None:

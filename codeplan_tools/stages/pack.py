@@ -48,7 +48,15 @@ when it is smaller), which bounds memory on corpora of millions of rows and cost
 efficiency. Rendering and tokenization run in ``workers`` processes (forked on Linux, so they inherit
 the loaded tokenizer; spawned elsewhere), chunk by chunk, in order; the output does not depend on
 the number of workers. Note that a fast tokenizer's batch encoding is already multi-threaded, so
-workers mostly parallelise the chat-template rendering and the Python around it.
+workers mostly parallelise the chat-template rendering and the Python around it. In one process, a
+chunk is tokenized on a thread (the Rust tokenizer releases the GIL) while the next one is rendered.
+
+The tokenizer: a folder whose ``tokenizer.json`` transformers uses as it is (Llama-3, models saved
+by ``init-model``) is loaded with the ``tokenizers`` library and its chat template rendered with jinja2
+the way transformers renders it (:class:`~codeplan_tools.formats.tokenizer.DirectTokenizer`): no
+``import transformers``, so ``pack`` starts in well under a second; other folders (a class that
+rebuilds its tokenizer, only a ``tokenizer.model``) load through transformers. The packs are the same
+bytes either way (``tests/lib/test_pack_identical.py``).
 
 The tokenizer part of the fingerprint hashes the tokenizer files of the model folder (``finetune``
 copies them byte for byte into its export, so an exported model keeps the fingerprint): see
@@ -77,7 +85,7 @@ from codeplan_tools.formats.tokenizer import (
     RecordTokenizer,
     chars_per_token_bound,
     check_model_path,  # noqa: F401
-    load_tokenizer,
+    load_pack_tokenizer,
     read_fingerprint,  # noqa: F401
     tokenizer_fingerprint,
 )
@@ -179,18 +187,53 @@ class TooLong:
     chars: int
 
 
+@dataclass
+class _Prepared:
+    """A chunk of records rendered and checked (:meth:`Encoder.prepare`), waiting to be tokenized.
+
+    ``out`` holds a result per record: a reject reason, ``TooLong``, or None where the tokenizer
+    fills it in; ``batch`` the (slot, prompt text, target text) tokenized in one batch call, ``one``
+    the (slot, prompt, plan, response, prompt text, target text) tokenized alone."""
+
+    out: list
+    batch: list[tuple[int, str, str]]
+    one: list[tuple[int, str, str | None, str, str, str]]
+
+
 class Encoder:
-    """Renders records through the format and tokenizes prompt and target."""
+    """Renders records through the format and tokenizes prompt and target.
+
+    In two steps, so that a chunk is tokenized (Rust, without the GIL) while the next one is rendered
+    (Python): :meth:`prepare` renders and checks, :meth:`tokenize` tokenizes; :meth:`encode` does both.
+    """
 
     def __init__(self, config: PackConfig, tokenizer: Any = None) -> None:
         from codeplan_tools.formats import get_format
 
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(config.model, config.trust_remote_code)
+        self.tokenizer = tokenizer or load_pack_tokenizer(config.model, config.trust_remote_code)
         self.format = get_format(config.format, self.tokenizer, chat=config.chat)
         self.bos = getattr(self.tokenizer, "bos_token", None)
         self.records = RecordTokenizer(self.tokenizer, self.format)
-        self.max_chars = config.max_len * chars_per_token_bound(self.tokenizer)
+        # Any token stands for at least one character: a rendering of at most this many characters is
+        # within max_chars without reading the vocabulary (which takes a tenth of a second for Llama-3).
+        self._surely_short = config.max_len * 4
+        self._max_chars: int | None = None
+        backend = (
+            getattr(self.tokenizer, "backend_tokenizer", None)
+            if getattr(self.tokenizer, "is_fast", False)
+            else None
+        )
+        direct = backend is not None and backend.truncation is None and backend.padding is None
+        self._backend = backend if direct else None
+        self._split_special = bool(getattr(self.tokenizer, "split_special_tokens", False))
+
+    @property
+    def max_chars(self) -> int:
+        """Characters that surely hold more than ``max_len`` tokens (:func:`chars_per_token_bound`)."""
+        if self._max_chars is None:
+            self._max_chars = self.config.max_len * chars_per_token_bound(self.tokenizer)
+        return self._max_chars
 
     def _ids(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         """Token ids of ``texts``, as ``tokenizer(texts)`` gives them.
@@ -198,12 +241,11 @@ class Encoder:
         A fast tokenizer without truncation or padding is called directly through its Rust backend
         (``encode_batch_fast`` skips the character offsets): the same ids, about a quarter faster.
         """
-        backend = (
-            getattr(self.tokenizer, "backend_tokenizer", None)
-            if getattr(self.tokenizer, "is_fast", False)
-            else None
-        )
-        if backend is not None and backend.truncation is None and backend.padding is None:
+        backend = self._backend
+        if backend is not None:
+            # As tokenizer(texts) sets it (a previous call with split_special_tokens=True may have
+            # left the backend splitting special-token strings).
+            backend.encode_special_tokens = self._split_special
             fn = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
             return [e.ids for e in fn(texts, add_special_tokens=add_special_tokens)]
         return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
@@ -216,27 +258,41 @@ class Encoder:
 
         Ordinary records are tokenized in batches; those longer than ``max_chars`` or whose text holds
         a special-token string one by one (:meth:`_encode_one`)."""
-        import numpy as np
+        return self.tokenize(self.prepare(items))
 
-        out: list[tuple[np.ndarray, int] | str | TooLong] = []
-        prompts, targets, where = [], [], []
+    def prepare(self, items: list[tuple[str, str | None, str]]) -> _Prepared:
+        """Render and check ``items`` (no tokenizer call)."""
+        out: list = []
+        batch: list[tuple[int, str, str]] = []
+        one: list[tuple[int, str, str | None, str, str, str]] = []
         holds_special = self.records.holds_special
+        unparseable, render, tokenizer = self.format.unparseable_reason, self.format.render, self.tokenizer
+        surely_short = self._surely_short
         for prompt, plan, response in items:
-            reason = self.format.unparseable_reason(plan, response)
+            reason = unparseable(plan, response)
             if reason:
                 out.append(reason)
                 continue
-            p, t = self.format.render(self.tokenizer, prompt, plan, response)
-            if len(p) + len(t) > self.max_chars or holds_special(prompt, plan, response):
-                out.append(self._encode_one(prompt, plan, response, p, t))
-                continue
-            where.append(len(out))
-            out.append("")
-            prompts.append(p)
-            targets.append(t)
-        if not prompts:
+            p, t = render(tokenizer, prompt, plan, response)
+            n = len(p) + len(t)
+            if (n > surely_short and n > self.max_chars) or holds_special(prompt, plan, response):
+                one.append((len(out), prompt, plan, response, p, t))
+            else:
+                batch.append((len(out), p, t))
+            out.append(None)
+        return _Prepared(out, batch, one)
+
+    def tokenize(self, prepared: _Prepared) -> list[tuple[np.ndarray, int] | str | TooLong]:
+        """The results of a prepared chunk: its records tokenized."""
+        import numpy as np
+
+        out = prepared.out
+        for slot, prompt, plan, response, p, t in prepared.one:
+            out[slot] = self._encode_one(prompt, plan, response, p, t)
+        if not prepared.batch:
             return out
         bos = self.bos
+        prompts = [p for _, p, _ in prepared.batch]
         with_bos = [p.startswith(bos) for p in prompts] if bos else [False] * len(prompts)
         prompt_ids: list[list[int]] = [[] for _ in prompts]
         for flag in (False, True):
@@ -245,9 +301,9 @@ class Encoder:
                 enc = self._ids([prompts[i] for i in idx], add_special_tokens=not flag)
                 for i, ids in zip(idx, enc, strict=True):
                     prompt_ids[i] = ids
-        target_ids = self._ids(targets, add_special_tokens=False)
-        for k, (p_ids, t_ids) in enumerate(zip(prompt_ids, target_ids, strict=True)):
-            out[where[k]] = (np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids))
+        target_ids = self._ids([t for _, _, t in prepared.batch], add_special_tokens=False)
+        for (slot, _, _), p_ids, t_ids in zip(prepared.batch, prompt_ids, target_ids, strict=True):
+            out[slot] = (np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids))
         return out
 
     def _encode_one(
@@ -262,7 +318,7 @@ class Encoder:
 
         cut = piece = None
         chars = len(p) + len(t)
-        if chars > self.max_chars:
+        if chars > self._surely_short and chars > self.max_chars:
             if self.config.overlong == "drop":
                 return TooLong(chars)
             if self.config.overlong == "truncate":
@@ -331,18 +387,11 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 @dataclass
 class _Example:
+    """An example (or a piece of one): its token ids and how many of its first tokens carry no loss."""
+
     id: str
     ids: np.ndarray
-    labels: np.ndarray
-
-
-def _labels(ids: np.ndarray, n_prompt: int, loss: str) -> np.ndarray:
-    import numpy as np
-
-    labels: np.ndarray = ids.astype(np.int32, copy=True)
-    if loss == "assistant":
-        labels[:n_prompt] = IGNORE
-    return labels
+    n_masked: int
 
 
 class Packer:
@@ -359,6 +408,7 @@ class Packer:
         )
         self.needs_plan = self.encoder.format.needs_plan
         self._pool: Any = None
+        self._thread: Any = None
         # Auto: half the cores (the fast tokenizers' batch encoding already runs on several threads).
         self._n_workers = config.workers if config.workers > 0 else min(8, (os.cpu_count() or 1) // 2)
 
@@ -373,12 +423,32 @@ class Packer:
         if cfg.workers == 0 and len(records) < AUTO_WORKERS_MIN_RECORDS:
             parallel = False
         if not parallel:
-            return [res for c in chunks for res in self.encoder.encode(self._items(c))]
+            return self._encode_here(chunks)
         if self._pool is None:
             self._pool = self._start_pool()
         results = []
         for res in self._pool.imap(_worker_encode, [self._items(c) for c in chunks]):
             results.extend(res)
+        return results
+
+    def _encode_here(self, chunks: list[list[dict]]) -> list:
+        """In this process: each chunk is tokenized on a thread (the tokenizer releases the GIL) while
+        the next one is rendered here; only that thread calls the tokenizer."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        encoder, results = self.encoder, []
+        if len(chunks) < 2:
+            return [res for c in chunks for res in encoder.encode(self._items(c))]
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="pack-tokenize")
+        pending = None
+        for chunk in chunks:
+            prepared = encoder.prepare(self._items(chunk))
+            if pending is not None:
+                results.extend(pending.result())
+            pending = self._thread.submit(encoder.tokenize, prepared)
+        if pending is not None:
+            results.extend(pending.result())
         return results
 
     def _start_pool(self):
@@ -396,10 +466,12 @@ class Packer:
     # -- over-long handling --------------------------------------------------------------------
     def _examples(self, record: dict, ids: np.ndarray, n_prompt: int) -> list[_Example]:
         cfg, stats = self.config, self.stats
-        labels = _labels(ids, n_prompt, cfg.loss)
+        # Tokens without loss at the start: the prompt's with --loss assistant (token ids are never
+        # IGNORE, so a piece has loss tokens exactly when it reaches past them).
+        masked = n_prompt if cfg.loss == "assistant" else 0
         n = len(ids)
         if n <= cfg.max_len:
-            pieces = [(record["id"], ids, labels)]
+            pieces = [(record["id"], ids, masked)]
         else:
             if cfg.overlong == "drop":
                 self._drop_overlong(record, tokens=n)
@@ -407,15 +479,15 @@ class Packer:
             stats.inc("overlong")
             if cfg.overlong == "truncate":
                 stats.inc("overlong_truncated")
-                pieces = [(record["id"], ids[: cfg.max_len], labels[: cfg.max_len])]
+                pieces = [(record["id"], ids[: cfg.max_len], min(masked, cfg.max_len))]
             else:
                 stats.inc("overlong_split")
                 pieces = [
-                    (f"{record['id']}#{k}", ids[s : s + cfg.max_len], labels[s : s + cfg.max_len])
+                    (f"{record['id']}#{k}", ids[s : s + cfg.max_len], min(max(masked - s, 0), cfg.max_len))
                     for k, s in enumerate(range(0, n, cfg.max_len))
                 ]
                 stats.inc("split_pieces", len(pieces))
-        kept = [_Example(i, x, y) for i, x, y in pieces if (y != IGNORE).any()]
+        kept = [_Example(i, x, m) for i, x, m in pieces if len(x) > m]
         if len(pieces) > 1:
             stats.inc("split_pieces_dropped_no_loss", len(pieces) - len(kept))
         if not kept:
@@ -434,12 +506,18 @@ class Packer:
         import numpy as np
 
         stats, max_len = self.stats, self.config.max_len
+        positions: np.ndarray = np.arange(max_len, dtype=np.int32)
         for members in best_fit_decreasing([len(e.ids) for e in examples], max_len):
             exs = [examples[i] for i in members]
             ids = np.concatenate([e.ids for e in exs])
-            labels = np.concatenate([e.labels for e in exs])
-            pos = np.concatenate([np.arange(len(e.ids), dtype=np.int32) for e in exs])
-            n_loss = int((labels != IGNORE).sum())
+            labels = ids.copy()
+            seq_lens = [len(e.ids) for e in exs]
+            start = n_loss = 0
+            for e, n in zip(exs, seq_lens, strict=True):
+                labels[start : start + e.n_masked] = IGNORE
+                n_loss += n - e.n_masked
+                start += n
+            pos = np.concatenate([positions[:n] for n in seq_lens])
             example_ids = [e.id for e in exs]
             stats.inc("packs")
             stats.inc("tokens", len(ids))
@@ -451,7 +529,7 @@ class Packer:
                 "input_ids": ids,
                 "labels": labels,
                 "position_ids": pos,
-                "seq_lens": [len(e.ids) for e in exs],
+                "seq_lens": seq_lens,
                 "example_ids": example_ids,
                 "n_tokens": int(len(ids)),
                 "n_loss_tokens": n_loss,
@@ -489,6 +567,9 @@ class Packer:
         s.derived["fingerprint"] = self.fingerprint
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
