@@ -66,6 +66,8 @@ bench: venv
 	$(PY) bench/pack_bench.py
 	$(PY) bench/finetune_bench.py
 	$(PY) bench/generate_bench.py
+	$(PY) bench/score_bench.py --workers 1
+	$(PY) bench/score_bench.py --workers 2
 
 PEERS_VENV := .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python

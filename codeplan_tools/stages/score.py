@@ -82,14 +82,17 @@ taken as each record is read (a chunk holds many); without a reader a record is 
 and yielded before the error is raised (:func:`codeplan_tools.core.stage.take_batches`), so nothing
 read is lost.
 
-Worker processes (``--workers N``, 0 = one per CPU, at most 8). ``N`` stays the number of processes
-that check answers at once, and the verdicts do not depend on it. Records read from files (more than
-one batch; ``codeplan_tools.core.pool``) are scored whole in N processes of the stage runner's pool,
-each checking its math answers in one math-verify process of its own (the hard timeout needs a process
-that can be killed); on stdin, or a small input, one process scores and checks math answers in N
-math-verify processes. The two compose instead of multiplying: the runner's pool replaces the
-math-verify pool's width, never adds to it. Unscorable records are rejected as they are read, so the
-rejects come in input order whatever the chunks (and the batches of the pool) are.
+Worker processes (``--workers N``, 0 = one per CPU, at most 8). ``N`` is the number of processes
+that check answers at once, and the verdicts do not depend on it. ``codeplan score`` reads, scores and
+writes in one process and checks math answers in N math-verify processes (the hard timeout needs a
+process that can be killed), each kept busy: a few answers are queued to each (every one with its whole
+timeout), each process parses a gold answer once (a bounded cache keyed by its text), the processes
+start while the first records are read, and a chunk's answers are checked while the next chunk is read
+and the one before it written. The other families check answers in this process: they take
+microseconds a sample, less than a second process costs. (Run with ``run_stage(..., workers=N)`` from
+Python, the stage also works in the runner's pool, ``codeplan_tools.core.pool``: each of its processes
+then checks math answers in one math-verify process of its own.) Unscorable records are rejected as
+they are read, so the rejects come in input order whatever the chunks are.
 
 ``score_stream`` is ``codeplan score``: the stage over files or pipes, resumed from ``-o FILE``, then
 the report of the run on stderr and in ``--report``/``--plot`` files (after a resumed run, of the
@@ -105,7 +108,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -328,9 +331,9 @@ class _Scorers:
 
     def get(self, name: str) -> Scorer:
         if name not in self._by_name:
-            self._by_name[name] = get_scorer(
-                name, timeout=self.config.timeout, workers=self.config.resolved_workers()
-            )
+            scorer = get_scorer(name, timeout=self.config.timeout, workers=self.config.resolved_workers())
+            scorer.warm()  # math-verify processes start while the rest of the first chunk is read
+            self._by_name[name] = scorer
         return self._by_name[name]
 
     def close(self) -> None:
@@ -370,9 +373,27 @@ class ScoreStage(PerRecordStage):
                     else:
                         ctx.reject(record, exc.code, detail=exc.detail, file=where[0], line=where[1])
 
-        for chunk in take_batches(planned(), config.chunk_size):
-            for record in _score_chunk(chunk, config, ctx, scorers):
-                yield record, (record.get("id"), record["meta"]["score"])
+        # Each chunk's answers are sent to the scorers before the chunk before it is finished
+        # (summarised, stamped, yielded): the math-verify processes check one chunk while this process
+        # reads the next and writes the last. Each chunk still comes out whole and in order, and when
+        # reading stops with an error the chunks read before it are finished first.
+        chunks = take_batches(planned(), config.chunk_size)
+        waiting: _Submitted | None = None
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except Exception:
+                if waiting is not None:
+                    yield from _yielded(_finish_chunk(waiting, config, ctx))
+                raise
+            submitted = _submit_chunk(chunk, scorers)
+            if waiting is not None:
+                yield from _yielded(_finish_chunk(waiting, config, ctx))
+            waiting = submitted
+        if waiting is not None:
+            yield from _yielded(_finish_chunk(waiting, config, ctx))
 
     def ordered(self, items: Iterable[tuple[dict | bytes, Any]], ctx: StageContext) -> Iterator[dict | bytes]:
         report = self.report
@@ -446,10 +467,13 @@ def _plan(record: dict, config: ScoreConfig, scorers: _Scorers) -> _Plan:
     return record, task, scorer, texts, source, plans, plan_answer
 
 
-def _score_chunk(
-    chunk: list[_Plan], config: ScoreConfig, ctx: StageContext, scorers: _Scorers
-) -> Iterator[dict]:
-    """Score the records of a chunk together (a scorer checks all its samples of the chunk at once)."""
+# A chunk whose answers are being checked: its records, and per sample key the verdict's source.
+_Submitted = tuple[list[_Plan], dict[tuple, tuple[Callable[[], list[Verdict]], int]]]
+
+
+def _submit_chunk(chunk: list[_Plan], scorers: _Scorers) -> _Submitted:
+    """Send the samples of a chunk's records to their scorers (each checks all its samples of the chunk
+    at once); ``_finish_chunk`` takes the verdicts."""
     # Keys: (i, j) sample j of record i against its answer; (i, "plan", j) against its plan_answer;
     # (i, "same") the plan_answer itself against the answer.
     batches: dict[str, list[tuple[tuple, tuple]]] = {}
@@ -463,14 +487,27 @@ def _score_chunk(
             for j, text in enumerate(texts):
                 jobs.append(((i, "plan", j), (text, as_planned, options)))
             jobs.append(((i, "same"), (plan_answer, record, options)))
-    verdicts: dict[tuple, Verdict] = {}
+    places: dict[tuple, tuple[Callable[[], list[Verdict]], int]] = {}
     for name, items in batches.items():
-        for (key, _item), verdict in zip(
-            items, scorers.get(name).score_many([it for _key, it in items]), strict=True
-        ):
-            verdicts[key] = verdict
+        verdicts_of = scorers.get(name).submit([it for _key, it in items])
+        for n, (key, _item) in enumerate(items):
+            places[key] = (verdicts_of, n)
+    return chunk, places
+
+
+def _finish_chunk(submitted: _Submitted, config: ScoreConfig, ctx: StageContext) -> Iterator[dict]:
+    """The records of a submitted chunk with ``meta.score``, in order."""
+    chunk, places = submitted
+    got: dict[int, list[Verdict]] = {}  # per scorer batch (by the id of its function): its verdicts
+
+    def verdict(key: tuple) -> Verdict:
+        verdicts_of, n = places[key]
+        if id(verdicts_of) not in got:
+            got[id(verdicts_of)] = verdicts_of()
+        return got[id(verdicts_of)][n]
+
     for i, (record, task, scorer, texts, source, (plans, reference), plan_answer) in enumerate(chunk):
-        record_verdicts = [verdicts[(i, j)] for j in range(len(texts))]
+        record_verdicts = [verdict((i, j)) for j in range(len(texts))]
         values = summarize(task, scorer, record_verdicts, record, config.ks)
         values["source"] = source
         plan = plan_scores(record.get("plan"), reference, plans, record_verdicts)
@@ -478,13 +515,18 @@ def _score_chunk(
             values["plan"] = plan
             _count_plans(ctx.stats, plan)
         if plan_answer is not None:
-            by_plan = [verdicts[(i, "plan", j)] for j in range(len(texts))]
-            given = given_plan_scores(plan_answer, verdicts[(i, "same")], record_verdicts, by_plan)
+            by_plan = [verdict((i, "plan", j)) for j in range(len(texts))]
+            given = given_plan_scores(plan_answer, verdict((i, "same")), record_verdicts, by_plan)
             values["given_plan"] = given
             _count_given_plan(ctx.stats, given)
         _count(ctx.stats, values)
         ctx.stamp(record, values)
         yield record
+
+
+def _yielded(records: Iterator[dict]) -> Iterator[tuple[dict, Any]]:
+    for record in records:
+        yield record, (record.get("id"), record["meta"]["score"])
 
 
 def summarize(
@@ -702,7 +744,8 @@ def score_stream(io: StageIO, config: ScoreConfig) -> Stats:
     _check_report_files(config)
     io = replace(io, resume_settings=config.settings())
     report = RunReport("run")
-    stats = run_stage(io, ScoreStage(config, report), workers=config.resolved_workers())
+    # One process here; config.workers is the width of the math-verify pool (module docstring).
+    stats = run_stage(io, ScoreStage(config, report))
     if io.output not in (None, "-") and stats["skipped_done"]:
         # A resumed run: report on everything in the output file, not just this invocation's part.
         report = RunReport("run")

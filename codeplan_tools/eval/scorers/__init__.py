@@ -106,6 +106,16 @@ class Scorer:
     def score_many(self, items: Sequence[tuple[str | None, Mapping, Mapping]]) -> list[Verdict]:
         return [self.score(text, record, options) for text, record, options in items]
 
+    def submit(self, items: Sequence[tuple[str | None, Mapping, Mapping]]) -> Callable[[], list[Verdict]]:
+        """Start checking ``items``; the function returned gives their verdicts (``score_many``'s).
+        A scorer that checks in other processes (math) returns at once, so that the caller prepares its
+        next batch while they work; here the checking is done before it returns."""
+        verdicts = self.score_many(items)
+        return lambda: verdicts
+
+    def warm(self) -> None:
+        """Start what checking needs (math: the worker processes) before the first batch is read."""
+
     def close(self) -> None:
         pass
 
