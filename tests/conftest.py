@@ -58,9 +58,13 @@ FIXTURE_MARKERS = {
 # Test ids (without parameters) -> why they carry the marker.
 VLLM_TESTS = {
     "tests/cli/test_generate.py::test_vllm_cpu_generate_matches_hf_greedy": "builds a vLLM engine",
+    "tests/cli/test_generate.py::test_vllm_that_cannot_start_says_why_in_one_line": "starts vLLM (fails)",
 }
 SLOW_TESTS = {
     "tests/cli/test_generate.py::test_vllm_cpu_generate_matches_hf_greedy": "builds a vLLM engine (~14 s)",
+    "tests/cli/test_generate.py::test_vllm_that_cannot_start_says_why_in_one_line": (
+        "starts vLLM twice, in this process and in its own (~20 s)"
+    ),
     "tests/cli/test_finetune.py::test_two_processes_train_and_resume_exactly_after_kill_and_sigterm": (
         "trains in two processes, three times (~55 s)"
     ),
@@ -71,6 +75,9 @@ SLOW_TESTS = {
         "generates with hf in three processes (~15 s)"
     ),
     "tests/lib/test_scorer_cases.py::test_math_parity_with_math_verify": "math-verify on every case (~15 s)",
+    "tests/cli/test_finetune_lora.py::test_two_ranks_learn_with_lora_and_a_sigkilled_run_resumes_exactly": (
+        "trains with LoRA in two processes, three times (~50 s)"
+    ),
 }
 
 

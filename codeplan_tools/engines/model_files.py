@@ -3,9 +3,13 @@ line, and the model's content identity (what the resume key holds).
 
 **Finding it** (:func:`resolve_model`), before anything heavy is loaded:
 
-- An existing local folder (or a ``.gguf`` file) is used as it is. It must hold a ``config.json`` and
-  a tokenizer (``tokenizer.json``, ``tokenizer_config.json``, ...); otherwise
+- An existing local folder is used as it is. It must hold a ``config.json`` and a tokenizer
+  (``tokenizer.json``, ``tokenizer_config.json``, ...); otherwise
   :class:`~codeplan_tools.core.errors.InputMissing` (exit 66) names what is missing.
+- A ``.gguf`` file is converted once into a plain folder in the cache, keyed by the file's SHA-256
+  (:mod:`codeplan_tools.formats.gguf`), and that folder is what every engine, ``pack`` and
+  ``finetune`` load; its identity is the folder's fingerprint, so the file, the cached folder and a
+  copy written by ``init-model --from-gguf`` resume each other.
 - A name that is not a valid hub id (``./ckpt``, ``/abs/path``, ``tiny/``, ``a/b/c``) and does not
   exist is a missing folder (66), at once.
 - A hub id (``meta-llama/Meta-Llama-3-8B-Instruct``) is looked up in the local Hugging Face cache
@@ -80,6 +84,8 @@ def resolve_model(
     ``identity=None`` (library callers that only want the resume settings)."""
     text = str(name)
     path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _converted_gguf(path, text, need, option, strict)
     if path.exists():
         if strict:
             _check_folder(path, text, need, option)
@@ -99,6 +105,24 @@ def resolve_model(
         return ModelSource(text, str(cached), text, cached.name, True)
     commit = _hub_commit(text, option, strict)
     return ModelSource(text, text, text, commit, False)
+
+
+def _converted_gguf(path: Path, text: str, need: str, option: str, strict: bool) -> ModelSource:
+    """The cached folder converted from a ``.gguf`` file (converted now on first use)."""
+    from codeplan_tools.core.errors import CodeplanError
+    from codeplan_tools.formats.gguf import converted_model
+
+    try:
+        folder = converted_model(path)
+    except CodeplanError:
+        if strict:
+            raise
+        return ModelSource(text, text, path.name, None, True)
+    except OSError as exc:
+        if strict:
+            raise InputMissing(f"{option} {text}: cannot be read ({exc})") from exc
+        return ModelSource(text, text, path.name, None, True)
+    return ModelSource(text, str(folder), path.name, fingerprint(folder, need), True)
 
 
 def refuse_remote_code(source: ModelSource, trust_remote_code: bool, option: str = "--model") -> None:
@@ -167,9 +191,7 @@ def fingerprint(path: str | os.PathLike, need: str = "model") -> str:
 
 def _check_folder(path: Path, name: str, need: str, option: str) -> None:
     if path.is_file():
-        if need != "tokenizer" and path.suffix == ".gguf":
-            return  # vLLM loads a single GGUF file
-        raise InputMissing(f"{option} {name}: is a file; give the model's folder")
+        raise InputMissing(f"{option} {name}: is a file; give the model's folder (or a .gguf file)")
     if not os.access(path, os.R_OK | os.X_OK):
         raise InputMissing(f"{option} {name}: the folder cannot be read (permissions)")
     if need != "tokenizer" and not (path / "config.json").is_file():

@@ -54,6 +54,10 @@ def tokenizer_fingerprint(model: str | os.PathLike, tokenizer: Any = None) -> st
     check_model_path(str(model))
     h = hashlib.sha256()
     path = Path(model)
+    from codeplan_tools.formats import gguf
+
+    if gguf.is_gguf(path):  # the folder converted from it (cached): the file and the folder agree
+        path = gguf.converted_model(path)
     files = [n for n in TOKENIZER_FILES if (path / n).is_file()] if path.is_dir() else []
     if files:
         for name in files:

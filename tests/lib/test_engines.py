@@ -149,6 +149,127 @@ def test_missing_vllm_names_the_extra(monkeypatch):
         get_engine("vllm", "m")
 
 
+def test_enforce_eager_unset_is_the_engines_choice_and_false_is_kept():
+    """--enforce-eager/--no-enforce-eager: unset leaves the choice to the engine (eager on CPU); an
+    explicit False reaches vLLM (it is a choice, not "unset")."""
+    from codeplan_tools.engines import EngineSpec
+
+    assert "enforce_eager" not in EngineSpec(model="m", engine="vllm").engine_options("vllm")
+    assert (
+        EngineSpec(model="m", engine="vllm", enforce_eager=False).engine_options("vllm")["enforce_eager"]
+        is False
+    )
+    assert (
+        EngineSpec(model="m", engine="vllm", enforce_eager=True).engine_options("vllm")["enforce_eager"]
+        is True
+    )
+
+
+# SmolLM2-135M's shape: 30 layers, 9 heads of 64, 3 KV heads, 8192 positions.
+SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576,
+           "head_dim": 64, "max_position_embeddings": 8192}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, dtype, per_token",
+    [
+        (SMOLLM2, "float32", 2 * 30 * 3 * 64 * 4),
+        (SMOLLM2, "bfloat16", 2 * 30 * 3 * 64 * 2),
+        ({k: v for k, v in SMOLLM2.items() if k not in ("head_dim", "num_key_value_heads")}, "float32",
+         2 * 30 * 9 * 64 * 4),  # no head_dim: hidden / heads; no KV heads: every head
+        ({"text_config": SMOLLM2, "model_type": "vlm"}, "float32", 2 * 30 * 3 * 64 * 4),
+        ({"hidden_size": 8}, "float32", None),
+    ],
+)  # fmt: skip
+def test_kv_bytes_per_token_from_the_config(config, dtype, per_token):
+    from codeplan_tools.engines.vllm import kv_bytes_per_token
+
+    assert kv_bytes_per_token(config, dtype) == per_token
+
+
+def test_cpu_kv_cache_is_what_the_run_needs_bounded_by_free_memory(tmp_path, monkeypatch):
+    from codeplan_tools.engines import vllm as engine
+
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2))
+    per_token = 2 * 30 * 3 * 64 * 4
+    monkeypatch.setattr(engine, "_available_memory", lambda: 64 << 30)
+    small = engine.cpu_kv_cache_bytes(str(tmp_path), "float32", 1000)  # 1000 -> one 1024-token context
+    assert small.bytes == small.needed == 1024 * 256 * per_token
+    big = engine.cpu_kv_cache_bytes(str(tmp_path), "float32", None)  # the model's 8192
+    assert big.needed == 8192 * 256 * per_token and big.bytes == 16 << 30  # a quarter of what is free
+    assert (
+        "KV cache 16.00 GiB (needed 90.00 GiB = 8192 tokens of context x 256 sequences x 45 KiB"
+        in big.describe()
+    )
+    monkeypatch.setattr(engine, "_available_memory", lambda: 1 << 30)
+    tight = engine.cpu_kv_cache_bytes(str(tmp_path), "float32", None)
+    assert tight.bytes == (8192 + 128) * per_token  # never below one full context: vLLM would refuse it
+    assert engine.cpu_kv_cache_bytes(str(tmp_path / "missing"), "float32", None) is None
+
+
+VLLM_CPU_REFUSAL = (
+    "Available memory on node 0 (12.46/13.84 GiB) on startup is less than desired CPU memory utilization "
+    "(0.92, 12.73 GiB). On the CPU backend, the `--gpu-memory-utilization` flag controls the fraction"
+)
+
+
+@pytest.mark.parametrize(
+    "chain, log, cause",
+    [
+        # in this process: the worker's ValueError is in the chain under vLLM's generic RuntimeError
+        ([ValueError(VLLM_CPU_REFUSAL), RuntimeError("Engine core initialization failed. See root cause above.")],
+         "", VLLM_CPU_REFUSAL),
+        # engine core in its own process: only its log has it
+        ([RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")],
+         f"(EngineCore pid=7) ERROR x\nTraceback (most recent call last):\n  File ...\nValueError: {VLLM_CPU_REFUSAL}\n"
+         "RuntimeError: WorkerProc initialization failed due to an exception in a background process. "
+         "See stack trace for root cause.\n", VLLM_CPU_REFUSAL),
+        # an unknown cause is still given, when it is not one of vLLM's pointers
+        ([RuntimeError("Engine core initialization failed. See root cause above.")],
+         "(EngineCore pid=7) KeyError: 'model.layers.0.weight'\n", "'model.layers.0.weight'"),
+        ([RuntimeError("Engine core initialization failed. See root cause above.")], "no cause here\n", None),
+    ],
+)  # fmt: skip
+def test_vllm_start_failure_root_cause(chain, log, cause):
+    from codeplan_tools.engines.vllm import advice, root_cause
+
+    exc = None
+    for inner in chain:  # each wraps the one before, as `raise ... from` does
+        inner.__cause__ = exc
+        exc = inner
+    assert root_cause(exc, log) == cause
+    if cause == VLLM_CPU_REFUSAL:
+        assert "leave --gpu-memory-utilization and VLLM_CPU_KVCACHE_SPACE unset" in advice(cause)
+
+
+def test_vllm_start_failure_is_one_line_with_exit_69(monkeypatch):
+    """_start turns vLLM's generic start failure into EngineError naming the cause found in the
+    output of fd 2 (what an engine core in its own process writes there)."""
+    from codeplan_tools.engines import vllm as engine
+
+    class FakeVLLM:
+        @staticmethod
+        def LLM(**kwargs):
+            os.write(2, f"(EngineCore pid=1) ValueError: {VLLM_CPU_REFUSAL}\n".encode())
+            raise RuntimeError(
+                "Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+            )
+
+    with pytest.raises(EngineError) as caught:
+        engine._start(FakeVLLM, {})
+    assert caught.value.exit_code == 69
+    assert str(caught.value).startswith(f"vllm could not start: {VLLM_CPU_REFUSAL} (leave --gpu-memory")
+    assert "\n" not in str(caught.value)
+
+    class Unexplained:
+        @staticmethod
+        def LLM(**kwargs):
+            raise ValueError("some other refusal")  # left to the caller's loading() handler
+
+    with pytest.raises(ValueError, match="some other refusal"):
+        engine._start(Unexplained, {})
+
+
 def test_sample_seeds_are_stable_and_distinct():
     seeds = [sample_seed(7, j) for j in range(8)]
     assert len(set(seeds)) == 8 and all(0 <= s < 2**31 for s in seeds)
