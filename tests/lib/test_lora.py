@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,19 +216,28 @@ def test_merged_export_in_vllm_gives_the_adapter_models_greedy_output(trained):
 
     from tests.fixtures.models import vllm_or_fail
 
-    vllm = vllm_or_fail()
+    vllm_or_fail()
     tok, prompts = memo_prompts(trained["base"])
     base = AutoModelForCausalLM.from_pretrained(trained["base"], dtype=torch.float32).eval()
     want = greedy(PeftModel.from_pretrained(base, str(trained["out"])).eval(), prompts)
-    llm = vllm.LLM(model=str(trained["merged"]), dtype="float32", enforce_eager=True, seed=0)
-    try:
-        outs = llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts],
-            vllm.SamplingParams(temperature=0, max_tokens=MAX_NEW),
-        )
-    finally:
-        del llm
-    got = [list(o.outputs[0].token_ids) for o in outs]
+    # In its own process: the trainer runs in this one (the `trained` fixture), and vLLM's in-process
+    # engine then trips over the process groups torch.distributed left here.
+    script = (
+        "import json, sys, vllm\n"
+        "llm = vllm.LLM(model=sys.argv[1], dtype='float32', enforce_eager=True, seed=0)\n"
+        "outs = llm.generate([{'prompt_token_ids': ids} for ids in json.loads(sys.argv[2])],\n"
+        "                    vllm.SamplingParams(temperature=0, max_tokens=int(sys.argv[3])))\n"
+        "print('IDS=' + json.dumps([list(o.outputs[0].token_ids) for o in outs]))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(trained["merged"]), json.dumps(prompts), str(MAX_NEW)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    (line,) = [x for x in ran.stdout.splitlines() if x.startswith("IDS=")]
+    got = json.loads(line[4:])
     # vLLM stops at eos; transformers' generate pads after it: compare up to vLLM's length.
     assert [w[: len(g)] for w, g in zip(want, got, strict=True)] == got
     assert all(f"The answer is {a + b}." in tok.decode(g) for (a, b), g in zip(MEMO, got, strict=True))
