@@ -104,10 +104,14 @@ def test_varlen_inputs_give_cumulative_lengths_including_padding():
 
 
 @pytest.mark.slow  # transformers compiles flex_attention (inductor, C++ on CPU: ~45 s on 2 shared cores)
-def test_flex_packed_logits_equal_each_example_alone(llama):
+def test_flex_packed_logits_equal_each_example_alone(llama, tmp_path, monkeypatch):
     """The GPU path without flash-attn, forward only (flex has no CPU backward): the document-causal
     BlockMask keeps each example to itself, across a 128-token block boundary too."""
     from torch.nn.attention.flex_attention import BlockMask
+
+    # A private compile cache: inductor's on-disk key leaves out ATEN_CPU_CAPABILITY, and a kernel
+    # compiled by a run with the default (AVX-512) kernels, loaded under =avx2, gave wrong logits.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
     rows = [[7, 12, 3], [5, 16], [100, 60, 20]]  # short packs, a padded one, and examples across blocks
     length = 200
