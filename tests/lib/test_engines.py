@@ -529,22 +529,29 @@ class FlakyProxy:
                 try:
                     time.sleep(proxy.delay)
                     if fail:
-                        self._answer(503, b'{"error": {"message": "overloaded"}}', {"Retry-After": "0"})
-                        return
-                    req = urllib.request.Request(
-                        proxy.target + self.path.removeprefix("/v1"),
-                        data=body,
-                        headers={
-                            k: v
-                            for k, v in self.headers.items()
-                            if k.lower() in ("authorization", "content-type")
-                        },
-                    )
-                    with urllib.request.urlopen(req, timeout=60) as resp:
-                        self._answer(resp.status, resp.read(), {})
+                        status, data, headers = (
+                            503,
+                            b'{"error": {"message": "overloaded"}}',
+                            {"Retry-After": "0"},
+                        )
+                    else:
+                        req = urllib.request.Request(
+                            proxy.target + self.path.removeprefix("/v1"),
+                            data=body,
+                            headers={
+                                k: v
+                                for k, v in self.headers.items()
+                                if k.lower() in ("authorization", "content-type")
+                            },
+                        )
+                        with urllib.request.urlopen(req, timeout=60) as resp:
+                            status, data, headers = resp.status, resp.read(), {}
                 finally:
+                    # Before the answer goes out: once the client has it, it may send the next request
+                    # while this thread would still count this one (a count of 3 with 2 allowed).
                     with proxy.lock:
                         proxy.in_flight -= 1
+                self._answer(status, data, headers)
 
             def _answer(self, status, data, headers):
                 self.send_response(status)
