@@ -45,7 +45,14 @@ from codeplan_tools.core.errors import BadRecord
 from codeplan_tools.core.records import dumps
 from codeplan_tools.core.stage import Lines, PerRecordStage, Reader, StageContext, damage_reporter
 from codeplan_tools.core.stats import Stats
-from codeplan_tools.core.streams import Block, InputDamage, block_lines, iter_blocks, iter_lines
+from codeplan_tools.core.streams import (
+    Block,
+    InputDamage,
+    block_lines,
+    count_newlines,
+    iter_blocks,
+    iter_lines,
+)
 
 BATCH_LINES = 1000
 BATCH_BYTES = 1 << 20
@@ -204,7 +211,7 @@ def _batches(inputs: list[str], skip_damage: bool) -> Iterator[_Batch | _TextBat
             if text is not None and not text.follows(item):
                 yield text
                 text = None
-            count = data.count(b"\n")
+            count = count_newlines(data)
             while True:
                 if text is None:
                     text = _TextBatch(name, start)

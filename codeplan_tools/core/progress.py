@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from codeplan_tools.core.columnar import row_count
 from codeplan_tools.core.stats import Stats
-from codeplan_tools.core.streams import open_input
+from codeplan_tools.core.streams import count_newlines, open_input
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -51,7 +51,7 @@ class LineCounter:
                 last = b"\n"
                 with open_input(path) as fh:
                     while block := fh.read(_COUNT_BLOCK):
-                        n += block.count(b"\n")
+                        n += count_newlines(block)
                         last = block[-1:]
                 if last != b"\n":
                     n += 1

@@ -224,6 +224,8 @@ _PIECES = [
     "\x1f",
     "try:",
     "except",
+    "except(",
+    "return(",
     "with ",
     "import ",
     "x[0]",
@@ -233,6 +235,13 @@ _PIECES = [
     "\n    ",
 ]
 _TEXT = st.lists(st.sampled_from(_PIECES), max_size=40).map("".join)
+
+
+def test_code_prefixes_decide_nothing_the_pattern_would_not():
+    """A line the prefix shortcut counts as code is one _CODE_LINE matches, whatever follows the prefix."""
+    for prefix in F._CODE_PREFIXES:
+        for rest in ("", "x", " y = 1", "(", ")", ":", " # c", "==", "\u00e9", " \\"):
+            assert F._CODE_LINE.match(prefix + rest), prefix + rest
 
 
 def _reference_code(plan, config):
