@@ -219,11 +219,8 @@ def _remote_code_message(name: str, option: str, where: str) -> str:
 
 
 def _file_sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
+        return hashlib.file_digest(fh, "sha256").digest()
 
 
 def _weights_digest(path: Path, h) -> None:

@@ -64,11 +64,8 @@ def file_sha256(path: str | os.PathLike) -> str:
             return known
     except OSError:
         pass
-    h = hashlib.sha256()
     with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     try:  # a read-only cache only costs the hash next time
         memo.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(memo, digest)
