@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pack_bench.py [--tokenizer DIR] [--max-len 2048] [--workers 1 2 4] [--rounds 3]
                                          [--breakdown] [--startup [--base DIR]] [--no-corpora]
+                                         [--loaded 1 ...]
 
 In one run, over the same records (GSM8K train, 7,473 question/solution pairs, from ../shared/data):
 
@@ -9,7 +10,10 @@ In one run, over the same records (GSM8K train, 7,473 question/solution pairs, f
    through one transformers `tokenizer(texts)` call: the fast tokenizer's batched Rust encoding;
 2. pack: `codeplan pack`'s library twin, records in, zstd packs out (tokenizer loading, chat-template
    rendering, prompt and target tokenized separately, loss mask, best-fit-decreasing, JSON + zstd), for
-   each --workers count (worker start-up included).
+   each --workers count (worker start-up included); for each --loaded count (default 1) also with
+   pack's tokenizer loaded before the clock starts, as the bare side's is (``pack_records(...,
+   tokenizer=...)``): the per-record throughput without the fixed start-up (loading Llama-3's
+   tokenizer.json takes ~0.4 s of one core, a third of what the bare call takes for all of GSM8K).
 
 Each round times bare and then every pack setting; the ratio pack / bare is taken per round and the
 median over --rounds printed (the machine's load changes from second to second: pair, then take the
@@ -48,13 +52,18 @@ import os, sys, time
 from codeplan_tools.core.stage import StageIO, run_stage
 from codeplan_tools.stages import pack
 model, src, out, fmt, workers = sys.argv[1:6]
-first = pack.Encoder.encode if not hasattr(pack.Encoder, "tokenize") else pack.Encoder.tokenize
-def timed(self, *a, _first=first):
-    if not os.environ.get("PACK_BENCH_SEEN"):
-        os.environ["PACK_BENCH_SEEN"] = "1"
-        print("first-tokenize", time.time() - float(os.environ["PACK_BENCH_T0"]), file=sys.stderr)
-    return _first(self, *a)
-setattr(pack.Encoder, first.__name__, timed)
+# The first tokenizer call: call_tokenizer (in-process chunks), else tokenize, else encode (older code).
+names = [n for n in ("call_tokenizer", "tokenize", "encode") if hasattr(pack.Encoder, n)]
+firsts = {n: getattr(pack.Encoder, n) for n in names}
+def wrap(_first):
+    def timed(self, *a):
+        if not os.environ.get("PACK_BENCH_SEEN"):
+            os.environ["PACK_BENCH_SEEN"] = "1"
+            print("first-tokenize", time.time() - float(os.environ["PACK_BENCH_T0"]), file=sys.stderr)
+        return _first(self, *a)
+    return timed
+for name, fn in firsts.items():
+    setattr(pack.Encoder, name, wrap(fn))
 PackConfig, PackStage = pack.PackConfig, pack.PackStage
 stage = PackStage(PackConfig(model=model, format=fmt, workers=int(workers)))
 run_stage(StageIO("pack", inputs=[src], output=out, require=stage.require, progress=False, quiet=True), stage)
@@ -73,15 +82,18 @@ def load(path: Path) -> list[dict]:
     return rows
 
 
-def time_pack(records, config, out_path) -> tuple[float, object]:
+def time_pack(records, config, out_path, tokenizer=None) -> tuple[float, object]:
+    """Seconds of ``pack_records`` over ``records`` into a zstd file, written as ``codeplan pack`` writes
+    it (``tokenizer``: already loaded, else loaded from ``config.model`` on the clock, as the CLI does)."""
     from codeplan_tools.core.stage import StageContext
     from codeplan_tools.core.streams import RecordWriter
     from codeplan_tools.stages.pack import pack_records
 
     ctx = StageContext("pack")
     t = time.perf_counter()
-    with RecordWriter(out_path) as w:
-        for p in pack_records(records, config, ctx):
+    # As `codeplan pack` writes its output (run_stage's writer): zstd on a thread of its own.
+    with RecordWriter(out_path, background=True) as w:
+        for p in pack_records(records, config, ctx, tokenizer=tokenizer):
             w.write(p)
     return time.perf_counter() - t, ctx.stats
 
@@ -111,9 +123,15 @@ def breakdown(records: list[dict], config, out_path: Path) -> None:
     check_s = time.perf_counter() - t
     prompts, targets = [p for p, _ in rendered], [t for _, t in rendered]
     t = time.perf_counter()
-    enc._ids(prompts, add_special_tokens=False)
-    enc._ids(targets, add_special_tokens=False)
+    enc._ids(prompts + targets, add_special_tokens=False)
     tok_s = time.perf_counter() - t
+    t = time.perf_counter()
+    prepared = [enc.prepare(items[i : i + config.chunk]) for i in range(0, n, config.chunk)]
+    prepare_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for p in prepared:
+        enc.tokenize(p).results()
+    tokenize_s = time.perf_counter() - t
     t = time.perf_counter()
     encoded = packer._encode(records)
     encode_s = time.perf_counter() - t
@@ -130,7 +148,9 @@ def breakdown(records: list[dict], config, out_path: Path) -> None:
     write_s = time.perf_counter() - t
     print(f"  render (chat template + target)    {us(render_s)}")
     print(f"  format checks (unparseable_reason) {us(check_s)}")
-    print(f"  tokenize (prompts + targets)       {us(tok_s)}")
+    print(f"  tokenize (prompts + targets)       {us(tok_s)}  (one Rust batch call, ids not read)")
+    print(f"  prepare: render + checks, chunked  {us(prepare_s)}")
+    print(f"  tokenize prepared chunks, ids out  {us(tokenize_s)}  (Rust call + ids into int32 arrays)")
     print(f"  encode, all of the above           {us(encode_s)}  (rendering overlaps tokenizing)")
     print(f"  label masks and over-long checks   {us(labels_s)}")
     print(f"  bin packing (BFD + concatenation)  {us(packing_s)}")
@@ -221,6 +241,14 @@ def main() -> None:
     ap.add_argument("--startup", action="store_true", help="time whole processes on 1 record and on GSM8K")
     ap.add_argument("--base", help="with --startup: also the code in this folder (a pristine copy)")
     ap.add_argument("--no-corpora", dest="corpora", action="store_false", help="skip the efficiency table")
+    ap.add_argument(
+        "--loaded",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="--workers counts also timed with the tokenizer already loaded (pack_records(tokenizer=...)):"
+        " the per-record throughput without the fixed start-up",
+    )
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
@@ -255,8 +283,14 @@ def main() -> None:
         if args.breakdown:
             print("\nbreakdown, one worker, in this process:")
             breakdown(records, config(1), out)
+        from codeplan_tools.formats.tokenizer import load_pack_tokenizer
+
+        t = time.perf_counter()
+        pack_tok = load_pack_tokenizer(args.tokenizer)
+        print(f"\npack's tokenizer ({type(pack_tok).__name__}) loads in {time.perf_counter() - t:.3f} s")
         bare_s: list[float] = []
         pack_s: dict[int, list[float]] = {w: [] for w in args.workers}
+        loaded_s: dict[int, list[float]] = {w: [] for w in args.loaded}
         stats = None
         # CPU seconds (this process's threads and its finished workers): what the load of a shared
         # machine changes least.
@@ -271,6 +305,8 @@ def main() -> None:
                 secs, stats = time_pack(records, config(w), out)
                 pack_s[w].append(secs)
                 pack_cpu[w].append(_cpu() - cpu)
+            for w in args.loaded:
+                loaded_s[w].append(time_pack(records, config(w), out, tokenizer=pack_tok)[0])
         b = statistics.median(bare_s)
         print(f"\nmedians of {args.rounds} paired rounds (tokenizer loading and worker start-up included):")
         print(
@@ -282,6 +318,13 @@ def main() -> None:
             print(
                 f"codeplan pack --workers {w}:  {len(records) / p:10.0f} records/s  {n_tokens / p:12.0f} tokens/s"
                 f"  ratio pack/bare = {ratio:.3f}  (rounds: {_rounds([bs / ps for bs, ps in zip(bare_s, ts, strict=True)])})"
+            )
+        for w, ts in loaded_s.items():
+            p = statistics.median(ts)
+            rs = [bs / ps for bs, ps in zip(bare_s, ts, strict=True)]
+            print(
+                f"  tokenizer loaded, --workers {w}: {len(records) / p:7.0f} records/s  {n_tokens / p:12.0f} tokens/s"
+                f"  ratio pack/bare = {statistics.median(rs):.3f}  (rounds: {_rounds(rs)})"
             )
         print(f"CPU seconds, medians: bare {statistics.median(bare_cpu):.2f}", end="")
         for w, ts in pack_cpu.items():

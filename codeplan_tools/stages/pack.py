@@ -46,10 +46,13 @@ Packs are not padded; ``finetune`` pads. Packing efficiency = tokens / (packs * 
 Bin packing is best-fit-decreasing over a window of ``buffer`` examples at a time (all of the input
 when it is smaller), which bounds memory on corpora of millions of rows and costs almost nothing in
 efficiency. Rendering and tokenization run in ``workers`` processes (forked on Linux, so they inherit
-the loaded tokenizer; spawned elsewhere), chunk by chunk, in order; the output does not depend on
-the number of workers. Note that a fast tokenizer's batch encoding is already multi-threaded, so
-workers mostly parallelise the chat-template rendering and the Python around it. In one process, a
-chunk is tokenized on a thread (the Rust tokenizer releases the GIL) while the next one is rendered.
+the loaded tokenizer; spawned elsewhere; at most one per CPU), chunk by chunk, in order; each sends
+back a chunk's ids as one int32 array. The output does not depend on the number of workers. Note
+that a fast tokenizer's batch encoding is already multi-threaded, so workers mostly parallelise the
+chat-template rendering and the Python around it. In one process, the tokenizer calls run on a
+thread (the Rust tokenizer releases the GIL and encodes a batch on all cores, prompts and targets of
+a chunk in one call) while this one renders the chunks ahead and reads the ids out of those already
+encoded. The fingerprint's file hashing runs on a thread while the tokenizer loads.
 
 The tokenizer: a folder whose ``tokenizer.json`` transformers uses as it is (Llama-3, models saved
 by ``init-model``) is loaded with the ``tokenizers`` library and its chat template rendered with jinja2
@@ -107,6 +110,10 @@ OVERLONG_MODES: tuple[str, ...] = get_args(OverlongMode)
 TEMPLATES: tuple[str, ...] = get_args(TemplateChoice)
 # Below this many records per window, worker processes cost more than they save (auto mode).
 AUTO_WORKERS_MIN_RECORDS = 5_000
+# In one process: chunks rendered ahead of the tokenizer thread (bounds the texts held at once), and
+# how many worker chunks (``chunk``) make one of its chunks.
+_AHEAD = 3
+_HERE_CHUNKS = 4
 
 
 @dataclass(kw_only=True)
@@ -130,8 +137,8 @@ class PackConfig:
     """auto: the tokenizer's chat template when it has one, else the plain template; chat or plain to
     force one."""
     workers: int = 0
-    """Processes that render and tokenize. 0: half the cores (up to 8; in-process below 4 cores) for
-    windows of 5,000+ records. The output does not depend on it."""
+    """Processes that render and tokenize, at most one per usable CPU. 0: half the cores (up to 8;
+    in-process below 4 cores) for windows of 5,000+ records. The output does not depend on it."""
     buffer: int = 200_000
     """Examples bin-packed together (best-fit-decreasing window); bounds memory on huge inputs."""
     chunk: int = 256
@@ -200,6 +207,28 @@ class _Prepared:
     one: list[tuple[int, str, str | None, str, str, str]]
 
 
+@dataclass
+class _Encoded:
+    """A tokenized chunk in a few objects (what a worker process sends back: one array, not one per record).
+
+    ``out`` holds a result per record: a reject reason, ``TooLong``, or an int ``k``: the ``k``-th
+    tokenized record, whose ids are ``ids[bounds[k]:bounds[k + 1]]`` (prompt then target; int32) and
+    whose first ``n_prompt[k]`` tokens are the prompt's."""
+
+    out: list
+    ids: np.ndarray
+    bounds: list[int]
+    n_prompt: list[int]
+
+    def results(self) -> list[tuple[np.ndarray, int] | str | TooLong]:
+        """Per record: (token ids, number of prompt tokens) (views of ``ids``), a reason or ``TooLong``."""
+        ids, bounds, n_prompt = self.ids, self.bounds, self.n_prompt
+        return [
+            (ids[bounds[r] : bounds[r + 1]], n_prompt[r]) if type(r) is int else r  # noqa: E721
+            for r in self.out
+        ]
+
+
 class Encoder:
     """Renders records through the format and tokenizes prompt and target.
 
@@ -235,11 +264,13 @@ class Encoder:
             self._max_chars = self.config.max_len * chars_per_token_bound(self.tokenizer)
         return self._max_chars
 
-    def _ids(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    def _ids(self, texts: list[str], add_special_tokens: bool, lazy: bool = False) -> list:
         """Token ids of ``texts``, as ``tokenizer(texts)`` gives them.
 
         A fast tokenizer without truncation or padding is called directly through its Rust backend
         (``encode_batch_fast`` skips the character offsets): the same ids, about a quarter faster.
+        ``lazy``: the backend's ``Encoding`` objects instead (or id lists, from transformers; read
+        with :func:`_ids_of`), so that reading the ids out can be left to another thread.
         """
         backend = self._backend
         if backend is not None:
@@ -247,7 +278,8 @@ class Encoder:
             # left the backend splitting special-token strings).
             backend.encode_special_tokens = self._split_special
             fn = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-            return [e.ids for e in fn(texts, add_special_tokens=add_special_tokens)]
+            encodings = fn(texts, add_special_tokens=add_special_tokens)
+            return encodings if lazy else [e.ids for e in encodings]
         return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
     def encode(
@@ -258,7 +290,7 @@ class Encoder:
 
         Ordinary records are tokenized in batches; those longer than ``max_chars`` or whose text holds
         a special-token string one by one (:meth:`_encode_one`)."""
-        return self.tokenize(self.prepare(items))
+        return self.tokenize(self.prepare(items)).results()
 
     def prepare(self, items: list[tuple[str, str | None, str]]) -> _Prepared:
         """Render and check ``items`` (no tokenizer call)."""
@@ -282,29 +314,65 @@ class Encoder:
             out.append(None)
         return _Prepared(out, batch, one)
 
-    def tokenize(self, prepared: _Prepared) -> list[tuple[np.ndarray, int] | str | TooLong]:
-        """The results of a prepared chunk: its records tokenized."""
+    def tokenize(self, prepared: _Prepared) -> _Encoded:
+        """The results of a prepared chunk: its records tokenized (:meth:`_Encoded.results` for a list).
+
+        Prompts that start with the BOS and all targets are tokenized in one batch call (both without
+        the tokenizer's special tokens), the other prompts in a second one: the same ids as a call per
+        text, with one parallel Rust call per chunk instead of one per kind of text."""
+        return self.collect(prepared, self.call_tokenizer(prepared))
+
+    def call_tokenizer(self, prepared: _Prepared) -> tuple:
+        """The tokenizer calls of :meth:`tokenize` (the part that must stay on one thread: the backend's
+        ``encode_special_tokens`` is set per call); :meth:`collect` reads the results out."""
+        one = {}
+        for slot, prompt, plan, response, p, t in prepared.one:
+            one[slot] = self._one_ids(prompt, plan, response, p, t)
+        batch = prepared.batch
+        if not batch:
+            return one, [], [], [], []
+        bos = self.bos
+        prompts = [p for _, p, _ in batch]
+        starts = [p.startswith(bos) for p in prompts] if bos else [False] * len(prompts)
+        # Without special tokens: the prompts that start with the BOS, then every target.
+        plain = [i for i, w in enumerate(starts) if w]
+        added = [i for i, w in enumerate(starts) if not w]
+        encoded = self._ids([prompts[i] for i in plain] + [t for _, _, t in batch], False, lazy=True)
+        with_specials = self._ids([prompts[i] for i in added], True, lazy=True) if added else []
+        return one, plain, encoded, added, with_specials
+
+    def collect(self, prepared: _Prepared, called: tuple) -> _Encoded:
+        """The :class:`_Encoded` of a chunk from :meth:`call_tokenizer`'s results (any thread)."""
+        from itertools import accumulate, chain
+
         import numpy as np
 
-        out = prepared.out
-        for slot, prompt, plan, response, p, t in prepared.one:
-            out[slot] = self._encode_one(prompt, plan, response, p, t)
-        if not prepared.batch:
-            return out
-        bos = self.bos
-        prompts = [p for _, p, _ in prepared.batch]
-        with_bos = [p.startswith(bos) for p in prompts] if bos else [False] * len(prompts)
-        prompt_ids: list[list[int]] = [[] for _ in prompts]
-        for flag in (False, True):
-            idx = [i for i, w in enumerate(with_bos) if w == flag]
-            if idx:
-                enc = self._ids([prompts[i] for i in idx], add_special_tokens=not flag)
-                for i, ids in zip(idx, enc, strict=True):
-                    prompt_ids[i] = ids
-        target_ids = self._ids([t for _, _, t in prepared.batch], add_special_tokens=False)
-        for (slot, _, _), p_ids, t_ids in zip(prepared.batch, prompt_ids, target_ids, strict=True):
-            out[slot] = (np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids))
-        return out
+        one, plain, encoded, added, with_specials = called
+        out = list(prepared.out)
+        parts: dict[int, tuple[list[int], list[int]]] = {}  # slot -> (prompt ids, target ids)
+        for slot, res in one.items():
+            if isinstance(res, tuple):
+                parts[slot] = res
+            else:
+                out[slot] = res
+        batch = prepared.batch
+        if batch:
+            ids = [_ids_of(e) for e in encoded]
+            prompt_ids: list[list[int]] = [[]] * len(batch)
+            for i, p_ids in zip(plain, ids, strict=False):
+                prompt_ids[i] = p_ids
+            for i, e in zip(added, with_specials, strict=True):
+                prompt_ids[i] = _ids_of(e)
+            for (slot, _, _), p_ids, t_ids in zip(batch, prompt_ids, ids[len(plain) :], strict=True):
+                parts[slot] = (p_ids, t_ids)
+        slots = sorted(parts)
+        lists = [parts[s] for s in slots]
+        for k, slot in enumerate(slots):
+            out[slot] = k
+        n_prompt = [len(p) for p, _ in lists]
+        bounds = [0, *accumulate(len(p) + len(t) for p, t in lists)]
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(lists)), dtype=np.int32, count=bounds[-1])
+        return _Encoded(out, flat, bounds, n_prompt)
 
     def _encode_one(
         self, prompt: str, plan: str | None, response: str, p: str, t: str
@@ -316,8 +384,18 @@ class Encoder:
         tokenizes it in pieces of ``max_chars`` characters, so memory stays bounded."""
         import numpy as np
 
-        cut = piece = None
+        res = self._one_ids(prompt, plan, response, p, t)
+        if not isinstance(res, tuple):
+            return res
+        p_ids, t_ids = res
+        return np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids)
+
+    def _one_ids(
+        self, prompt: str, plan: str | None, response: str, p: str, t: str
+    ) -> tuple[list[int], list[int]] | str | TooLong:
+        """:meth:`_encode_one` as (prompt ids, target ids) lists."""
         chars = len(p) + len(t)
+        cut = piece = None
         if chars > self._surely_short and chars > self.max_chars:
             if self.config.overlong == "drop":
                 return TooLong(chars)
@@ -329,7 +407,12 @@ class Encoder:
         t_ids = self.records.target_ids(plan, response, t, cut=cut, piece=piece)
         if p_ids is None or t_ids is None:
             return "special-token-text"
-        return np.asarray(p_ids + t_ids, dtype=np.int32), len(p_ids)
+        return p_ids, t_ids
+
+
+def _ids_of(encoding: Any) -> list[int]:
+    """The ids of an ``Encoding`` of the Rust backend (or an id list, from transformers)."""
+    return encoding if isinstance(encoding, list) else encoding.ids
 
 
 _WORKER: Encoder | None = None
@@ -346,9 +429,9 @@ def _worker_forked() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _worker_encode(items: list[tuple[str, str | None, str]]) -> list[tuple[np.ndarray, int] | str | TooLong]:
+def _worker_encode(items: list[tuple[str, str | None, str]]) -> _Encoded:
     assert _WORKER is not None  # set by _worker_init or before forking
-    return _WORKER.encode(items)
+    return _WORKER.tokenize(_WORKER.prepare(items))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,15 +485,29 @@ class Packer:
         self.config = config
         self.stats = ctx.stats
         self.reject = ctx.reject
-        self.encoder = Encoder(config, tokenizer)
-        self.fingerprint = make_fingerprint(
-            config, tokenizer_fingerprint(config.model, self.encoder.tokenizer), self.encoder.format
-        )
+        if tokenizer is None and os.path.isfile(os.path.join(config.model, "tokenizer.json")):
+            # A folder's fingerprint hashes its files (hashlib and file reads let go of the GIL): on a
+            # thread of its own while the tokenizer loads.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="pack-fingerprint") as hasher:
+                hashing = hasher.submit(tokenizer_fingerprint, config.model)
+                self.encoder = Encoder(config, tokenizer)
+                tokenizer_hash = hashing.result()
+        else:
+            self.encoder = Encoder(config, tokenizer)
+            tokenizer_hash = tokenizer_fingerprint(config.model, self.encoder.tokenizer)
+        self.fingerprint = make_fingerprint(config, tokenizer_hash, self.encoder.format)
         self.needs_plan = self.encoder.format.needs_plan
         self._pool: Any = None
         self._thread: Any = None
         # Auto: half the cores (the fast tokenizers' batch encoding already runs on several threads).
-        self._n_workers = config.workers if config.workers > 0 else min(8, (os.cpu_count() or 1) // 2)
+        from codeplan_tools.core.pool import usable_cpus
+
+        cpus = usable_cpus()
+        # More processes than CPUs only take turns on them (and each costs a fork and its pickles):
+        # --workers is capped at the CPUs this process may run on.
+        self._n_workers = min(config.workers, cpus) if config.workers > 0 else min(8, cpus // 2)
 
     # -- encoding ----------------------------------------------------------------------------
     def _items(self, records: list[dict]) -> list[tuple[str, str | None, str]]:
@@ -423,17 +520,23 @@ class Packer:
         if cfg.workers == 0 and len(records) < AUTO_WORKERS_MIN_RECORDS:
             parallel = False
         if not parallel:
-            return self._encode_here(chunks)
+            # In this process a chunk is one tokenizer call on all cores: fewer, larger calls keep its
+            # threads busy (and leave this thread fewer hand-overs).
+            size = cfg.chunk * _HERE_CHUNKS
+            return self._encode_here([records[i : i + size] for i in range(0, len(records), size)])
         if self._pool is None:
             self._pool = self._start_pool()
         results = []
-        for res in self._pool.imap(_worker_encode, [self._items(c) for c in chunks]):
-            results.extend(res)
+        for encoded in self._pool.imap(_worker_encode, [self._items(c) for c in chunks]):
+            results.extend(encoded.results())
         return results
 
     def _encode_here(self, chunks: list[list[dict]]) -> list:
-        """In this process: each chunk is tokenized on a thread (the tokenizer releases the GIL) while
-        the next one is rendered here; only that thread calls the tokenizer."""
+        """In this process: the tokenizer calls run on a thread (the Rust tokenizer lets go of the GIL and
+        encodes a batch on all cores) while this one renders the chunks ahead and reads the ids out of
+        the chunks already encoded, so the tokenizer always has the next chunk waiting; only that
+        thread calls the tokenizer. At most ``_AHEAD`` chunks are rendered and not yet read out."""
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         encoder, results = self.encoder, []
@@ -441,14 +544,17 @@ class Packer:
             return [res for c in chunks for res in encoder.encode(self._items(c))]
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="pack-tokenize")
-        pending = None
+        pending: deque = deque()
         for chunk in chunks:
             prepared = encoder.prepare(self._items(chunk))
-            if pending is not None:
-                results.extend(pending.result())
-            pending = self._thread.submit(encoder.tokenize, prepared)
-        if pending is not None:
-            results.extend(pending.result())
+            pending.append((prepared, self._thread.submit(encoder.call_tokenizer, prepared)))
+            # Read out a chunk once the tokenizer has the one after it to work on.
+            while len(pending) > _AHEAD or (len(pending) > 1 and pending[0][1].done()):
+                done, called = pending.popleft()
+                results.extend(encoder.collect(done, called.result()).results())
+        while pending:
+            done, called = pending.popleft()
+            results.extend(encoder.collect(done, called.result()).results())
         return results
 
     def _start_pool(self):
@@ -458,8 +564,16 @@ class Packer:
 
         global _WORKER
         if "fork" in multiprocessing.get_all_start_methods():
+            import gc
+
             _WORKER = self.encoder
-            return multiprocessing.get_context("fork").Pool(self._n_workers, initializer=_worker_forked)
+            # Frozen objects are left alone by the children's garbage collector, so it does not write to
+            # (and copy) every page of the parent's heap they share.
+            gc.freeze()
+            try:
+                return multiprocessing.get_context("fork").Pool(self._n_workers, initializer=_worker_forked)
+            finally:
+                gc.unfreeze()
         ctx = multiprocessing.get_context("spawn")
         return ctx.Pool(self._n_workers, initializer=_worker_init, initargs=(asdict(self.config),))
 

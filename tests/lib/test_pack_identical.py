@@ -104,7 +104,9 @@ def make_model(source: Path, folder: Path, template_file: str | None) -> Path:
     return folder
 
 
-def pack_digests(model: Path, work: Path, configs=CONFIGS, workers: int = 1) -> dict[str, str]:
+def pack_digests(
+    model: Path, work: Path, configs=CONFIGS, workers: int = 1, chunk: int = 16
+) -> dict[str, str]:
     """sha256 of packs + rejects for each config over :func:`records` (through ``run_stage``, as the CLI)."""
     from codeplan_tools.core.stage import StageIO, run_stage
     from codeplan_tools.stages.pack import PackConfig, PackStage
@@ -122,7 +124,7 @@ def pack_digests(model: Path, work: Path, configs=CONFIGS, workers: int = 1) -> 
             overlong=overlong,
             max_len=max_len,
             workers=workers,
-            chunk=16,
+            chunk=chunk,
         )
         stage = PackStage(cfg)
         packs, rejects = work / f"{name}.jsonl", work / f"{name}.rejects.jsonl"
@@ -279,6 +281,15 @@ def test_workers_write_the_same_packs(tiny_model, tmp_path):
     configs = [c for c in CONFIGS if c[0] in ("codeplan-auto-split", "nlplan-plain-truncate-all")]
     got = pack_digests(tiny_model, tmp_path, configs=configs, workers=2)
     assert got == {name: EXPECTED["tiny"][name] for name, *_ in configs}
+
+
+def test_small_chunks_write_the_same_packs(tiny_model, tmp_path):
+    """One record per worker task, and chunks of a few records in one process (many tokenizer calls in
+    flight on the tokenizer thread, read out in order): the same bytes."""
+    configs = [c for c in CONFIGS if c[0] in ("codeplan-auto-split", "vanilla-auto-truncate-tiny")]
+    for workers in (1, 2):
+        got = pack_digests(tiny_model, tmp_path / f"w{workers}", configs=configs, workers=workers, chunk=1)
+        assert got == {name: EXPECTED["tiny"][name] for name, *_ in configs}, workers
 
 
 # -- the direct tokenizer against transformers' ----------------------------------------------------
