@@ -79,8 +79,10 @@ _FEATURE_TESTS = [(frozenset(k for k, _ in kws), kws) for kws in _FEATURE_WORDS.
 # Line starts that _CODE_LINE accepts whatever follows (checked in C before the regex runs, which
 # costs ~4,500 instructions a line): its prefix alternatives, and the shortest forms of return\b,
 # else\s*:, try\s*: and except\b.
-_CODE_PREFIXES = ("def ", "class ", "for ", "while ", "if ", "elif ", "with ", "import ", "from ", "print(")
-_CODE_PREFIXES += ("return ", "return(", "else:", "try:", "except ", "except:", "except(")
+_CODE_PREFIXES = (
+    *("def ", "class ", "for ", "while ", "if ", "elif ", "with ", "import ", "from ", "print("),
+    *("return ", "return(", "else:", "try:", "except ", "except:", "except("),
+)
 
 # Token counts of ASCII text without building the tokens: map separators to b" " and everything else
 # to b"a"; a token starts at each b" a" (and at a leading b"a"). Separators are what str.split() splits
