@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeplan_tools.core.errors import BadRecord
-from codeplan_tools.core.streams import RecordWriter, iter_lines, read_records
+from codeplan_tools.core.streams import RecordWriter, count_newlines, iter_lines, read_records
 from tests.helpers import decode_records, write_jsonl
 
 RECORDS = [{"id": str(i), "prompt": f"p{i}", "text": "é ✓ 数学"} for i in range(50)]
@@ -78,3 +78,10 @@ def test_writer_emits_complete_frames_that_a_reader_can_follow(tmp_path):
         io.BytesIO(path.read_bytes()), read_across_frames=True
     )
     assert reader.read().count(b"\n") == len(RECORDS)
+
+
+@given(st.binary(max_size=2000), st.integers(0, 40))
+def test_count_newlines_counts_as_bytes_count(data, lines):
+    """The memchr-based count (used on every decoded block) equals ``bytes.count``."""
+    data = data + b"\n" * lines + data
+    assert count_newlines(data) == data.count(b"\n")
