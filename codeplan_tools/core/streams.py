@@ -507,6 +507,21 @@ class _Opened:
             self.fh.close()
 
 
+def _damaged(
+    name: str, lineno: int, held: list[bytes], brk: _Break, on_damage: Callable[[InputDamage], None] | None
+) -> int:
+    """A damaged stretch after line ``lineno``: ``BadRecord`` without ``on_damage`` (fail mode), else
+    reported to it. The start of a line ``held`` back is lost with it (and dropped); returns the lines
+    lost (0 or 1)."""
+    lost = 1 if b"".join(held).strip() else 0
+    damage = _damage(name, lineno + 1, lost, brk)
+    if on_damage is None:
+        raise BadRecord(name, damage.line, _fail_reason(damage))
+    on_damage(damage)
+    held.clear()
+    return lost
+
+
 def iter_lines(
     paths: Iterable[str], on_damage: Callable[[InputDamage], None] | None = None
 ) -> Iterator[tuple[str, int, bytes]]:
@@ -537,13 +552,7 @@ def iter_lines(
             try:
                 for chunk in chunks:
                     if isinstance(chunk, _Break):
-                        lost = 1 if b"".join(held).strip() else 0
-                        damage = _damage(name, lineno + 1, lost, chunk)
-                        if on_damage is None:
-                            raise BadRecord(name, damage.line, _fail_reason(damage))
-                        on_damage(damage)
-                        lineno += lost
-                        held.clear()
+                        lineno += _damaged(name, lineno, held, chunk, on_damage)
                         continue
                     cut = chunk.rfind(b"\n") + 1
                     if not cut:
@@ -619,13 +628,7 @@ def iter_blocks(
             try:
                 for chunk in _decoded(fh):
                     if isinstance(chunk, _Break):
-                        lost = 1 if b"".join(held).strip() else 0
-                        damage = _damage(name, lineno + 1, lost, chunk)
-                        if on_damage is None:
-                            raise BadRecord(name, damage.line, _fail_reason(damage))
-                        on_damage(damage)
-                        lineno += lost
-                        held.clear()
+                        lineno += _damaged(name, lineno, held, chunk, on_damage)
                         continue
                     cut = chunk.rfind(b"\n") + 1
                     if not cut:
