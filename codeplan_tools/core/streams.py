@@ -71,6 +71,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -507,6 +508,29 @@ class _Opened:
             self.fh.close()
 
 
+def _inputs(
+    paths: Iterable[str], on_damage: Callable[[InputDamage], None] | None
+) -> Generator[tuple[str, str, Iterator[tuple[str, int, bytes]] | None, BinaryIO | None], None, None]:
+    """``(path, display name, rows, None)`` for a Parquet/Arrow input (a folder, or a file by its first
+    bytes), else ``(path, display name, None, file)``: the text input, open and sniffed until the next
+    one is asked for (or this generator is closed)."""
+    for path in paths:
+        name = display_name(path)
+        if path != "-" and os.path.isdir(path):
+            from codeplan_tools.core import columnar
+
+            yield path, name, columnar.folder_lines(path, on_damage), None
+            continue
+        with _Opened(path) as opened:
+            head, fh = _sniff(opened)
+            if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
+                from codeplan_tools.core import columnar
+
+                yield path, name, columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage), None
+                continue
+            yield path, name, None, fh
+
+
 def _damaged(
     name: str, lineno: int, held: list[bytes], brk: _Break, on_damage: Callable[[InputDamage], None] | None
 ) -> int:
@@ -531,24 +555,16 @@ def iter_lines(
     module docstring). A Parquet or Arrow input (a file by its first bytes, or a folder) yields one
     JSON line per row, numbered by row (``columnar``).
     """
-    for path in paths:
-        name = display_name(path)
-        if path != "-" and os.path.isdir(path):
-            from codeplan_tools.core import columnar
-
-            yield from columnar.folder_lines(path, on_damage)
-            continue
-        lineno = 0
-        held: list[bytes] = []  # the start of a line whose end has not been decoded yet
-        with _Opened(path) as opened:
-            head, fh = _sniff(opened)
-            if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
-                from codeplan_tools.core import columnar
-
-                yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
+    with closing(_inputs(paths, on_damage)) as inputs:  # (closed at once, not when a traceback lets go)
+        for path, name, rows, fh in inputs:
+            if rows is not None:  # a Parquet or Arrow input
+                yield from rows
                 continue
+            lineno = 0
+            held: list[bytes] = []  # the start of a line whose end has not been decoded yet
             # A file is decoded ahead by a thread (stdin as it comes: a pipe may be slow).
-            chunks: Generator = _decoded(fh) if path == "-" else _read_ahead(_decoded(fh))
+            chunks: Generator = _decoded(cast(BinaryIO, fh))
+            chunks = chunks if path == "-" else _read_ahead(chunks)
             try:
                 for chunk in chunks:
                     if isinstance(chunk, _Break):
@@ -582,9 +598,9 @@ def iter_lines(
                 ) from None
             finally:
                 chunks.close()  # (the thread stops before the file is closed)
-        last = b"".join(held)
-        if last and not last.isspace():  # a last line without its newline
-            yield name, lineno + 1, last.rstrip(b"\r")
+            last = b"".join(held)
+            if last and not last.isspace():  # a last line without its newline
+                yield name, lineno + 1, last.rstrip(b"\r")
 
 
 def count_newlines(data: bytes) -> int:
@@ -609,24 +625,15 @@ def iter_blocks(
     reader that hands lines on in bulk (the worker pool): no work per line here; :func:`block_lines`
     gives the lines. Damage is found, reported and raised as ``iter_lines`` does, after the lines
     before it. A Parquet or Arrow input yields ``iter_lines``' ``(file, row, line)`` triples."""
-    for path in paths:
-        name = display_name(path)
-        if path != "-" and os.path.isdir(path):
-            from codeplan_tools.core import columnar
-
-            yield from columnar.folder_lines(path, on_damage)
-            continue
-        lineno = 0  # the lines handed out (and lost) so far
-        held: list[bytes] = []  # the start of a line whose end has not been decoded yet
-        with _Opened(path) as opened:
-            head, fh = _sniff(opened)
-            if head[:1] in _COLUMNAR_FIRST and (kind := _columnar_kind(head)):
-                from codeplan_tools.core import columnar
-
-                yield from columnar.file_lines(_columnar_source(path, fh), name, kind, on_damage)
+    with closing(_inputs(paths, on_damage)) as inputs:  # (closed at once, not when a traceback lets go)
+        for _path, name, rows, fh in inputs:
+            if rows is not None:  # a Parquet or Arrow input
+                yield from rows
                 continue
+            lineno = 0  # the lines handed out (and lost) so far
+            held: list[bytes] = []  # the start of a line whose end has not been decoded yet
             try:
-                for chunk in _decoded(fh):
+                for chunk in _decoded(cast(BinaryIO, fh)):
                     if isinstance(chunk, _Break):
                         lineno += _damaged(name, lineno, held, chunk, on_damage)
                         continue
@@ -648,8 +655,8 @@ def iter_blocks(
                 raise OutputIOError(
                     f"{name}: reading failed after line {lineno} ({exc.strerror or exc})"
                 ) from None
-        if held:  # a last line without its newline
-            yield Block(name, lineno, b"".join(held))
+            if held:  # a last line without its newline
+                yield Block(name, lineno, b"".join(held))
 
 
 def block_lines(block: Block) -> Iterator[tuple[str, int, bytes]]:
