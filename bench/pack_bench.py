@@ -1,6 +1,6 @@
 """Throughput of `codeplan pack` against a bare `tokenizer(batch)` call, start-up, and packing efficiency.
 
-    .venv/bin/python bench/pack_bench.py [--tokenizer DIR] [--max-len 2048] [--workers 1 2 4] [--rounds 3]
+    .venv/bin/python bench/pack_bench.py [--tokenizer DIR] [--max-len 2048] [--workers 1 2 4] [--rounds 5]
                                          [--breakdown] [--startup [--base DIR]] [--no-corpora]
                                          [--loaded 1 ...]
 
@@ -15,9 +15,9 @@ In one run, over the same records (GSM8K train, 7,473 question/solution pairs, f
    tokenizer=...)``): the per-record throughput without the fixed start-up (loading Llama-3's
    tokenizer.json takes ~0.4 s of one core, a third of what the bare call takes for all of GSM8K).
 
-Each round times bare and then every pack setting; the ratio pack / bare is taken per round and the
-median over --rounds printed (the machine's load changes from second to second: pair, then take the
-median). --breakdown times the pieces of one worker's path in this process, microseconds per record:
+Each pack run is timed between two bare calls and compared with their geometric mean (the machine's
+speed drifts from second to second: an A-B-A pairing cancels a steady drift); the settings run in
+reverse order every other round, and the median ratio over --rounds is printed. --breakdown times the pieces of one worker's path in this process, microseconds per record:
 rendering, tokenizing, label masks, bin packing, JSON + zstd writing. --startup times whole processes
 (`codeplan pack` and a library driver) on one record and on all of GSM8K train; with --base DIR also
 the library driver on the code in DIR (`git -C . archive HEAD | tar -x -C DIR`), pairwise. Then the
@@ -236,7 +236,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=2048)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="pack's --workers counts to time")
     ap.add_argument("--repeat", type=int, default=1, help="copies of GSM8K train to time over")
-    ap.add_argument("--rounds", type=int, default=3, help="paired rounds (bare, then each pack); medians")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="rounds (each pack run between two bare calls); medians"
+    )
     ap.add_argument("--breakdown", action="store_true", help="time the pieces of the one-worker path")
     ap.add_argument("--startup", action="store_true", help="time whole processes on 1 record and on GSM8K")
     ap.add_argument("--base", help="with --startup: also the code in this folder (a pristine copy)")
@@ -288,42 +290,53 @@ def main() -> None:
         t = time.perf_counter()
         pack_tok = load_pack_tokenizer(args.tokenizer)
         print(f"\npack's tokenizer ({type(pack_tok).__name__}) loads in {time.perf_counter() - t:.3f} s")
+        # Each pack run sits between two bare calls and is compared with their geometric mean (the
+        # machine's speed drifts within a round; an A-B-A pairing cancels a steady drift), and the
+        # settings run in reverse order every other round (so that none always runs first).
+        runs = [("workers", w) for w in args.workers] + [("loaded", w) for w in args.loaded]
+        times: dict[tuple[str, int], list[float]] = {r: [] for r in runs}
+        ratios: dict[tuple[str, int], list[float]] = {r: [] for r in runs}
         bare_s: list[float] = []
-        pack_s: dict[int, list[float]] = {w: [] for w in args.workers}
-        loaded_s: dict[int, list[float]] = {w: [] for w in args.loaded}
         stats = None
         # CPU seconds (this process's threads and its finished workers): what the load of a shared
         # machine changes least.
         bare_cpu: list[float] = []
         pack_cpu: dict[int, list[float]] = {w: [] for w in args.workers}
-        for _ in range(args.rounds):
+        for k in range(args.rounds):
             cpu = _cpu()
-            bare_s.append(bare())
+            before = bare()
             bare_cpu.append(_cpu() - cpu)
-            for w in args.workers:
+            bare_s.append(before)
+            for kind, w in runs if k % 2 == 0 else runs[::-1]:
                 cpu = _cpu()
-                secs, stats = time_pack(records, config(w), out)
-                pack_s[w].append(secs)
-                pack_cpu[w].append(_cpu() - cpu)
-            for w in args.loaded:
-                loaded_s[w].append(time_pack(records, config(w), out, tokenizer=pack_tok)[0])
+                if kind == "workers":
+                    secs, stats = time_pack(records, config(w), out)
+                    pack_cpu[w].append(_cpu() - cpu)
+                else:
+                    secs = time_pack(records, config(w), out, tokenizer=pack_tok)[0]
+                after = bare()
+                bare_s.append(after)
+                times[kind, w].append(secs)
+                ratios[kind, w].append((before * after) ** 0.5 / secs)
+                before = after
         b = statistics.median(bare_s)
-        print(f"\nmedians of {args.rounds} paired rounds (tokenizer loading and worker start-up included):")
+        print(
+            f"\nmedians of {args.rounds} rounds (tokenizer loading and worker start-up included; each pack run"
+            " against the bare calls just before and after it):"
+        )
         print(
             f"bare tokenizer(batch):      {len(records) / b:10.0f} records/s  {n_tokens / b:12.0f} tokens/s"
         )
-        for w, ts in pack_s.items():
+        for (kind, w), ts in times.items():
             p = statistics.median(ts)
-            ratio = statistics.median(bs / ps for bs, ps in zip(bare_s, ts, strict=True))
-            print(
-                f"codeplan pack --workers {w}:  {len(records) / p:10.0f} records/s  {n_tokens / p:12.0f} tokens/s"
-                f"  ratio pack/bare = {ratio:.3f}  (rounds: {_rounds([bs / ps for bs, ps in zip(bare_s, ts, strict=True)])})"
+            rs = ratios[kind, w]
+            label = (
+                f"codeplan pack --workers {w}: "
+                if kind == "workers"
+                else f"  tokenizer loaded, --workers {w}:"
             )
-        for w, ts in loaded_s.items():
-            p = statistics.median(ts)
-            rs = [bs / ps for bs, ps in zip(bare_s, ts, strict=True)]
             print(
-                f"  tokenizer loaded, --workers {w}: {len(records) / p:7.0f} records/s  {n_tokens / p:12.0f} tokens/s"
+                f"{label} {len(records) / p:10.0f} records/s  {n_tokens / p:12.0f} tokens/s"
                 f"  ratio pack/bare = {statistics.median(rs):.3f}  (rounds: {_rounds(rs)})"
             )
         print(f"CPU seconds, medians: bare {statistics.median(bare_cpu):.2f}", end="")

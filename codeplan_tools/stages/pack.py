@@ -47,12 +47,13 @@ Bin packing is best-fit-decreasing over a window of ``buffer`` examples at a tim
 when it is smaller), which bounds memory on corpora of millions of rows and costs almost nothing in
 efficiency. Rendering and tokenization run in ``workers`` processes (forked on Linux, so they inherit
 the loaded tokenizer; spawned elsewhere; at most one per CPU), chunk by chunk, in order; each sends
-back a chunk's ids as one int32 array. The output does not depend on the number of workers. Note
-that a fast tokenizer's batch encoding is already multi-threaded, so workers mostly parallelise the
-chat-template rendering and the Python around it. In one process, the tokenizer calls run on a
-thread (the Rust tokenizer releases the GIL and encodes a batch on all cores, prompts and targets of
-a chunk in one call) while this one renders the chunks ahead and reads the ids out of those already
-encoded. The fingerprint's file hashing runs on a thread while the tokenizer loads.
+back a chunk's ids as one int32 array. The output does not depend on the number of workers. In one
+process the tokenizing is already parallel: threads, one per CPU (up to eight), each encode a chunk
+of their own (the Rust tokenizer lets go of the GIL; prompts and targets of a chunk in one call, its
+own threads off while ours run) while this one renders the chunks ahead and reads the ids out of
+those already encoded; so worker processes mostly parallelise the chat-template rendering and the
+Python around it, which pays on machines with many cores. The fingerprint's file hashing runs on a
+thread while the tokenizer loads.
 
 The tokenizer: a folder whose ``tokenizer.json`` transformers uses as it is (Llama-3, models saved
 by ``init-model``) is loaded with the ``tokenizers`` library and its chat template rendered with jinja2
@@ -76,6 +77,7 @@ import hashlib
 import os
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -110,10 +112,13 @@ OVERLONG_MODES: tuple[str, ...] = get_args(OverlongMode)
 TEMPLATES: tuple[str, ...] = get_args(TemplateChoice)
 # Below this many records per window, worker processes cost more than they save (auto mode).
 AUTO_WORKERS_MIN_RECORDS = 5_000
-# In one process: chunks rendered ahead of the tokenizer thread (bounds the texts held at once), and
+# In one process: chunks rendered ahead of the tokenizer threads (bounds the texts held at once), and
 # how many worker chunks (``chunk``) make one of its chunks.
 _AHEAD = 3
 _HERE_CHUNKS = 4
+# In one process: tokenizer threads at most (this thread renders for all of them: ~30 us a record, the
+# pace of about seven single-threaded tokenizer threads).
+_HERE_THREADS = 8
 
 
 @dataclass(kw_only=True)
@@ -142,7 +147,8 @@ class PackConfig:
     buffer: int = 200_000
     """Examples bin-packed together (best-fit-decreasing window); bounds memory on huge inputs."""
     chunk: int = 256
-    """Records per worker task (library only)."""
+    """Records per worker task; in one process, tokenizer calls of a quarter to four times as many
+    (library only)."""
     trust_remote_code: bool = False
     """Allow a tokenizer that ships its own code."""
 
@@ -274,13 +280,27 @@ class Encoder:
         """
         backend = self._backend
         if backend is not None:
-            # As tokenizer(texts) sets it (a previous call with split_special_tokens=True may have
-            # left the backend splitting special-token strings).
-            backend.encode_special_tokens = self._split_special
+            self.settle_backend()
             fn = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
             encodings = fn(texts, add_special_tokens=add_special_tokens)
             return encodings if lazy else [e.ids for e in encodings]
         return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+
+    @property
+    def threadable(self) -> bool:
+        """Whether several threads may tokenize prepared chunks at once (:meth:`call_tokenizer`, without
+        their ``one`` records): the Rust backend called directly, whose settings stay as
+        :meth:`settle_backend` leaves them. (transformers' ``tokenizer(texts)`` sets them at each call,
+        which the backend refuses while another thread is encoding.)"""
+        return self._backend is not None
+
+    def settle_backend(self) -> None:
+        """Set the backend as ``tokenizer(texts)`` sets it (a previous call with
+        ``split_special_tokens=True`` may have left it splitting special-token strings); set only when it
+        differs, so that threads encoding at the same time only read it."""
+        backend = self._backend
+        if backend is not None and backend.encode_special_tokens != self._split_special:
+            backend.encode_special_tokens = self._split_special
 
     def encode(
         self, items: list[tuple[str, str | None, str]]
@@ -289,7 +309,7 @@ class Encoder:
         ``TooLong`` (more characters than ``max_len`` tokens can hold, with ``--overlong drop``).
 
         Ordinary records are tokenized in batches; those longer than ``max_chars`` or whose text holds
-        a special-token string one by one (:meth:`_encode_one`)."""
+        a special-token string one by one (:meth:`encode_one`)."""
         return self.tokenize(self.prepare(items)).results()
 
     def prepare(self, items: list[tuple[str, str | None, str]]) -> _Prepared:
@@ -374,7 +394,7 @@ class Encoder:
         flat = np.fromiter(chain.from_iterable(chain.from_iterable(lists)), dtype=np.int32, count=bounds[-1])
         return _Encoded(out, flat, bounds, n_prompt)
 
-    def _encode_one(
+    def encode_one(
         self, prompt: str, plan: str | None, response: str, p: str, t: str
     ) -> tuple[np.ndarray, int] | str | TooLong:
         """One record whose text holds a special-token string, or whose rendering is longer than
@@ -393,7 +413,7 @@ class Encoder:
     def _one_ids(
         self, prompt: str, plan: str | None, response: str, p: str, t: str
     ) -> tuple[list[int], list[int]] | str | TooLong:
-        """:meth:`_encode_one` as (prompt ids, target ids) lists."""
+        """:meth:`encode_one` as (prompt ids, target ids) lists."""
         chars = len(p) + len(t)
         cut = piece = None
         if chars > self._surely_short and chars > self.max_chars:
@@ -408,6 +428,25 @@ class Encoder:
         if p_ids is None or t_ids is None:
             return "special-token-text"
         return p_ids, t_ids
+
+
+@contextmanager
+def _rust_threads_off(off: bool) -> Iterator[None]:
+    """``TOKENIZERS_PARALLELISM=false`` while ``off`` (the Rust tokenizer reads it at each call: our
+    threads are then the parallelism), then as it was. Set and restored while none of our threads is
+    calling the tokenizer."""
+    if not off:
+        yield
+        return
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
 def _ids_of(encoding: Any) -> list[int]:
@@ -500,11 +539,10 @@ class Packer:
         self.fingerprint = make_fingerprint(config, tokenizer_hash, self.encoder.format)
         self.needs_plan = self.encoder.format.needs_plan
         self._pool: Any = None
-        self._thread: Any = None
-        # Auto: half the cores (the fast tokenizers' batch encoding already runs on several threads).
+        # Auto: half the cores (one process already tokenizes on several cores, on threads).
         from codeplan_tools.core.pool import usable_cpus
 
-        cpus = usable_cpus()
+        cpus = self._cpus = usable_cpus()
         # More processes than CPUs only take turns on them (and each costs a fork and its pickles):
         # --workers is capped at the CPUs this process may run on.
         self._n_workers = min(config.workers, cpus) if config.workers > 0 else min(8, cpus // 2)
@@ -520,10 +558,7 @@ class Packer:
         if cfg.workers == 0 and len(records) < AUTO_WORKERS_MIN_RECORDS:
             parallel = False
         if not parallel:
-            # In this process a chunk is one tokenizer call on all cores: fewer, larger calls keep its
-            # threads busy (and leave this thread fewer hand-overs).
-            size = cfg.chunk * _HERE_CHUNKS
-            return self._encode_here([records[i : i + size] for i in range(0, len(records), size)])
+            return self._encode_here(records)
         if self._pool is None:
             self._pool = self._start_pool()
         results = []
@@ -531,31 +566,76 @@ class Packer:
             results.extend(encoded.results())
         return results
 
-    def _encode_here(self, chunks: list[list[dict]]) -> list:
-        """In this process: the tokenizer calls run on a thread (the Rust tokenizer lets go of the GIL and
-        encodes a batch on all cores) while this one renders the chunks ahead and reads the ids out of
-        the chunks already encoded, so the tokenizer always has the next chunk waiting; only that
-        thread calls the tokenizer. At most ``_AHEAD`` chunks are rendered and not yet read out."""
+    def _encode_here(self, records: list[dict]) -> list:
+        """In this process: tokenizer threads encode chunks (the Rust tokenizer lets go of the GIL) while
+        this thread renders the chunks ahead and reads the ids out of those already encoded, so that the
+        tokenizer always has the next chunk waiting.
+
+        Where the tokenizer allows it (:attr:`Encoder.threadable`), one thread per CPU, each encoding a
+        chunk of its own with the Rust tokenizer's own threads off (``TOKENIZERS_PARALLELISM=false`` while
+        they run): about a tenth less CPU per token than one call at a time spread over all cores by the
+        tokenizer, measured on 2 cores. The rare records tokenized one by one (special-token text,
+        over-long renderings) change the backend's settings, so they wait until those threads are done.
+        Otherwise one thread makes the calls, each on all cores. Besides the chunks being encoded, at most
+        ``_AHEAD - 1`` wait rendered; at most ``_HERE_THREADS`` threads (beyond that, this thread's
+        rendering cannot keep them busy: ``--workers`` spreads the rendering too)."""
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        encoder, results = self.encoder, []
+        encoder = self.encoder
+        threads = min(self._cpus, _HERE_THREADS) if encoder.threadable else 1
+        chunks = self._here_chunks(records, threads)
         if len(chunks) < 2:
             return [res for c in chunks for res in encoder.encode(self._items(c))]
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="pack-tokenize")
+        threads = min(threads, len(chunks))
+        results: list = []
+        alone: list[tuple[int, tuple]] = []  # (index in results, a ``one`` record), tokenized at the end
         pending: deque = deque()
-        for chunk in chunks:
-            prepared = encoder.prepare(self._items(chunk))
-            pending.append((prepared, self._thread.submit(encoder.call_tokenizer, prepared)))
-            # Read out a chunk once the tokenizer has the one after it to work on.
-            while len(pending) > _AHEAD or (len(pending) > 1 and pending[0][1].done()):
-                done, called = pending.popleft()
-                results.extend(encoder.collect(done, called.result()).results())
-        while pending:
-            done, called = pending.popleft()
-            results.extend(encoder.collect(done, called.result()).results())
+
+        def read_out() -> None:
+            prepared, called = pending.popleft()
+            results.extend(encoder.collect(prepared, called.result()).results())
+
+        offset = 0  # of the chunk in records
+        encoder.settle_backend()  # before the threads: while they encode, they only read it
+        with (
+            _rust_threads_off(threads > 1),
+            ThreadPoolExecutor(threads, thread_name_prefix="pack-tokenize") as pool,
+        ):
+            for chunk in chunks:
+                prepared = encoder.prepare(self._items(chunk))
+                if threads > 1 and prepared.one:
+                    alone.extend((offset + slot, tuple(item)) for slot, *item in prepared.one)
+                    prepared = _Prepared(prepared.out, prepared.batch, [])
+                offset += len(chunk)
+                pending.append((prepared, pool.submit(encoder.call_tokenizer, prepared)))
+                # Read out a chunk once every thread has a later one to work on.
+                while len(pending) > threads + _AHEAD - 1 or (
+                    len(pending) > threads and pending[0][1].done()
+                ):
+                    read_out()
+            while pending:
+                read_out()
+        for index, item in alone:
+            results[index] = encoder.encode_one(*item)
         return results
+
+    def _here_chunks(self, records: list[dict], threads: int) -> list[list[dict]]:
+        """``records`` cut for :meth:`_encode_here`: chunks of ``chunk`` x ``_HERE_CHUNKS`` records (fewer,
+        larger calls keep the tokenizer busy), but at most half of each thread's share of what is left and
+        at least a quarter of ``chunk``: they shrink towards the end, so that the threads finish
+        together instead of one waiting for the other's last large chunk. The first ones grow from a
+        quarter of ``chunk``, doubling, so that the tokenizer starts as soon as a few records are
+        rendered."""
+        cfg, start = self.config, 0
+        chunks: list[list[dict]] = []
+        largest, smallest = cfg.chunk * _HERE_CHUNKS, max(1, cfg.chunk // 4)
+        while start < len(records):
+            size = min(largest, max(smallest, -(-(len(records) - start) // (2 * threads))))
+            size = min(size, smallest << min(len(chunks), 16))
+            chunks.append(records[start : start + size])
+            start += size
+        return chunks
 
     def _start_pool(self):
         """Worker processes: forked where possible (they inherit the loaded tokenizer and start at once),
@@ -681,9 +761,6 @@ class Packer:
         s.derived["fingerprint"] = self.fingerprint
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown()
-            self._thread = None
         if self._pool is not None:
             self._pool.close()
             self._pool.join()

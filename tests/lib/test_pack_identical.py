@@ -292,6 +292,43 @@ def test_small_chunks_write_the_same_packs(tiny_model, tmp_path):
         assert got == {name: EXPECTED["tiny"][name] for name, *_ in configs}, workers
 
 
+@pytest.mark.parametrize("cpus", [1, 3])
+def test_tokenizer_threads_write_the_same_packs(tiny_model, tmp_path, monkeypatch, cpus):
+    """In one process, one tokenizer thread (one CPU: each call on the Rust tokenizer's own threads) or
+    one per CPU (each chunk encoded by a thread of its own with the Rust threads off; the records with
+    special-token text tokenized after those threads are done): the same bytes, and
+    TOKENIZERS_PARALLELISM as it was before."""
+    import os
+    import threading
+
+    from codeplan_tools.core import pool
+    from codeplan_tools.stages import pack
+
+    monkeypatch.setattr(pool, "usable_cpus", lambda: cpus)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    calls = []
+    call_tokenizer = pack.Encoder.call_tokenizer
+
+    def spy(self, prepared):
+        calls.append(
+            (threading.current_thread().name, os.environ["TOKENIZERS_PARALLELISM"], len(prepared.one))
+        )
+        return call_tokenizer(self, prepared)
+
+    monkeypatch.setattr(pack.Encoder, "call_tokenizer", spy)
+    configs = [c for c in CONFIGS if c[0] in ("codeplan-auto-split", "vanilla-auto-truncate-tiny")]
+    got = pack_digests(tiny_model, tmp_path, configs=configs, workers=1, chunk=4)
+    assert got == {name: EXPECTED["tiny"][name] for name, *_ in configs}
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    threads = {name for name, _, _ in calls}
+    if cpus == 1:
+        assert len(threads) == 1 and {env for _, env, _ in calls} == {"true"}
+        assert sum(one for *_, one in calls) > 0  # the special-token rows, tokenized on that thread
+    else:
+        assert len(threads) == 3 and {env for _, env, _ in calls} == {"false"}
+        assert sum(one for *_, one in calls) == 0  # left for after the threads
+
+
 # -- the direct tokenizer against transformers' ----------------------------------------------------
 TRICKY_TEXTS = [
     "plain words, numbers 12345 and punctuation!?",
