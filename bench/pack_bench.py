@@ -17,8 +17,9 @@ In one run, over the same records (GSM8K train, 7,473 question/solution pairs, f
 
 Each pack run is timed between two bare calls and compared with their geometric mean (the machine's
 speed drifts from second to second: an A-B-A pairing cancels a steady drift); the settings run in
-reverse order every other round, and the median ratio over --rounds is printed. --breakdown times the pieces of one worker's path in this process, microseconds per record:
-rendering, tokenizing, label masks, bin packing, JSON + zstd writing. --startup times whole processes
+reverse order every other round, and the median ratio over --rounds is printed. --breakdown times
+the pieces of one worker's path in this process, microseconds per record: rendering, tokenizing,
+label masks, bin packing, JSON + zstd writing. --startup times whole processes
 (`codeplan pack` and a library driver) on one record and on all of GSM8K train; with --base DIR also
 the library driver on the code in DIR (`git -C . archive HEAD | tar -x -C DIR`), pairwise. Then the
 packing efficiency (tokens / capacity) of every prompt/response corpus in ../shared/data.
