@@ -290,8 +290,8 @@ class Encoder:
     def threadable(self) -> bool:
         """Whether several threads may tokenize prepared chunks at once (:meth:`call_tokenizer`, without
         their ``one`` records): the Rust backend called directly, whose settings stay as
-        :meth:`settle_backend` leaves them. (transformers' ``tokenizer(texts)`` sets them at each call,
-        which the backend refuses while another thread is encoding.)"""
+        :meth:`settle_backend` leaves them. (transformers' ``tokenizer(texts)`` sets them at each call:
+        the backend lets one thread set them while another encodes, which then encodes with them.)"""
         return self._backend is not None
 
     def settle_backend(self) -> None:
@@ -576,7 +576,8 @@ class Packer:
         they run) instead of one call at a time spread over all cores by the tokenizer: measured on 2
         cores, 7 to 10% faster in a process that has been running (the bench's, a notebook's), as fast
         in a fresh ``codeplan pack`` process. The rare records tokenized one by one (special-token text,
-        over-long renderings) change the backend's settings, so they wait until those threads are done.
+        over-long renderings) switch the backend's ``encode_special_tokens`` (shared by every thread's
+        calls), so they wait until those threads are done.
         Otherwise one thread makes the calls, each on all cores. Besides the chunks being encoded, at most
         ``_AHEAD - 1`` wait rendered; at most ``_HERE_THREADS`` threads (beyond that, this thread's
         rendering cannot keep them busy: ``--workers`` spreads the rendering too)."""
