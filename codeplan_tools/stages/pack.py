@@ -77,7 +77,7 @@ import hashlib
 import os
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -343,8 +343,9 @@ class Encoder:
         return self.collect(prepared, self.call_tokenizer(prepared))
 
     def call_tokenizer(self, prepared: _Prepared) -> tuple:
-        """The tokenizer calls of :meth:`tokenize` (the part that must stay on one thread: the backend's
-        ``encode_special_tokens`` is set per call); :meth:`collect` reads the results out."""
+        """The tokenizer calls of :meth:`tokenize`; :meth:`collect` reads the results out. Several threads
+        may run it at once on chunks without ``one`` records (those switch the backend's
+        ``encode_special_tokens``, which every thread's calls share: :meth:`Packer._encode_here`)."""
         one = {}
         for slot, prompt, plan, response, p, t in prepared.one:
             one[slot] = self._one_ids(prompt, plan, response, p, t)
@@ -431,13 +432,10 @@ class Encoder:
 
 
 @contextmanager
-def _rust_threads_off(off: bool) -> Iterator[None]:
-    """``TOKENIZERS_PARALLELISM=false`` while ``off`` (the Rust tokenizer reads it at each call: our
-    threads are then the parallelism), then as it was. Set and restored while none of our threads is
-    calling the tokenizer."""
-    if not off:
-        yield
-        return
+def _rust_threads_off() -> Iterator[None]:
+    """``TOKENIZERS_PARALLELISM=false`` inside (the Rust tokenizer reads it at each call: our threads are
+    then the parallelism), then as it was. Set and restored while none of our threads is calling the
+    tokenizer."""
     old = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
@@ -601,7 +599,7 @@ class Packer:
         offset = 0  # of the chunk in records
         encoder.settle_backend()  # before the threads: while they encode, they only read it
         with (
-            _rust_threads_off(threads > 1),
+            _rust_threads_off() if threads > 1 else nullcontext(),
             ThreadPoolExecutor(threads, thread_name_prefix="pack-tokenize") as pool,
         ):
             for chunk in chunks:
